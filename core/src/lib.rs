@@ -1,0 +1,15 @@
+//! ferry-core: the sans-IO heart of ferry.
+//!
+//! Every machine here is driven by events and a [`Timestamp`]; none of them
+//! touches a socket, a thread, a clock or an OS random source. The shell (and
+//! the simulator) feed inputs with `handle` and drain outputs with
+//! `poll_output`, so any run can be replayed bit for bit.
+
+pub mod auth;
+pub mod config;
+pub mod labels;
+pub mod users;
+
+mod time;
+
+pub use time::Timestamp;

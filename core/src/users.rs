@@ -1,0 +1,1 @@
+//! users (to be written).

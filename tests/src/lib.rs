@@ -1,0 +1,1 @@
+//! Helpers for ferry's end-to-end tests.
