@@ -6,10 +6,18 @@
 //! `poll_output`, so any run can be replayed bit for bit.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
+pub mod errors;
 pub mod labels;
+pub mod login;
+pub mod packets;
+pub mod session;
 pub mod users;
+pub mod wire;
 
+mod rng;
 mod time;
 
+pub use rng::Rng;
 pub use time::Timestamp;

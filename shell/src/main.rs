@@ -1,1 +1,95 @@
-fn main() {}
+//! `ferry --config PATH`: the proxy binary.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ferry_core::config::Config;
+use ferry_shell::proxy::{learn_identity, serve, Shared};
+use smol::Executor;
+
+const USAGE: &str = "usage: ferry --config PATH [--log-level error|warn|info|debug|trace]";
+
+struct Args {
+    config: PathBuf,
+    log_level: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut config = None;
+    let mut log_level = std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into());
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--config" | "-c" => config = args.next().map(PathBuf::from),
+            "--log-level" => log_level = args.next().ok_or("--log-level needs a value")?,
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--version" | "-V" => {
+                println!("ferry {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument '{other}'")),
+        }
+    }
+    Ok(Args {
+        config: config.ok_or("--config PATH is required")?,
+        log_level,
+    })
+}
+
+fn load_config(path: &PathBuf) -> Result<Config, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ferry: {e}\n{USAGE}");
+            std::process::exit(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match load_config(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry: bad config {e}");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = run(config) {
+        eprintln!("ferry: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    let mut seed = [0u8; 8];
+    getrandom::getrandom(&mut seed).context("OS random source")?;
+    let shared = Arc::new(Shared::from_config(&config, u64::from_le_bytes(seed))?);
+    let ex = Arc::new(Executor::new());
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for i in 1..threads {
+        let ex = ex.clone();
+        std::thread::Builder::new()
+            .name(format!("ferry-worker-{i}"))
+            .spawn(move || smol::block_on(ex.run(smol::future::pending::<()>())))
+            .context("spawning a worker thread")?;
+    }
+    smol::block_on(ex.clone().run(async {
+        let listener = async_net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        learn_identity(&shared, config.server_version.as_deref()).await;
+        serve(ex.clone(), shared, listener).await
+    }))
+}

@@ -1,0 +1,67 @@
+//! The ERR packets ferry itself sends to clients: codes, SQLSTATEs and wording.
+//!
+//! Codes are a contract: clients and tests outside the project match on them.
+
+use crate::labels::Labels;
+use crate::packets::ErrPacket;
+
+/// ER_ACCESS_DENIED_ERROR: wrong password or unknown user, worded as MySQL does.
+pub fn access_denied(user: &str, host: &str, using_password: bool) -> ErrPacket {
+    let yes = if using_password { "YES" } else { "NO" };
+    ErrPacket::new(
+        1045,
+        "28000",
+        format!("Access denied for user '{user}'@'{host}' (using password: {yes})"),
+    )
+}
+
+/// ER_UNKNOWN_ERROR: no backend can take this session.
+pub fn no_backend(tenant: Option<&str>, labels: &Labels) -> ErrPacket {
+    let tenant = tenant.map_or_else(|| "(none)".to_string(), |t| format!("'{t}'"));
+    ErrPacket::new(
+        1105,
+        "HY000",
+        format!("ferry: no backend available for tenant {tenant} with labels {labels}"),
+    )
+}
+
+/// ER_UNKNOWN_ERROR: the chosen backend could not be logged in to.
+pub fn backend_unavailable(backend: &str, reason: &str) -> ErrPacket {
+    ErrPacket::new(
+        1105,
+        "HY000",
+        format!("ferry: backend {backend} is unavailable: {reason}"),
+    )
+}
+
+/// ER_NOT_SUPPORTED_YET: the client asked for TLS.
+pub fn tls_unsupported() -> ErrPacket {
+    ErrPacket::new(
+        1235,
+        "42000",
+        "ferry does not support TLS yet; connect without SSL/TLS",
+    )
+}
+
+/// ER_NET_PACKET_TOO_LARGE: a packet longer than `max_packet_size`.
+pub fn packet_too_large() -> ErrPacket {
+    ErrPacket::new(
+        1153,
+        "08S01",
+        "Got a packet bigger than 'max_allowed_packet' bytes",
+    )
+}
+
+/// ER_MALFORMED_PACKET: a packet ferry could not parse.
+pub fn malformed_packet(detail: &str) -> ErrPacket {
+    ErrPacket::new(
+        1835,
+        "08S01",
+        format!("Malformed communication packet: {detail}"),
+    )
+}
+
+/// ER_UNKNOWN_ERROR: bad syntax in the login name's tenant or labels.
+pub fn bad_login_name(detail: &str) -> ErrPacket {
+    ErrPacket::new(1105, "HY000", format!("ferry: {detail}"))
+}

@@ -1,0 +1,154 @@
+//! ferry as the client: log in to a backend with the client's saved response
+//! and the recovered secret, answering the backend's own salt.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::auth::{Secret, NATIVE_PASSWORD};
+use crate::packets::flags::caps::*;
+use crate::packets::{AuthSwitchRequest, ErrPacket, Handshake, HandshakeResponse, OkPacket};
+use crate::wire::Packet;
+
+use super::frame;
+
+/// A completed backend login.
+#[derive(Clone, Debug)]
+pub struct BackendSession {
+    /// The backend's handshake (its version and thread id).
+    pub handshake: Handshake,
+    /// Capabilities in force between ferry and the backend.
+    pub capabilities: u32,
+    /// The backend's login OK.
+    pub ok: OkPacket,
+}
+
+/// What the backend login wants done next.
+#[derive(Debug)]
+pub enum BackendStep {
+    /// Send these bytes to the backend and wait for its next packet.
+    Send(Bytes),
+    /// Logged in.
+    Done(Box<BackendSession>),
+    /// The backend refused the login; its ERR, to pass on to the client.
+    Refused(ErrPacket),
+    /// The backend broke the protocol or wants what ferry cannot do; for logs and a client ERR.
+    Failed(String),
+}
+
+#[derive(Debug)]
+enum State {
+    AwaitHandshake,
+    AwaitResult {
+        handshake: Box<Handshake>,
+        caps: u32,
+    },
+    Finished,
+}
+
+/// The client side of a login to one backend.
+#[derive(Debug)]
+pub struct BackendLogin {
+    template: HandshakeResponse,
+    secret: Secret,
+    client_caps: u32,
+    state: State,
+}
+
+impl BackendLogin {
+    /// A login replaying `template` (the client's response, user already stripped
+    /// of tenant and labels) for a client that negotiated `client_caps` with ferry.
+    pub fn new(template: HandshakeResponse, secret: Secret, client_caps: u32) -> Self {
+        BackendLogin {
+            template,
+            secret,
+            client_caps,
+            state: State::AwaitHandshake,
+        }
+    }
+
+    /// Feeds the backend's next packet.
+    pub fn handle(&mut self, packet: Packet) -> BackendStep {
+        match std::mem::replace(&mut self.state, State::Finished) {
+            State::AwaitHandshake => self.on_handshake(packet),
+            State::AwaitResult { handshake, caps } => self.on_result(packet, handshake, caps),
+            State::Finished => BackendStep::Failed("backend sent a packet after login".into()),
+        }
+    }
+
+    fn on_handshake(&mut self, packet: Packet) -> BackendStep {
+        if packet.payload.first() == Some(&0xFF) {
+            return match ErrPacket::parse(&packet.payload) {
+                Ok(err) => BackendStep::Refused(err),
+                Err(e) => BackendStep::Failed(format!("backend greeting: {e}")),
+            };
+        }
+        let handshake = match Handshake::parse(&packet.payload) {
+            Ok(h) => h,
+            Err(e) => return BackendStep::Failed(format!("backend greeting: {e}")),
+        };
+        if handshake.capabilities & CLIENT_PROTOCOL_41 == 0 {
+            return BackendStep::Failed("backend does not speak protocol 4.1".into());
+        }
+        // What the client and ferry agreed, cut down to what the backend offers.
+        let mut caps = self.client_caps & handshake.capabilities;
+        caps |= (CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH)
+            & handshake.capabilities;
+        if self.template.database.is_some() {
+            caps |= CLIENT_CONNECT_WITH_DB & handshake.capabilities;
+        } else {
+            caps &= !CLIENT_CONNECT_WITH_DB;
+        }
+        if self.template.attributes.is_empty() {
+            caps &= !CLIENT_CONNECT_ATTRS;
+        }
+        let mut response = self.template.clone();
+        response.capabilities = caps;
+        response.mariadb_capabilities = self.template.mariadb_capabilities
+            & handshake.mariadb_capabilities
+            & FERRY_SUPPORTED_MARIADB;
+        response.auth_plugin = Some(NATIVE_PASSWORD.to_string());
+        response.auth_response = self.secret.respond(&handshake.auth_data);
+        let mut payload = BytesMut::new();
+        response.write(&mut payload);
+        self.state = State::AwaitResult {
+            handshake: Box::new(handshake),
+            caps,
+        };
+        BackendStep::Send(frame(&payload, packet.next_seq))
+    }
+
+    fn on_result(&mut self, packet: Packet, handshake: Box<Handshake>, caps: u32) -> BackendStep {
+        match packet.payload.first() {
+            Some(0x00) => match OkPacket::parse(&packet.payload, caps) {
+                Ok(ok) => BackendStep::Done(Box::new(BackendSession {
+                    handshake: *handshake,
+                    capabilities: caps,
+                    ok,
+                })),
+                Err(e) => BackendStep::Failed(format!("backend login OK: {e}")),
+            },
+            Some(0xFF) => match ErrPacket::parse(&packet.payload) {
+                Ok(err) => BackendStep::Refused(err),
+                Err(e) => BackendStep::Failed(format!("backend login ERR: {e}")),
+            },
+            Some(0xFE) => {
+                let switch = match AuthSwitchRequest::parse(&packet.payload) {
+                    Ok(s) => s,
+                    Err(e) => return BackendStep::Failed(format!("backend auth switch: {e}")),
+                };
+                if switch.plugin != NATIVE_PASSWORD {
+                    return BackendStep::Failed(format!(
+                        "backend asks for auth plugin '{}'; ferry logs in with {NATIVE_PASSWORD} only",
+                        switch.plugin
+                    ));
+                }
+                let reply = self.secret.respond(&switch.data);
+                self.state = State::AwaitResult { handshake, caps };
+                BackendStep::Send(frame(&reply, packet.next_seq))
+            }
+            Some(0x01) => BackendStep::Failed(
+                "backend wants more auth data (caching_sha2_password?); ferry logs in with mysql_native_password only".into(),
+            ),
+            _ => BackendStep::Failed("backend sent an unexpected packet during login".into()),
+        }
+    }
+}

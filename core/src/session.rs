@@ -1,0 +1,372 @@
+//! One client connection: login → route → backend login → forward → close.
+//!
+//! Events go in with [`Session::handle`]; what to do comes out of
+//! [`Session::poll_output`]; [`Session::poll_timeout`] is the next deadline.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::cluster::{NoBackend, Route, RouteRequest};
+use crate::errors;
+use crate::labels::LoginName;
+use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
+use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedClient};
+use crate::login::{err_frame, frame};
+use crate::packets::ErrPacket;
+use crate::users::UserDirectory;
+use crate::wire::{FrameError, PacketDecoder};
+use crate::Timestamp;
+
+/// Largest packet accepted while logging in: logins are small, and garbage must not make us allocate.
+const LOGIN_MAX_PACKET: usize = 64 * 1024;
+
+/// Limits a session runs under.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// How long the client has to log in.
+    pub login_timeout: Duration,
+    /// How long a backend has to connect and accept the login.
+    pub backend_timeout: Duration,
+    /// Largest packet accepted from a peer.
+    pub max_packet_size: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            login_timeout: Duration::from_secs(10),
+            backend_timeout: Duration::from_secs(5),
+            max_packet_size: 64 << 20,
+        }
+    }
+}
+
+/// An event for the session.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// Bytes read from the client.
+    ClientData(Bytes),
+    /// The client closed its side (or the connection broke).
+    ClientClosed,
+    /// The cluster chose a backend (and counts the session on it).
+    Routed(Route),
+    /// No backend can take the session.
+    RouteFailed(NoBackend),
+    /// The backend connection is up.
+    BackendConnected,
+    /// The backend connection could not be made.
+    BackendConnectFailed(String),
+    /// Bytes read from the backend.
+    BackendData(Bytes),
+    /// The backend closed its side (or the connection broke).
+    BackendClosed,
+    /// A deadline from [`Session::poll_timeout`] may have passed.
+    Timeout,
+}
+
+/// Something for the driver to do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Write these bytes to the client.
+    ToClient(Bytes),
+    /// Write these bytes to the backend.
+    ToBackend(Bytes),
+    /// Ask the cluster for a backend; answer with [`Input::Routed`] or [`Input::RouteFailed`].
+    Route(RouteRequest),
+    /// Connect to this backend; answer with [`Input::BackendConnected`] or [`Input::BackendConnectFailed`].
+    Connect(Route),
+    /// The session is over: flush what was queued, close both sides, release the route.
+    Close(CloseReason),
+    /// Something worth logging or counting.
+    Event(SessionEvent),
+}
+
+/// Why a session ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client went away (or sent COM_QUIT and the backend closed).
+    ClientClosed,
+    /// The backend went away while the session was forwarding.
+    BackendClosed,
+    /// The client did not log in in time.
+    LoginTimeout,
+    /// The login was refused; the client got an ERR.
+    LoginRefused(String),
+    /// The client broke the protocol.
+    ProtocolError(String),
+}
+
+/// A milestone of the session, for logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// The client is verified and the backend accepted the login.
+    LoggedIn {
+        /// Who.
+        login: LoginName,
+        /// Where.
+        route: Route,
+        /// The backend's thread id.
+        backend_connection_id: u32,
+    },
+}
+
+#[derive(Debug)]
+enum State {
+    ClientLogin(ClientLogin),
+    Routing(Box<VerifiedClient>),
+    BackendLogin(Box<VerifiedClient>, Route, BackendLogin),
+    Forwarding,
+    Closed,
+}
+
+/// The state machine of one client connection.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    users: Arc<UserDirectory>,
+    state: State,
+    client_rx: PacketDecoder,
+    backend_rx: PacketDecoder,
+    outputs: VecDeque<Output>,
+    login_deadline: Option<Timestamp>,
+    backend_deadline: Option<Timestamp>,
+}
+
+impl Session {
+    /// A new session for a client at `peer_host`; its handshake is the first output.
+    pub fn new(
+        now: Timestamp,
+        config: SessionConfig,
+        greeting: Greeting,
+        users: Arc<UserDirectory>,
+        peer_host: String,
+    ) -> Self {
+        let (login, handshake) = ClientLogin::start(greeting, peer_host);
+        let login_max = LOGIN_MAX_PACKET.min(config.max_packet_size);
+        let backend_max = config.max_packet_size;
+        let mut session = Session {
+            login_deadline: Some(now.add(config.login_timeout)),
+            backend_deadline: None,
+            config,
+            users,
+            state: State::ClientLogin(login),
+            client_rx: PacketDecoder::new(login_max),
+            backend_rx: PacketDecoder::new(LOGIN_MAX_PACKET.min(backend_max)),
+            outputs: VecDeque::new(),
+        };
+        session.outputs.push_back(Output::ToClient(handshake));
+        session
+    }
+
+    /// Feeds one event.
+    pub fn handle(&mut self, now: Timestamp, input: Input) {
+        match input {
+            Input::ClientData(data) => self.on_client_data(data),
+            Input::BackendData(data) => self.on_backend_data(data),
+            Input::Routed(route) => self.on_routed(now, route),
+            Input::RouteFailed(no) => self.on_route_failed(no),
+            Input::BackendConnected => {}
+            Input::BackendConnectFailed(why) => self.fail_backend(&why),
+            Input::ClientClosed => self.close(CloseReason::ClientClosed),
+            Input::BackendClosed => match self.state {
+                State::Forwarding => self.close(CloseReason::BackendClosed),
+                _ => self.fail_backend("backend closed the connection during login"),
+            },
+            Input::Timeout => self.on_timeout(now),
+        }
+    }
+
+    /// The next thing to do, if any. Drain after every [`Session::handle`].
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Input::Timeout`] should next be fed.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        match (self.login_deadline, self.backend_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// True once the session has ended.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.state, State::Closed)
+    }
+
+    /// True while forwarding between client and backend.
+    pub fn is_forwarding(&self) -> bool {
+        matches!(self.state, State::Forwarding)
+    }
+
+    fn on_client_data(&mut self, data: Bytes) {
+        match &mut self.state {
+            State::Forwarding => self.outputs.push_back(Output::ToBackend(data)),
+            State::ClientLogin(_) => {
+                self.client_rx.extend(&data);
+                self.drive_client_login();
+            }
+            // Clients wait for the login result; bytes now are a protocol violation.
+            State::Routing(_) | State::BackendLogin(..) => self.close(CloseReason::ProtocolError(
+                "client sent data before its login finished".into(),
+            )),
+            State::Closed => {}
+        }
+    }
+
+    fn drive_client_login(&mut self) {
+        while let State::ClientLogin(login) = &mut self.state {
+            let packet = match self.client_rx.decode() {
+                Ok(Some(p)) => p,
+                Ok(None) => return,
+                Err(e) => return self.client_frame_error(e),
+            };
+            match login.handle(packet, &self.users) {
+                ClientStep::Send(bytes) => self.outputs.push_back(Output::ToClient(bytes)),
+                ClientStep::Refuse(err, why) => {
+                    self.outputs.push_back(Output::ToClient(err));
+                    return self.close(CloseReason::LoginRefused(why));
+                }
+                ClientStep::Verified(client) => {
+                    self.login_deadline = None;
+                    self.outputs.push_back(Output::Route(RouteRequest {
+                        tenant: client.login.tenant.clone(),
+                        labels: client.login.labels.clone(),
+                    }));
+                    self.state = State::Routing(client);
+                }
+            }
+        }
+    }
+
+    fn client_frame_error(&mut self, e: FrameError) {
+        let err = match e {
+            FrameError::TooLarge { .. } => errors::packet_too_large(),
+            FrameError::BadSequence { .. } => errors::malformed_packet(&e.to_string()),
+        };
+        self.outputs.push_back(Output::ToClient(err_frame(&err, 2)));
+        self.close(CloseReason::ProtocolError(e.to_string()));
+    }
+
+    fn on_routed(&mut self, now: Timestamp, route: Route) {
+        let State::Routing(client) = std::mem::replace(&mut self.state, State::Closed) else {
+            return;
+        };
+        self.backend_deadline = Some(now.add(self.config.backend_timeout));
+        self.outputs.push_back(Output::Connect(route.clone()));
+        let mut template = client.response.clone();
+        template.user = client.login.user.clone();
+        let login = BackendLogin::new(template, client.secret.clone(), client.capabilities);
+        self.state = State::BackendLogin(client, route, login);
+    }
+
+    fn on_route_failed(&mut self, no: NoBackend) {
+        let State::Routing(client) = &self.state else {
+            return;
+        };
+        let err = errors::no_backend(no.tenant.as_deref(), &no.labels);
+        self.refuse(err, client.next_seq, "no backend".into());
+    }
+
+    fn on_backend_data(&mut self, data: Bytes) {
+        match &mut self.state {
+            State::Forwarding => self.outputs.push_back(Output::ToClient(data)),
+            State::BackendLogin(..) => {
+                self.backend_rx.extend(&data);
+                self.drive_backend_login();
+            }
+            _ => {}
+        }
+    }
+
+    fn drive_backend_login(&mut self) {
+        while let State::BackendLogin(_, _, login) = &mut self.state {
+            let packet = match self.backend_rx.decode() {
+                Ok(Some(p)) => p,
+                Ok(None) => return,
+                Err(e) => return self.fail_backend(&e.to_string()),
+            };
+            match login.handle(packet) {
+                BackendStep::Send(bytes) => self.outputs.push_back(Output::ToBackend(bytes)),
+                BackendStep::Done(backend) => return self.logged_in(*backend),
+                BackendStep::Refused(err) => {
+                    let seq = self.client_seq();
+                    return self.refuse(err, seq, "backend refused the login".into());
+                }
+                BackendStep::Failed(why) => return self.fail_backend(&why),
+            }
+        }
+    }
+
+    fn logged_in(&mut self, backend: BackendSession) {
+        let State::BackendLogin(client, route, _) =
+            std::mem::replace(&mut self.state, State::Forwarding)
+        else {
+            return;
+        };
+        self.backend_deadline = None;
+        let mut ok = BytesMut::new();
+        backend.ok.write(&mut ok, client.capabilities);
+        self.outputs
+            .push_back(Output::ToClient(frame(&ok, client.next_seq)));
+        self.outputs
+            .push_back(Output::Event(SessionEvent::LoggedIn {
+                login: client.login,
+                route,
+                backend_connection_id: backend.handshake.connection_id,
+            }));
+        // Nothing should follow a login OK before the client's first command, but never drop bytes.
+        let rest = self.backend_rx.take_remaining();
+        if !rest.is_empty() {
+            self.outputs.push_back(Output::ToClient(rest.freeze()));
+        }
+    }
+
+    /// The sequence id of ferry's next packet to a client that is waiting for its login result.
+    fn client_seq(&self) -> u8 {
+        match &self.state {
+            State::Routing(c) | State::BackendLogin(c, _, _) => c.next_seq,
+            _ => 2,
+        }
+    }
+
+    fn fail_backend(&mut self, why: &str) {
+        let backend = match &self.state {
+            State::BackendLogin(_, r, _) => r.backend.to_string(),
+            _ => return,
+        };
+        let seq = self.client_seq();
+        self.refuse(
+            errors::backend_unavailable(&backend, why),
+            seq,
+            format!("backend {backend}: {why}"),
+        );
+    }
+
+    fn refuse(&mut self, err: ErrPacket, seq: u8, why: String) {
+        self.outputs
+            .push_back(Output::ToClient(err_frame(&err, seq)));
+        self.close(CloseReason::LoginRefused(why));
+    }
+
+    fn on_timeout(&mut self, now: Timestamp) {
+        if self.login_deadline.is_some_and(|d| now >= d) {
+            self.close(CloseReason::LoginTimeout);
+        } else if self.backend_deadline.is_some_and(|d| now >= d) {
+            self.fail_backend("timed out waiting for the backend");
+        }
+    }
+
+    fn close(&mut self, reason: CloseReason) {
+        if matches!(self.state, State::Closed) {
+            return;
+        }
+        self.state = State::Closed;
+        self.login_deadline = None;
+        self.backend_deadline = None;
+        self.outputs.push_back(Output::Close(reason));
+    }
+}

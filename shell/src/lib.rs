@@ -1,0 +1,9 @@
+//! ferry-shell: wires ferry-core's state machines to real sockets with smol.
+//!
+//! The per-connection [`pump`] is generic over the streams, the connector, the
+//! router and the clock, so the simulator drives exactly the same code.
+
+pub mod clock;
+pub mod probe;
+pub mod proxy;
+pub mod pump;

@@ -1,0 +1,258 @@
+//! The per-connection pump: moves bytes between sockets and a [`Session`].
+//!
+//! Cut-through: each read becomes one `Bytes` (a slice of the read buffer,
+//! no copy), goes through the session and leaves in one write.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::Poll;
+
+use bytes::{Bytes, BytesMut};
+use ferry_core::cluster::{BackendId, NoBackend, Route, RouteRequest};
+use ferry_core::session::{CloseReason, Input, Output, Session, SessionEvent};
+use futures_io::{AsyncRead, AsyncWrite};
+use futures_lite::{AsyncWriteExt, FutureExt};
+use tracing::{debug, info, warn};
+
+use crate::clock::Clock;
+
+/// Opens connections to backends.
+pub trait Connector: Send + Sync + 'static {
+    /// The backend stream.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send;
+    /// Connects to `addr`.
+    fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// Chooses backends and keeps their counts.
+pub trait Router: Send + Sync + 'static {
+    /// Picks a backend and counts one session on it.
+    fn route(&self, req: &RouteRequest) -> Result<Route, NoBackend>;
+    /// Stops counting one session on `backend`.
+    fn release(&self, backend: &BackendId);
+}
+
+/// Read buffer size per direction.
+const READ_CHUNK: usize = 16 * 1024;
+/// Below this much room, the read buffer is refilled.
+const MIN_ROOM: usize = 2 * 1024;
+
+/// A read buffer kept initialised, from which each read is split off without copying.
+struct ReadBuf(BytesMut);
+
+impl ReadBuf {
+    fn new() -> Self {
+        ReadBuf(BytesMut::new())
+    }
+
+    fn room(&mut self) -> &mut [u8] {
+        if self.0.len() < MIN_ROOM {
+            self.0.clear();
+            self.0.reserve(READ_CHUNK);
+            let cap = self.0.capacity();
+            self.0.resize(cap, 0);
+        }
+        &mut self.0[..]
+    }
+
+    fn take(&mut self, n: usize) -> Bytes {
+        self.0.split_to(n).freeze()
+    }
+}
+
+/// Counts the session on its backend until dropped.
+struct Lease<'r, R: Router> {
+    router: &'r R,
+    backend: Option<BackendId>,
+}
+
+impl<R: Router> Drop for Lease<'_, R> {
+    fn drop(&mut self) {
+        if let Some(b) = self.backend.take() {
+            self.router.release(&b);
+        }
+    }
+}
+
+enum Wake {
+    Client(io::Result<usize>),
+    Backend(io::Result<usize>),
+    Timer,
+}
+
+/// Runs one session to its end. `conn_id` is for logs.
+pub async fn run<C, K, R, T>(
+    conn_id: u32,
+    mut session: Session,
+    mut client: C,
+    connector: &K,
+    router: &R,
+    clock: &T,
+) -> CloseReason
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    K: Connector,
+    R: Router,
+    T: Clock,
+{
+    let mut backend: Option<K::Stream> = None;
+    let mut lease = Lease {
+        router,
+        backend: None,
+    };
+    let mut client_buf = ReadBuf::new();
+    let mut backend_buf = ReadBuf::new();
+    let mut timer: Option<(ferry_core::Timestamp, Pin<Box<T::Sleep>>)> = None;
+    let mut backend_first = false;
+    loop {
+        while let Some(output) = session.poll_output() {
+            match output {
+                Output::ToClient(bytes) => {
+                    if let Err(e) = client.write_all(&bytes).await {
+                        debug!(conn_id, error = %e, "write to client failed");
+                        session.handle(clock.now(), Input::ClientClosed);
+                    }
+                }
+                Output::ToBackend(bytes) => {
+                    let result = match backend.as_mut() {
+                        Some(b) => b.write_all(&bytes).await,
+                        None => Err(io::ErrorKind::NotConnected.into()),
+                    };
+                    if let Err(e) = result {
+                        debug!(conn_id, error = %e, "write to backend failed");
+                        session.handle(clock.now(), Input::BackendClosed);
+                    }
+                }
+                Output::Route(req) => {
+                    let input = match router.route(&req) {
+                        Ok(route) => {
+                            lease.backend = Some(route.backend.clone());
+                            Input::Routed(route)
+                        }
+                        Err(no) => Input::RouteFailed(no),
+                    };
+                    session.handle(clock.now(), input);
+                }
+                Output::Connect(route) => {
+                    let input = connect(&session, connector, clock, route.addr)
+                        .await
+                        .map_or_else(Input::BackendConnectFailed, |stream| {
+                            backend = Some(stream);
+                            Input::BackendConnected
+                        });
+                    session.handle(clock.now(), input);
+                }
+                Output::Event(SessionEvent::LoggedIn {
+                    login,
+                    route,
+                    backend_connection_id,
+                }) => {
+                    info!(
+                        conn_id,
+                        tenant = login.tenant.as_deref().unwrap_or(""),
+                        user = %login.user,
+                        labels = %login.labels,
+                        backend = %route.backend,
+                        backend_connection_id,
+                        "session logged in"
+                    );
+                }
+                Output::Close(reason) => {
+                    let _ = client.close().await;
+                    if let Some(mut b) = backend.take() {
+                        let _ = b.close().await;
+                    }
+                    log_close(conn_id, &reason);
+                    return reason;
+                }
+            }
+        }
+
+        let deadline = session.poll_timeout();
+        if timer.as_ref().map(|(d, _)| *d) != deadline {
+            timer = deadline.map(|d| (d, Box::pin(clock.sleep_until(d))));
+        }
+        backend_first = !backend_first;
+        let wake = poll_fn(|cx| {
+            let mut poll_client = |cx: &mut std::task::Context<'_>| {
+                Pin::new(&mut client)
+                    .poll_read(cx, client_buf.room())
+                    .map(Wake::Client)
+            };
+            let mut poll_backend = |cx: &mut std::task::Context<'_>| match backend.as_mut() {
+                Some(b) => Pin::new(b)
+                    .poll_read(cx, backend_buf.room())
+                    .map(Wake::Backend),
+                None => Poll::Pending,
+            };
+            let first = if backend_first {
+                poll_backend(cx)
+            } else {
+                poll_client(cx)
+            };
+            if first.is_ready() {
+                return first;
+            }
+            let second = if backend_first {
+                poll_client(cx)
+            } else {
+                poll_backend(cx)
+            };
+            if second.is_ready() {
+                return second;
+            }
+            match timer.as_mut() {
+                Some((_, sleep)) => sleep.as_mut().poll(cx).map(|_| Wake::Timer),
+                None => Poll::Pending,
+            }
+        })
+        .await;
+        let now = clock.now();
+        match wake {
+            Wake::Client(Ok(0)) | Wake::Client(Err(_)) => session.handle(now, Input::ClientClosed),
+            Wake::Client(Ok(n)) => session.handle(now, Input::ClientData(client_buf.take(n))),
+            Wake::Backend(Ok(0)) | Wake::Backend(Err(_)) => {
+                session.handle(now, Input::BackendClosed)
+            }
+            Wake::Backend(Ok(n)) => session.handle(now, Input::BackendData(backend_buf.take(n))),
+            Wake::Timer => {
+                timer = None;
+                session.handle(now, Input::Timeout)
+            }
+        }
+    }
+}
+
+/// Connects to a backend, giving up at the session's deadline.
+async fn connect<K: Connector, T: Clock>(
+    session: &Session,
+    connector: &K,
+    clock: &T,
+    addr: SocketAddr,
+) -> Result<K::Stream, String> {
+    let attempt = async { connector.connect(addr).await.map_err(|e| e.to_string()) };
+    match session.poll_timeout() {
+        Some(deadline) => {
+            let sleep = clock.sleep_until(deadline);
+            attempt
+                .or(async {
+                    sleep.await;
+                    Err("timed out connecting".to_string())
+                })
+                .await
+        }
+        None => attempt.await,
+    }
+}
+
+fn log_close(conn_id: u32, reason: &CloseReason) {
+    match reason {
+        CloseReason::ClientClosed => debug!(conn_id, "session closed by client"),
+        CloseReason::BackendClosed => info!(conn_id, "backend closed the session"),
+        CloseReason::LoginTimeout => info!(conn_id, "client did not log in in time; closed"),
+        CloseReason::LoginRefused(why) => info!(conn_id, reason = %why, "login refused"),
+        CloseReason::ProtocolError(why) => warn!(conn_id, reason = %why, "protocol error; closed"),
+    }
+}
