@@ -1,72 +1,300 @@
-//! TEMP stub until merged.
-use crate::labels::Labels;
-use serde::{Deserialize, Serialize};
+//! The RON configuration file: a contract with everything that starts ferry.
+//!
+//! Optional values (`tenant: "acc1"`) are written without `Some(...)`: parsing
+//! enables RON's `implicit_some` by default, so the file needs no header.
+
+use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use ron::extensions::Extensions;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::StoredCredential;
+use crate::labels::Labels;
+
+/// Default for [`Config::login_timeout_ms`].
+pub const DEFAULT_LOGIN_TIMEOUT_MS: u64 = 10_000;
+/// Default for [`Config::backend_timeout_ms`].
+pub const DEFAULT_BACKEND_TIMEOUT_MS: u64 = 5_000;
+/// Default for [`Config::max_packet_size`]: 64 MiB.
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 64 << 20;
+/// Smallest accepted [`Config::max_packet_size`]: below this a handshake may not fit.
+pub const MIN_MAX_PACKET_SIZE: usize = 1024;
+
+/// The whole configuration of one ferry process.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Where clients connect.
+    #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
+    /// Where the admin HTTP API listens.
+    #[serde(deserialize_with = "socket_addr")]
     pub admin_listen: SocketAddr,
+    /// Who may log in.
     #[serde(default)]
     pub users: Vec<UserConfig>,
+    /// The servers sessions are routed to.
     #[serde(default)]
     pub backends: Vec<BackendConfig>,
+    /// Version string ferry announces to clients; None = learn it from a backend's handshake.
     #[serde(default)]
     pub server_version: Option<String>,
-    #[serde(default = "d10")]
+    /// How long a client has to finish logging in (default 10_000).
+    #[serde(default = "default_login_timeout_ms")]
     pub login_timeout_ms: u64,
-    #[serde(default = "d5")]
+    /// How long a backend has to answer connect + handshake + auth (default 5_000).
+    #[serde(default = "default_backend_timeout_ms")]
     pub backend_timeout_ms: u64,
-    #[serde(default = "d64")]
+    /// Largest packet payload accepted from a peer, bytes (default 64 MiB; minimum 1 KiB).
+    #[serde(default = "default_max_packet_size")]
     pub max_packet_size: usize,
 }
-fn d10() -> u64 {
-    10000
+
+/// Reads `IP:port`, with an error that shows the bad text (serde's says only "invalid syntax").
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid address '{text}': expected IP:port, such as \"127.0.0.1:3306\" (host names are not resolved)"
+        ))
+    })
 }
-fn d5() -> u64 {
-    5000
+
+fn default_login_timeout_ms() -> u64 {
+    DEFAULT_LOGIN_TIMEOUT_MS
 }
-fn d64() -> usize {
-    64 << 20
+
+fn default_backend_timeout_ms() -> u64 {
+    DEFAULT_BACKEND_TIMEOUT_MS
 }
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+
+fn default_max_packet_size() -> usize {
+    DEFAULT_MAX_PACKET_SIZE
+}
+
+/// One user ferry verifies logins for; give exactly one of `password` and `password_hash`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
+    /// The tenant this entry is for; None = any tenant.
     #[serde(default)]
     pub tenant: Option<String>,
+    /// The user name, as sent to the backends.
     pub user: String,
+    /// The clear-text password (`""` for none).
     #[serde(default)]
     pub password: Option<String>,
+    /// The `mysql.user` hash, `*` + 40 hex digits.
     #[serde(default)]
     pub password_hash: Option<String>,
 }
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+
+impl UserConfig {
+    /// The credential logins are checked against.
+    pub fn credential(&self) -> Result<StoredCredential, ConfigError> {
+        match (&self.password, &self.password_hash) {
+            (Some(password), None) => Ok(StoredCredential::from_password(password)),
+            (None, Some(hash)) => StoredCredential::parse_mysql(hash).map_err(|e| {
+                ConfigError::unplaced(format!("user '{}': bad password_hash: {e}", self.name()))
+            }),
+            (Some(_), Some(_)) => Err(ConfigError::unplaced(format!(
+                "user '{}' has both password and password_hash; give exactly one",
+                self.name()
+            ))),
+            (None, None) => Err(ConfigError::unplaced(format!(
+                "user '{}' has neither password nor password_hash; give exactly one \
+                 (password: \"\" for no password)",
+                self.name()
+            ))),
+        }
+    }
+
+    /// `tenant:user` or `user`, as a client would write it; for messages.
+    pub fn name(&self) -> String {
+        match &self.tenant {
+            Some(tenant) => format!("{tenant}:{}", self.user),
+            None => self.user.clone(),
+        }
+    }
+}
+
+/// One backend server.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
+    /// A name unique among the backends; used by the admin API and in logs.
     pub id: String,
+    /// Where it listens.
+    #[serde(deserialize_with = "socket_addr")]
     pub addr: SocketAddr,
+    /// Its labels; values may be globs. None = the shared pool.
     #[serde(default)]
     pub labels: Labels,
+    /// Whether it takes new sessions.
     #[serde(default)]
     pub state: WorkState,
 }
+
+/// Whether a backend takes new sessions, and whether its sessions should leave.
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize,
 )]
 pub enum WorkState {
+    /// Takes new sessions.
     #[default]
     Working,
+    /// Takes no new sessions; its sessions are being moved away.
     Draining,
+    /// Takes no sessions and has none.
     Drained,
 }
+
+impl Config {
+    /// Parses and validates a config text; errors carry line, column and reason.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = ron_options().from_str(text).map_err(|e| ConfigError {
+            line: e.span.start.line,
+            column: e.span.start.col,
+            message: e.code.to_string(),
+        })?;
+        config.check().map_err(|p| p.in_text(text))?;
+        Ok(config)
+    }
+
+    /// Validates a config built in code; errors have no position (line 0).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check().map_err(|p| ConfigError::unplaced(p.message))
+    }
+
+    /// The config as RON text that [`Config::parse`] reads back.
+    pub fn to_ron(&self) -> String {
+        let pretty = ron::ser::PrettyConfig::new().extensions(Extensions::IMPLICIT_SOME);
+        ron::ser::to_string_pretty(self, pretty).expect("a Config always serialises")
+    }
+
+    /// [`Config::login_timeout_ms`] as a duration.
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_millis(self.login_timeout_ms)
+    }
+
+    /// [`Config::backend_timeout_ms`] as a duration.
+    pub fn backend_timeout(&self) -> Duration {
+        Duration::from_millis(self.backend_timeout_ms)
+    }
+
+    fn check(&self) -> Result<(), Problem> {
+        if self.max_packet_size < MIN_MAX_PACKET_SIZE {
+            return Err(Problem::new(
+                format!(
+                    "max_packet_size must be at least {MIN_MAX_PACKET_SIZE} bytes, got {}",
+                    self.max_packet_size
+                ),
+                Anchor::key("max_packet_size"),
+            ));
+        }
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            return Err(Problem::new(
+                format!("listen and admin_listen are both {}", self.listen),
+                Anchor::key("admin_listen"),
+            ));
+        }
+        self.check_users()?;
+        self.check_backends()
+    }
+
+    fn check_users(&self) -> Result<(), Problem> {
+        for (i, user) in self.users.iter().enumerate() {
+            let earlier = &self.users[..i];
+            let anchor = Anchor::value(
+                "user",
+                &user.user,
+                earlier.iter().filter(|u| u.user == user.user).count(),
+            );
+            let fail = |message: String| Err(Problem::new(message, anchor.clone()));
+            if user.user.is_empty() {
+                return fail("a user has an empty name".into());
+            }
+            match user.tenant.as_deref() {
+                Some("") => {
+                    return fail(format!(
+                    "user '{}' has an empty tenant; leave tenant out for a user of every tenant",
+                    user.user
+                ))
+                }
+                Some(t) if t.contains([':', '#', '?']) => {
+                    return fail(format!(
+                        "tenant '{t}' of user '{}' contains ':', '#' or '?', \
+                         which no client user name can express",
+                        user.user
+                    ))
+                }
+                _ => {}
+            }
+            if let Err(e) = user.credential() {
+                return fail(e.message);
+            }
+            if earlier
+                .iter()
+                .any(|u| u.user == user.user && u.tenant == user.tenant)
+            {
+                return fail(format!("user '{}' is configured twice", user.name()));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_backends(&self) -> Result<(), Problem> {
+        for (i, backend) in self.backends.iter().enumerate() {
+            let earlier = &self.backends[..i];
+            let same_id = earlier.iter().filter(|b| b.id == backend.id).count();
+            let anchor = Anchor::value("id", &backend.id, same_id);
+            if backend.id.is_empty() {
+                return Err(Problem::new(
+                    format!("backend at {} has an empty id", backend.addr),
+                    anchor,
+                ));
+            }
+            if same_id > 0 {
+                return Err(Problem::new(
+                    format!("backend id '{}' is used twice", backend.id),
+                    anchor,
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ron_options() -> ron::Options {
+    ron::Options::default().with_default_extension(Extensions::IMPLICIT_SOME)
+}
+
+/// Why a config was rejected, and where.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConfigError {
+    /// 1-based line, or 0 when the error has no position.
     pub line: usize,
+    /// 1-based column, or 0 when the error has no position.
     pub column: usize,
+    /// What is wrong, for a person.
     pub message: String,
 }
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+
+impl ConfigError {
+    /// An error that is not tied to a place in the text.
+    pub fn unplaced(message: impl Into<String>) -> Self {
+        ConfigError {
+            line: 0,
+            column: 0,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "line {}, column {}: {}",
@@ -74,15 +302,84 @@ impl std::fmt::Display for ConfigError {
         )
     }
 }
-impl Config {
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        ron::Options::default()
-            .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME)
-            .from_str(text)
-            .map_err(|e| ConfigError {
-                line: e.span.start.line,
-                column: e.span.start.col,
-                message: e.code.to_string(),
-            })
+
+impl std::error::Error for ConfigError {}
+
+/// A validation failure found on the parsed value, with a hint where it sits in the text.
+struct Problem {
+    message: String,
+    anchor: Anchor,
+}
+
+impl Problem {
+    fn new(message: String, anchor: Anchor) -> Self {
+        Problem { message, anchor }
+    }
+
+    fn in_text(self, text: &str) -> ConfigError {
+        let (line, column) = self.anchor.find(text).unwrap_or((0, 0));
+        ConfigError {
+            line,
+            column,
+            message: self.message,
+        }
+    }
+}
+
+/// The `nth` occurrence of `key:` (followed by `"value"` if given) in the text.
+///
+/// serde hands us values without spans, so validation errors are placed by
+/// finding the field again. Good enough for hand-written files; an unusual
+/// spelling (escapes, raw strings) just yields no position.
+#[derive(Clone)]
+struct Anchor {
+    key: &'static str,
+    value: Option<String>,
+    nth: usize,
+}
+
+impl Anchor {
+    fn key(key: &'static str) -> Self {
+        Anchor {
+            key,
+            value: None,
+            nth: 0,
+        }
+    }
+
+    fn value(key: &'static str, value: &str, nth: usize) -> Self {
+        Anchor {
+            key,
+            value: Some(value.to_owned()),
+            nth,
+        }
+    }
+
+    fn find(&self, text: &str) -> Option<(usize, usize)> {
+        let at = text
+            .match_indices(self.key)
+            .map(|(at, _)| at)
+            .filter(|&at| self.matches_at(text, at))
+            .nth(self.nth)?;
+        let before = &text[..at];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Some((line, before[line_start..].chars().count() + 1))
+    }
+
+    fn matches_at(&self, text: &str, at: usize) -> bool {
+        let starts_word = !matches!(
+            text[..at].chars().next_back(),
+            Some(c) if c.is_alphanumeric() || c == '_'
+        );
+        let rest = text[at + self.key.len()..].trim_start();
+        let Some(rest) = rest.strip_prefix(':') else {
+            return false;
+        };
+        let value_matches = match &self.value {
+            Some(value) => rest.trim_start().starts_with(&format!("\"{value}\"")),
+            None => true,
+        };
+        starts_word && value_matches
     }
 }

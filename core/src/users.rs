@@ -1,42 +1,89 @@
-//! TEMP stub until merged.
-use crate::auth::{StoredCredential, StoredHash};
-use crate::config::{ConfigError, UserConfig};
+//! Who may log in: credentials keyed by user and tenant.
+
 use std::collections::BTreeMap;
+
+use crate::auth::StoredCredential;
+use crate::config::{ConfigError, UserConfig};
+
+/// The users ferry verifies logins against, keyed by (tenant, user).
 #[derive(Clone, Debug, Default)]
 pub struct UserDirectory {
-    users: BTreeMap<(Option<String>, String), StoredCredential>,
+    // Keyed by user first so a lookup borrows the login's strings instead of
+    // building an owned (tenant, user) key.
+    users: BTreeMap<String, Entries>,
 }
+
+/// The credentials configured for one user name.
+#[derive(Clone, Debug, Default)]
+struct Entries {
+    /// The entry without a tenant: serves every tenant that has no entry of its own.
+    any_tenant: Option<StoredCredential>,
+    by_tenant: BTreeMap<String, StoredCredential>,
+}
+
+impl Entries {
+    fn len(&self) -> usize {
+        usize::from(self.any_tenant.is_some()) + self.by_tenant.len()
+    }
+}
+
 impl UserDirectory {
+    /// An empty directory: nobody can log in.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The directory for the config's users; rejects bad credentials and duplicate (tenant, user).
     pub fn from_config(users: &[UserConfig]) -> Result<Self, ConfigError> {
-        let mut d = Self::default();
-        for u in users {
-            let cred = match (&u.password, &u.password_hash) {
-                (Some(p), None) => StoredCredential::from_password(p),
-                (None, Some(h)) => {
-                    StoredCredential::Native(StoredHash::parse(h).map_err(|e| ConfigError {
-                        line: 0,
-                        column: 0,
-                        message: format!("{e:?}"),
-                    })?)
-                }
-                _ => {
-                    return Err(ConfigError {
-                        line: 0,
-                        column: 0,
-                        message: "password".into(),
-                    })
-                }
-            };
-            d.insert(u.tenant.clone(), u.user.clone(), cred);
+        let mut dir = UserDirectory::new();
+        for user in users {
+            let cred = user.credential()?;
+            if dir.get(user.tenant.as_deref(), &user.user).is_some() {
+                return Err(ConfigError::unplaced(format!(
+                    "user '{}' is configured twice",
+                    user.name()
+                )));
+            }
+            dir.insert(user.tenant.clone(), user.user.clone(), cred);
         }
-        Ok(d)
+        Ok(dir)
     }
+
+    /// Adds or replaces the credential of `user` for `tenant` (None = any tenant).
     pub fn insert(&mut self, tenant: Option<String>, user: String, cred: StoredCredential) {
-        self.users.insert((tenant, user), cred);
+        let entries = self.users.entry(user).or_default();
+        match tenant {
+            Some(tenant) => {
+                entries.by_tenant.insert(tenant, cred);
+            }
+            None => entries.any_tenant = Some(cred),
+        }
     }
+
+    /// The credential for a login: an entry for exactly this tenant wins; a user configured without a tenant may log in under any tenant.
     pub fn lookup(&self, tenant: Option<&str>, user: &str) -> Option<&StoredCredential> {
-        self.users
-            .get(&(tenant.map(str::to_string), user.to_string()))
-            .or_else(|| self.users.get(&(None, user.to_string())))
+        let entries = self.users.get(user)?;
+        tenant
+            .and_then(|t| entries.by_tenant.get(t))
+            .or(entries.any_tenant.as_ref())
+    }
+
+    /// The entry stored under exactly this (tenant, user), without falling back.
+    pub fn get(&self, tenant: Option<&str>, user: &str) -> Option<&StoredCredential> {
+        let entries = self.users.get(user)?;
+        match tenant {
+            Some(t) => entries.by_tenant.get(t),
+            None => entries.any_tenant.as_ref(),
+        }
+    }
+
+    /// Number of (tenant, user) entries.
+    pub fn len(&self) -> usize {
+        self.users.values().map(Entries::len).sum()
+    }
+
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
     }
 }

@@ -1,0 +1,349 @@
+//! The RON config: the example in the contract, defaults, and every rejection.
+
+use ferry_core::auth::{StoredCredential, StoredHash};
+use ferry_core::config::{
+    BackendConfig, Config, ConfigError, UserConfig, WorkState, DEFAULT_MAX_PACKET_SIZE,
+};
+use ferry_core::labels::Labels;
+
+/// The example every consumer of the contract relies on, verbatim.
+const EXAMPLE: &str = r#"(
+    listen: "127.0.0.1:6009",
+    admin_listen: "127.0.0.1:6010",
+    users: [
+        (user: "root", password: "111"),
+        (tenant: "acc1", user: "app", password_hash: "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7"),
+    ],
+    backends: [
+        (id: "cn1", addr: "127.0.0.1:3307"),
+        (id: "cn2", addr: "127.0.0.1:3308", labels: {"account": "acc1"}),
+        (id: "cn3", addr: "127.0.0.1:3309", labels: {"account": "acc1", "region": "eu-*"}, state: Draining),
+    ],
+)
+"#;
+
+const MINIMAL_HEAD: &str = r#"(
+    listen: "127.0.0.1:6009",
+    admin_listen: "127.0.0.1:6010","#;
+
+/// A minimal config with `body` spliced in; its first line of `body` is line 4.
+fn with(body: &str) -> String {
+    format!("{MINIMAL_HEAD}\n{body}\n)\n")
+}
+
+fn reject(text: &str) -> ConfigError {
+    Config::parse(text).expect_err("config should be rejected")
+}
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().copied().collect()
+}
+
+#[test]
+fn the_contract_example_parses_to_exactly_this() {
+    let config = Config::parse(EXAMPLE).unwrap();
+    let expected = Config {
+        listen: "127.0.0.1:6009".parse().unwrap(),
+        admin_listen: "127.0.0.1:6010".parse().unwrap(),
+        users: vec![
+            UserConfig {
+                tenant: None,
+                user: "root".into(),
+                password: Some("111".into()),
+                password_hash: None,
+            },
+            UserConfig {
+                tenant: Some("acc1".into()),
+                user: "app".into(),
+                password: None,
+                password_hash: Some("*14E65567ABDB5135D0CFD9A70B3032C179A49EE7".into()),
+            },
+        ],
+        backends: vec![
+            BackendConfig {
+                id: "cn1".into(),
+                addr: "127.0.0.1:3307".parse().unwrap(),
+                labels: Labels::new(),
+                state: WorkState::Working,
+            },
+            BackendConfig {
+                id: "cn2".into(),
+                addr: "127.0.0.1:3308".parse().unwrap(),
+                labels: labels(&[("account", "acc1")]),
+                state: WorkState::Working,
+            },
+            BackendConfig {
+                id: "cn3".into(),
+                addr: "127.0.0.1:3309".parse().unwrap(),
+                labels: labels(&[("account", "acc1"), ("region", "eu-*")]),
+                state: WorkState::Draining,
+            },
+        ],
+        server_version: None,
+        login_timeout_ms: 10_000,
+        backend_timeout_ms: 5_000,
+        max_packet_size: 64 * 1024 * 1024,
+    };
+    assert_eq!(config, expected);
+}
+
+#[test]
+fn only_listen_addresses_are_required() {
+    let config = Config::parse(&with("")).unwrap();
+    assert!(config.users.is_empty() && config.backends.is_empty());
+    assert_eq!(config.max_packet_size, DEFAULT_MAX_PACKET_SIZE);
+    assert_eq!(config.login_timeout().as_millis(), 10_000);
+    assert_eq!(config.backend_timeout().as_millis(), 5_000);
+}
+
+#[test]
+fn optional_settings_can_be_given() {
+    let config = Config::parse(&with(
+        r#"server_version: "8.0.36-ferry", login_timeout_ms: 1, backend_timeout_ms: 2, max_packet_size: 1024,"#,
+    ))
+    .unwrap();
+    assert_eq!(config.server_version.as_deref(), Some("8.0.36-ferry"));
+    assert_eq!(
+        (
+            config.login_timeout_ms,
+            config.backend_timeout_ms,
+            config.max_packet_size
+        ),
+        (1, 2, 1024)
+    );
+}
+
+#[test]
+fn every_work_state_is_a_bare_identifier() {
+    for (name, state) in [
+        ("Working", WorkState::Working),
+        ("Draining", WorkState::Draining),
+        ("Drained", WorkState::Drained),
+    ] {
+        let text = with(&format!(
+            r#"backends: [(id: "b", addr: "10.0.0.1:3306", state: {name})],"#
+        ));
+        assert_eq!(Config::parse(&text).unwrap().backends[0].state, state);
+    }
+}
+
+#[test]
+fn users_credentials_come_from_password_or_hash() {
+    let config = Config::parse(EXAMPLE).unwrap();
+    assert_eq!(
+        config.users[0].credential(),
+        Ok(StoredCredential::from_password("111"))
+    );
+    assert_eq!(
+        config.users[1].credential(),
+        Ok(StoredCredential::Native(StoredHash::from_password(
+            b"secret"
+        )))
+    );
+}
+
+#[test]
+fn an_empty_password_means_no_password() {
+    let config = Config::parse(&with(r#"users: [(user: "guest", password: "")],"#)).unwrap();
+    assert_eq!(config.users[0].credential(), Ok(StoredCredential::Empty));
+}
+
+#[test]
+fn to_ron_parses_back_to_the_same_config() {
+    let config = Config::parse(EXAMPLE).unwrap();
+    assert_eq!(Config::parse(&config.to_ron()), Ok(config));
+}
+
+#[test]
+fn an_unknown_top_level_field_is_named_with_its_line() {
+    let err = reject(&with("listen_port: 6009,"));
+    assert_eq!(err.line, 4, "{err}");
+    assert!(err.message.contains("listen_port"), "{err}");
+}
+
+#[test]
+fn an_unknown_user_field_is_named_with_its_line() {
+    let err = reject(&with(
+        r#"users: [
+        (user: "root", pasword: "111"),
+    ],"#,
+    ));
+    assert_eq!(err.line, 5, "{err}");
+    assert!(err.message.contains("pasword"), "{err}");
+}
+
+#[test]
+fn an_unknown_backend_field_is_named_with_its_line() {
+    let err = reject(&with(
+        r#"backends: [
+        (id: "cn1", addr: "127.0.0.1:3307"),
+        (id: "cn2", address: "127.0.0.1:3308"),
+    ],"#,
+    ));
+    assert_eq!(err.line, 6, "{err}");
+    assert!(err.message.contains("address"), "{err}");
+}
+
+#[test]
+fn a_missing_listen_address_is_an_error() {
+    let err = reject(r#"(admin_listen: "127.0.0.1:6010")"#);
+    assert!(err.message.contains("listen"), "{err}");
+}
+
+#[test]
+fn syntax_and_type_errors_read_like_this() {
+    let errors = [
+        with(r#"users: [(user: "root", password: "111")"#),
+        r#"(listen: "nowhere", admin_listen: "127.0.0.1:6010")"#.to_owned(),
+        with(r#"backends: [(id: "b", addr: "10.0.0.1:3306", state: Paused)],"#),
+    ]
+    .map(|t| reject(&t).to_string())
+    .join("\n");
+    insta::assert_snapshot!(errors, @r#"
+    line 5, column 1: Expected comma
+    line 1, column 11: invalid address 'nowhere': expected IP:port, such as "127.0.0.1:3306" (host names are not resolved)
+    line 4, column 52: Unexpected variant named `Paused` in enum `WorkState`, expected one of `Working`, `Draining`, or `Drained` instead
+    "#);
+}
+
+#[test]
+fn a_user_with_both_password_and_hash_is_rejected_at_its_line() {
+    let err = reject(&with(
+        r#"users: [
+        (user: "root", password: "111"),
+        (user: "app", password: "x", password_hash: "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7"),
+    ],"#,
+    ));
+    assert_eq!(
+        err.to_string(),
+        "line 6, column 10: user 'app' has both password and password_hash; give exactly one"
+    );
+}
+
+#[test]
+fn a_user_without_password_or_hash_is_rejected() {
+    let err = reject(&with(r#"users: [(tenant: "acc1", user: "app")],"#));
+    assert_eq!(
+        err.to_string(),
+        "line 4, column 26: user 'acc1:app' has neither password nor password_hash; \
+         give exactly one (password: \"\" for no password)"
+    );
+}
+
+#[test]
+fn a_bad_password_hash_is_rejected() {
+    let err = reject(&with(
+        r#"users: [(user: "app", password_hash: "14E65567ABDB5135D0CFD9A70B3032C179A49EE7")],"#,
+    ));
+    assert_eq!(
+        err.to_string(),
+        "line 4, column 10: user 'app': bad password_hash: a password hash must be '*' \
+         followed by 40 hex digits, but it does not start with '*'"
+    );
+}
+
+#[test]
+fn a_duplicate_user_is_rejected_at_its_second_entry() {
+    let err = reject(&with(
+        r#"users: [
+        (tenant: "acc1", user: "app", password: "1"),
+        (user: "app", password: "2"),
+        (tenant: "acc1", user: "app", password: "3"),
+    ],"#,
+    ));
+    assert_eq!(
+        err.to_string(),
+        "line 7, column 26: user 'acc1:app' is configured twice"
+    );
+}
+
+#[test]
+fn the_same_user_for_different_tenants_is_fine() {
+    let text = with(
+        r#"users: [
+        (tenant: "acc1", user: "app", password: "1"),
+        (tenant: "acc2", user: "app", password: "2"),
+        (user: "app", password: "3"),
+    ],"#,
+    );
+    assert_eq!(Config::parse(&text).unwrap().users.len(), 3);
+}
+
+#[test]
+fn an_empty_tenant_or_user_is_rejected() {
+    let empty_tenant = reject(&with(
+        r#"users: [(tenant: "", user: "app", password: "")],"#,
+    ));
+    assert!(
+        empty_tenant.message.contains("empty tenant"),
+        "{empty_tenant}"
+    );
+    let empty_user = reject(&with(r#"users: [(user: "", password: "")],"#));
+    assert_eq!(
+        empty_user.to_string(),
+        "line 4, column 10: a user has an empty name"
+    );
+}
+
+#[test]
+fn a_tenant_no_login_name_can_express_is_rejected() {
+    let err = reject(&with(
+        r#"users: [(tenant: "a:b", user: "app", password: "")],"#,
+    ));
+    assert!(err.message.contains("'a:b'"), "{err}");
+}
+
+#[test]
+fn a_duplicate_backend_id_is_rejected_at_its_second_entry() {
+    let err = reject(&with(
+        r#"backends: [
+        (id: "cn1", addr: "127.0.0.1:3307"),
+        (id: "cn1", addr: "127.0.0.1:3308"),
+    ],"#,
+    ));
+    assert_eq!(
+        err.to_string(),
+        "line 6, column 10: backend id 'cn1' is used twice"
+    );
+}
+
+#[test]
+fn an_empty_backend_id_is_rejected() {
+    let err = reject(&with(r#"backends: [(id: "", addr: "127.0.0.1:3307")],"#));
+    assert_eq!(
+        err.to_string(),
+        "line 4, column 13: backend at 127.0.0.1:3307 has an empty id"
+    );
+}
+
+#[test]
+fn a_tiny_max_packet_size_is_rejected() {
+    let err = reject(&with("    max_packet_size: 1023,"));
+    assert_eq!(
+        err.to_string(),
+        "line 4, column 5: max_packet_size must be at least 1024 bytes, got 1023"
+    );
+}
+
+#[test]
+fn listen_and_admin_listen_must_differ() {
+    let err = reject(r#"(listen: "127.0.0.1:6009", admin_listen: "127.0.0.1:6009")"#);
+    assert!(err.message.contains("both 127.0.0.1:6009"), "{err}");
+    let ephemeral = r#"(listen: "127.0.0.1:0", admin_listen: "127.0.0.1:0")"#;
+    assert!(Config::parse(ephemeral).is_ok());
+}
+
+#[test]
+fn validate_checks_a_config_built_in_code_without_positions() {
+    let mut config = Config::parse(EXAMPLE).unwrap();
+    assert_eq!(config.validate(), Ok(()));
+    config.backends[1].id = "cn1".into();
+    assert_eq!(
+        config.validate(),
+        Err(ConfigError {
+            line: 0,
+            column: 0,
+            message: "backend id 'cn1' is used twice".into()
+        })
+    );
+}
