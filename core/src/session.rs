@@ -148,7 +148,7 @@ impl Session {
         let login_max = LOGIN_MAX_PACKET.min(config.max_packet_size);
         let backend_max = config.max_packet_size;
         let mut session = Session {
-            login_deadline: Some(now.add(config.login_timeout)),
+            login_deadline: Some(now + config.login_timeout),
             backend_deadline: None,
             config,
             users,
@@ -255,7 +255,7 @@ impl Session {
         let State::Routing(client) = std::mem::replace(&mut self.state, State::Closed) else {
             return;
         };
-        self.backend_deadline = Some(now.add(self.config.backend_timeout));
+        self.backend_deadline = Some(now + self.config.backend_timeout);
         self.outputs.push_back(Output::Connect(route.clone()));
         let mut template = client.response.clone();
         template.user = client.login.user.clone();

@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// A point in time, in microseconds since an arbitrary epoch chosen by the driver.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
@@ -22,13 +24,20 @@ impl Timestamp {
         self.0
     }
 
-    /// This instant plus `d`, saturating.
-    pub fn add(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_micros().min(u64::MAX as u128) as u64))
-    }
-
     /// Time elapsed since `earlier` (zero if `earlier` is later).
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0))
+    }
+}
+
+impl std::ops::Add<Duration> for Timestamp {
+    type Output = Timestamp;
+
+    /// This instant plus `d`, saturating.
+    fn add(self, d: Duration) -> Timestamp {
+        Timestamp(
+            self.0
+                .saturating_add(d.as_micros().min(u64::MAX as u128) as u64),
+        )
     }
 }
