@@ -259,7 +259,7 @@ impl Session {
         self.outputs.push_back(Output::Connect(route.clone()));
         let mut template = client.response.clone();
         template.user = client.login.user.clone();
-        let login = BackendLogin::new(template, client.secret.clone(), client.capabilities);
+        let login = BackendLogin::new(template, client.secret.clone(), client.capabilities, false);
         self.state = State::BackendLogin(client, route, login);
     }
 

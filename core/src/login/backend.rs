@@ -5,6 +5,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::auth::{Secret, NATIVE_PASSWORD};
 use crate::packets::flags::caps::*;
+use crate::packets::flags::command::COM_QUERY;
 use crate::packets::{AuthSwitchRequest, ErrPacket, Handshake, HandshakeResponse, OkPacket};
 use crate::wire::Packet;
 
@@ -19,7 +20,26 @@ pub struct BackendSession {
     pub capabilities: u32,
     /// The backend's login OK.
     pub ok: OkPacket,
+    /// Whether the session trackers were switched on (see [`TRACKER_SETUP`]).
+    pub trackers: Trackers,
 }
+
+/// Whether ferry could switch on the backend's session trackers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trackers {
+    /// Not asked for.
+    Off,
+    /// On: every OK reports changed variables, schema, state and transaction state.
+    On,
+    /// The backend refused (an older server); its error message.
+    Refused(String),
+}
+
+/// What ferry runs on every backend connection right after login, so that OK
+/// packets report every change of session state (the client never sees this).
+pub const TRACKER_SETUP: &str = "SET SESSION session_track_system_variables='*', \
+SESSION session_track_schema=ON, SESSION session_track_state_change=ON, \
+SESSION session_track_transaction_info='STATE'";
 
 /// What the backend login wants done next.
 #[derive(Debug)]
@@ -41,6 +61,7 @@ enum State {
         handshake: Box<Handshake>,
         caps: u32,
     },
+    AwaitTrackerSetup(Box<BackendSession>),
     Finished,
 }
 
@@ -50,17 +71,20 @@ pub struct BackendLogin {
     template: HandshakeResponse,
     secret: Secret,
     client_caps: u32,
+    track: bool,
     state: State,
 }
 
 impl BackendLogin {
     /// A login replaying `template` (the client's response, user already stripped
     /// of tenant and labels) for a client that negotiated `client_caps` with ferry.
-    pub fn new(template: HandshakeResponse, secret: Secret, client_caps: u32) -> Self {
+    /// With `track`, the session trackers are switched on after login.
+    pub fn new(template: HandshakeResponse, secret: Secret, client_caps: u32, track: bool) -> Self {
         BackendLogin {
             template,
             secret,
             client_caps,
+            track,
             state: State::AwaitHandshake,
         }
     }
@@ -70,6 +94,7 @@ impl BackendLogin {
         match std::mem::replace(&mut self.state, State::Finished) {
             State::AwaitHandshake => self.on_handshake(packet),
             State::AwaitResult { handshake, caps } => self.on_result(packet, handshake, caps),
+            State::AwaitTrackerSetup(session) => self.on_tracker_setup(packet, session),
             State::Finished => BackendStep::Failed("backend sent a packet after login".into()),
         }
     }
@@ -90,6 +115,9 @@ impl BackendLogin {
         }
         // What the client and ferry agreed, cut down to what the backend offers.
         let mut caps = self.client_caps & handshake.capabilities;
+        if self.track {
+            caps |= CLIENT_SESSION_TRACK & handshake.capabilities;
+        }
         caps |= (CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH)
             & handshake.capabilities;
         if self.template.database.is_some() {
@@ -119,11 +147,22 @@ impl BackendLogin {
     fn on_result(&mut self, packet: Packet, handshake: Box<Handshake>, caps: u32) -> BackendStep {
         match packet.payload.first() {
             Some(0x00) => match OkPacket::parse(&packet.payload, caps) {
-                Ok(ok) => BackendStep::Done(Box::new(BackendSession {
-                    handshake: *handshake,
-                    capabilities: caps,
-                    ok,
-                })),
+                Ok(ok) => {
+                    let session = Box::new(BackendSession {
+                        handshake: *handshake,
+                        capabilities: caps,
+                        ok,
+                        trackers: Trackers::Off,
+                    });
+                    if !self.track || caps & CLIENT_SESSION_TRACK == 0 {
+                        return BackendStep::Done(session);
+                    }
+                    self.state = State::AwaitTrackerSetup(session);
+                    let mut query = Vec::with_capacity(TRACKER_SETUP.len() + 1);
+                    query.push(COM_QUERY);
+                    query.extend_from_slice(TRACKER_SETUP.as_bytes());
+                    BackendStep::Send(frame(&query, 0))
+                }
                 Err(e) => BackendStep::Failed(format!("backend login OK: {e}")),
             },
             Some(0xFF) => match ErrPacket::parse(&packet.payload) {
@@ -149,6 +188,33 @@ impl BackendLogin {
                 "backend wants more auth data (caching_sha2_password?); ferry logs in with mysql_native_password only".into(),
             ),
             _ => BackendStep::Failed("backend sent an unexpected packet during login".into()),
+        }
+    }
+
+    fn on_tracker_setup(
+        &mut self,
+        packet: Packet,
+        mut session: Box<BackendSession>,
+    ) -> BackendStep {
+        match packet.payload.first() {
+            Some(0x00) => match OkPacket::parse(&packet.payload, session.capabilities) {
+                Ok(_) => {
+                    session.trackers = Trackers::On;
+                    BackendStep::Done(session)
+                }
+                Err(e) => BackendStep::Failed(format!("tracker setup OK: {e}")),
+            },
+            Some(0xFF) => {
+                let why = ErrPacket::parse(&packet.payload).map_or_else(
+                    |e| e.to_string(),
+                    |err| format!("{} {}", err.code, err.message),
+                );
+                session.trackers = Trackers::Refused(why);
+                BackendStep::Done(session)
+            }
+            _ => BackendStep::Failed(
+                "backend answered the tracker setup with neither OK nor ERR".into(),
+            ),
         }
     }
 }
