@@ -305,3 +305,42 @@ fn parsers_never_panic_on_arbitrary_bytes(data: Vec<u8>, caps: u32) -> bool {
     let _ = is_ssl_request(&data);
     true
 }
+
+#[test]
+fn session_state_blocks_round_trip_and_match_mysql_common() {
+    use ferry_core::packets::StateChange;
+    let entries = vec![
+        StateChange::SystemVariable {
+            name: "autocommit".into(),
+            value: "OFF".into(),
+        },
+        StateChange::Schema("test".into()),
+        StateChange::StateChanged(true),
+        StateChange::TransactionState("T_______".into()),
+    ];
+    let block = written(|b| entries.iter().for_each(|e| e.write(b)));
+    assert_eq!(StateChange::parse_all(&block).unwrap(), entries);
+
+    let caps = CLIENT_PROTOCOL_41 | CLIENT_SESSION_TRACK;
+    let ok = OkPacket {
+        status: SERVER_SESSION_STATE_CHANGED,
+        session_state: Some(block),
+        ..OkPacket::default()
+    };
+    let bytes = written(|b| ok.write(b, caps));
+    let theirs = mysql_common::packets::OkPacketDeserializer::<mysql_common::packets::CommonOkPacket>::deserialize(
+        CapabilityFlags::from_bits_retain(caps),
+        &mut ParseBuf(&bytes),
+    )
+    .unwrap()
+    .into_inner();
+    let infos = theirs.session_state_info().unwrap();
+    let kinds: Vec<u8> = infos.iter().map(|i| i.data_type() as u8).collect();
+    assert_eq!(kinds, vec![0, 1, 2, 5]);
+}
+
+#[quickcheck]
+fn session_state_parser_never_panics(data: Vec<u8>) -> bool {
+    let _ = ferry_core::packets::StateChange::parse_all(&data);
+    true
+}

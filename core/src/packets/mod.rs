@@ -10,6 +10,7 @@ pub mod flags;
 mod generic;
 mod handshake;
 mod response;
+pub mod session_state;
 
 use std::fmt;
 
@@ -17,6 +18,7 @@ pub use auth_switch::{AuthMoreData, AuthSwitchRequest};
 pub use generic::{EofPacket, ErrPacket, OkPacket, ServerReply};
 pub use handshake::Handshake;
 pub use response::{is_ssl_request, HandshakeResponse};
+pub use session_state::StateChange;
 
 /// Why a payload could not be parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
