@@ -255,10 +255,7 @@ fn listen_addr_of(config: &str) -> SocketAddr {
         .match_indices("listen:")
         .map(|(i, _)| i)
         .find(|&i| {
-            config[..i]
-                .chars()
-                .next_back()
-                .map_or(true, |c| !(c.is_alphanumeric() || c == '_'))
+            !matches!(config[..i].chars().next_back(), Some(c) if c.is_alphanumeric() || c == '_')
         })
         .unwrap_or_else(|| panic!("config has no `listen:` field:\n{config}"));
     let rest = &config[start + "listen:".len()..];
