@@ -355,6 +355,9 @@ impl Drop for Ferry {
                 self.log_path.display(),
                 tail.join("\n")
             );
+        } else {
+            // Keep the config and log of failed tests only.
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
