@@ -17,7 +17,7 @@ use ferry_core::packets::flags::caps::*;
 use ferry_core::packets::flags::command::*;
 use ferry_core::packets::{Handshake, HandshakeResponse};
 use ferry_core::wire::{write_packet, PacketDecoder};
-use ferry_tests::{backends, Ferry};
+use ferry_tests::{backends, Backend, ConfigBuilder};
 
 /// A client that sends packets and collects raw response bytes.
 struct RawConn {
@@ -337,23 +337,19 @@ static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn compare(caps: u32) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let backends = backends();
-    let backend = backends[0].as_str();
-    let ferry = Ferry::start(&format!(
-        r#"(
-    listen: "127.0.0.1:0",
-    admin_listen: "127.0.0.1:0",
-    users: [(user: "root", password: "111")],
-    backends: [(id: "cn1", addr: "{backend}")],
-)"#
-    ));
+    let backend_addr = backends()[0];
+    let backend = backend_addr.to_string();
+    let backend = backend.as_str();
+    let ferry = ConfigBuilder::new()
+        .backend(Backend::new("cn1", backend_addr))
+        .start();
 
     reset_database(backend);
     let mut direct = RawConn::connect(backend, "root", "111", caps);
     let want = run_script(&mut direct, None);
 
     reset_database(backend);
-    let mut proxied = RawConn::connect(&ferry.addr(), "root", "111", caps);
+    let mut proxied = RawConn::connect(&ferry.addr.to_string(), "root", "111", caps);
     let got = run_script(&mut proxied, Some(&want));
 
     let mask = |bytes: &[u8], id: u32| -> Vec<u8> {
