@@ -442,3 +442,192 @@ fn migrate(shared: &Shared, id: &str, body: &[u8]) -> Reply {
     })();
     result.unwrap_or_else(|e| e)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_core::cluster::RouteRequest;
+    use ferry_core::config::Config;
+
+    fn shared() -> Shared {
+        let config = Config::parse(
+            r#"(
+                listen: "127.0.0.1:1", admin_listen: "127.0.0.1:2",
+                backends: [(id: "cn1", addr: "127.0.0.1:3001"), (id: "cn2", addr: "127.0.0.1:3002")],
+            )"#,
+        )
+        .unwrap();
+        Shared::from_config(&config, 1).unwrap()
+    }
+
+    fn call(s: &Shared, method: Method, path: &str, body: &str) -> (u16, Value) {
+        let r = respond(s, &method, path, body.as_bytes());
+        (
+            r.status,
+            serde_json::from_str(&r.body).unwrap_or(Value::Null),
+        )
+    }
+
+    #[test]
+    fn lists_backends_with_the_contract_fields() {
+        let s = shared();
+        let (status, list) = call(&s, Method::GET, "/api/backends", "");
+        assert_eq!(status, 200);
+        assert_eq!(list[0]["id"], "cn1");
+        assert_eq!(list[0]["addr"], "127.0.0.1:3001");
+        assert_eq!(list[0]["labels"], json!({}));
+        assert_eq!(list[0]["state"], "working");
+        assert_eq!(list[0]["health"], "up");
+        assert_eq!(list[0]["connections"], 0);
+    }
+
+    #[test]
+    fn put_drain_resume_delete() {
+        let s = shared();
+        let (status, b) = call(
+            &s,
+            Method::PUT,
+            "/api/backends/cn3",
+            r#"{"addr": "127.0.0.1:3003", "labels": {"account": "acc1"}, "state": "draining"}"#,
+        );
+        assert_eq!(status, 201, "{b}");
+        assert_eq!(
+            b["state"], "drained",
+            "an empty draining backend is drained"
+        );
+        let (status, b) = call(
+            &s,
+            Method::PUT,
+            "/api/backends/cn3",
+            r#"{"addr": "127.0.0.1:3004"}"#,
+        );
+        assert_eq!(status, 200);
+        assert_eq!(b["labels"]["account"], "acc1", "labels kept when not given");
+        assert_eq!(b["state"], "drained", "state kept when not given");
+        let (status, b) = call(&s, Method::POST, "/api/backends/cn3/resume", "");
+        assert_eq!((status, b["state"].as_str()), (200, Some("working")));
+        // A session on cn1, then DELETE: 202 and still listed until it ends.
+        let route = s
+            .cluster
+            .lock()
+            .unwrap()
+            .route(&RouteRequest {
+                tenant: None,
+                labels: Labels::new(),
+            })
+            .unwrap();
+        let (status, _) = call(
+            &s,
+            Method::DELETE,
+            &format!("/api/backends/{}", route.backend),
+            "",
+        );
+        assert_eq!(status, 202);
+        s.release(&route.backend);
+        let (status, _) = call(
+            &s,
+            Method::GET,
+            &format!("/api/backends/{}", route.backend),
+            "",
+        );
+        assert_eq!(status, 404);
+        let (status, _) = call(&s, Method::DELETE, "/api/backends/cn3", "");
+        assert_eq!(status, 200);
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let s = shared();
+        for (method, path, body, status, needle) in [
+            (Method::PUT, "/api/backends/cn9", "{", 400, "JSON"),
+            (
+                Method::PUT,
+                "/api/backends/cn9",
+                r#"{"addr": "x"}"#,
+                400,
+                "IP:port",
+            ),
+            (
+                Method::PUT,
+                "/api/backends/cn9",
+                r#"{"addr": "127.0.0.1:1", "state": "x"}"#,
+                400,
+                "working",
+            ),
+            (
+                Method::PUT,
+                "/api/backends/a%20b",
+                r#"{"addr": "127.0.0.1:1"}"#,
+                400,
+                "letters",
+            ),
+            (Method::POST, "/api/backends/zz/drain", "", 404, "zz"),
+            (Method::DELETE, "/api/backends/zz", "", 404, "zz"),
+            (Method::GET, "/api/backends/cn1/drain", "", 405, "POST"),
+            (Method::POST, "/api/sessions", "", 405, "GET"),
+            (Method::GET, "/api/sessions/abc", "", 400, "number"),
+            (Method::POST, "/api/sessions/77/migrate", "", 404, "77"),
+            (Method::GET, "/nope", "", 404, "/api/backends"),
+        ] {
+            let (got, body) = call(&s, method.clone(), path, body);
+            assert_eq!(got, status, "{method} {path}: {body}");
+            let error = body["error"].as_str().unwrap_or_default();
+            assert!(error.contains(needle), "{method} {path}: {error}");
+        }
+    }
+
+    #[test]
+    fn migrate_validates_then_says_it_is_not_available_yet() {
+        let s = shared();
+        let reg = s.registry.register(5);
+        reg.entry.set_info(crate::registry::SessionInfo {
+            tenant: None,
+            user: "app".into(),
+            labels: Labels::new(),
+            backend: BackendId("cn1".into()),
+            backend_connection_id: 3,
+        });
+        let (status, sessions) = call(&s, Method::GET, "/api/sessions", "");
+        assert_eq!(status, 200);
+        assert_eq!(sessions[0]["id"], 5);
+        assert_eq!(sessions[0]["safe"], true);
+        assert_eq!(sessions[0]["blocked_by"], json!([]));
+        let (status, body) = call(
+            &s,
+            Method::POST,
+            "/api/sessions/5/migrate",
+            r#"{"to": "cn9"}"#,
+        );
+        assert_eq!(status, 404, "{body}");
+        let (status, _) = call(
+            &s,
+            Method::POST,
+            "/api/sessions/5/migrate",
+            r#"{"to": "cn1"}"#,
+        );
+        assert_eq!(status, 409);
+        let (status, _) = call(&s, Method::POST, "/api/sessions/5/migrate", r#"{"too": 1}"#);
+        assert_eq!(status, 400);
+        let (status, body) = call(
+            &s,
+            Method::POST,
+            "/api/sessions/5/migrate",
+            r#"{"to": "cn2"}"#,
+        );
+        assert_eq!(status, 501);
+        assert!(body["error"].as_str().unwrap().contains("not available"));
+    }
+
+    #[test]
+    fn health_and_metrics() {
+        let s = shared();
+        assert_eq!(respond(&s, &Method::GET, "/health", b"").status, 200);
+        let m = respond(&s, &Method::GET, "/metrics", b"");
+        assert!(m.content_type.starts_with("text/plain"));
+        assert!(m
+            .body
+            .contains("ferry_backend_connections{backend=\"cn2\"} 0"));
+        s.begin_shutdown();
+        assert_eq!(respond(&s, &Method::GET, "/health", b"").status, 503);
+    }
+}

@@ -80,3 +80,43 @@ pub fn apply(shared: &Shared, new: Config) -> Result<(), String> {
     *shared.config.write().expect("config lock") = new;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"(listen: "127.0.0.1:1", admin_listen: "127.0.0.1:2",
+        users: [(user: "app", password: "secret")],
+        backends: [(id: "cn1", addr: "127.0.0.1:3001"), (id: "cn2", addr: "127.0.0.1:3002")])"#;
+
+    #[test]
+    fn reload_applies_a_good_config_and_rejects_a_bad_one() {
+        let shared = Shared::from_config(&Config::parse(BASE).unwrap(), 1).unwrap();
+        let dir = std::env::temp_dir().join(format!("ferry-reload-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ferry.ron");
+        std::fs::write(&path, BASE.replace("cn2", "cn3").replace("app", "bob")).unwrap();
+        reload(&shared, &path).unwrap();
+        let ids = |s: &Shared| -> Vec<String> {
+            s.cluster
+                .lock()
+                .unwrap()
+                .backends()
+                .map(|b| b.id.0.clone())
+                .collect()
+        };
+        assert_eq!(ids(&shared), ["cn1", "cn3"]);
+        assert!(shared.users.read().unwrap().lookup(None, "bob").is_some());
+        assert!(shared.users.read().unwrap().lookup(None, "app").is_none());
+        for bad in [
+            "(",
+            &BASE.replace("password: \"secret\"", "password_hash: \"x\""),
+        ] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(reload(&shared, &path).is_err(), "{bad}");
+            assert_eq!(ids(&shared), ["cn1", "cn3"]);
+            assert!(shared.users.read().unwrap().lookup(None, "bob").is_some());
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
