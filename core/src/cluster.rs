@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{BackendConfig, WorkState};
+use crate::health::{HealthCounter, HealthPolicy};
 use crate::labels::{glob_match, Labels, ACCOUNT};
 use crate::rng::Rng;
 
@@ -46,6 +47,9 @@ pub struct Backend {
     pub health: Health,
     /// Sessions currently counted on it.
     pub connections: u32,
+    /// Removed by an operator: forgotten as soon as its last session is gone.
+    pub removing: bool,
+    checks: HealthCounter,
 }
 
 impl Backend {
@@ -96,11 +100,55 @@ pub struct NoBackend {
     pub labels: Labels,
 }
 
+/// No backend has this id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownBackend(pub BackendId);
+
+impl fmt::Display for UnknownBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no backend '{}'", self.0)
+    }
+}
+
+impl std::error::Error for UnknownBackend {}
+
+/// A change of a backend that the cluster made on its own, for logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendChange {
+    /// A draining backend lost its last session.
+    Drained(BackendId),
+    /// A removed backend lost its last session and is gone.
+    Forgotten(BackendId),
+    /// Health checks changed its health.
+    Health(BackendId, Health),
+}
+
+/// What [`Cluster::remove`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Removal {
+    /// It had no sessions and is gone.
+    Forgotten,
+    /// It takes no new sessions and is forgotten when its last session ends.
+    Draining,
+}
+
+/// What [`Cluster::reconcile`] changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Backends that were not there before.
+    pub added: Vec<BackendId>,
+    /// Backends whose address, labels or state changed.
+    pub updated: Vec<BackendId>,
+    /// Backends no longer configured (forgotten now, or once their sessions end).
+    pub removed: Vec<BackendId>,
+}
+
 /// All backends of one proxy.
 #[derive(Clone, Debug)]
 pub struct Cluster {
     backends: BTreeMap<BackendId, Backend>,
     rng: Rng,
+    policy: HealthPolicy,
 }
 
 impl Cluster {
@@ -109,6 +157,7 @@ impl Cluster {
         let mut cluster = Cluster {
             backends: BTreeMap::new(),
             rng: Rng::new(seed),
+            policy: HealthPolicy::default(),
         };
         for b in backends {
             cluster.upsert(b);
@@ -116,20 +165,102 @@ impl Cluster {
         cluster
     }
 
+    /// Sets how many consecutive check results change a backend's health.
+    pub fn set_health_policy(&mut self, policy: HealthPolicy) {
+        self.policy = policy;
+    }
+
     /// Adds a backend or updates its address, labels and state (keeping its count and health).
+    ///
+    /// Updating a backend that was being removed keeps it. A `draining` or
+    /// `drained` state on a backend with no sessions becomes `drained`; a
+    /// `drained` state on one that still has sessions becomes `draining`.
     pub fn upsert(&mut self, config: &BackendConfig) {
         let id = BackendId(config.id.clone());
         let entry = self.backends.entry(id.clone()).or_insert_with(|| Backend {
-            id,
+            id: id.clone(),
             addr: config.addr,
             labels: Labels::default(),
             state: WorkState::Working,
             health: Health::Up,
             connections: 0,
+            removing: false,
+            checks: HealthCounter::default(),
         });
         entry.addr = config.addr;
         entry.labels = config.labels.clone();
         entry.state = config.state;
+        entry.removing = false;
+        self.settle(&id);
+    }
+
+    /// Sets a backend's work state (`working` also cancels a pending removal).
+    pub fn set_state(&mut self, id: &BackendId, state: WorkState) -> Result<(), UnknownBackend> {
+        let b = self
+            .backends
+            .get_mut(id)
+            .ok_or_else(|| UnknownBackend(id.clone()))?;
+        b.state = state;
+        if state == WorkState::Working {
+            b.removing = false;
+        }
+        self.settle(id);
+        Ok(())
+    }
+
+    /// Stops routing to a backend; it is forgotten once its last session ends.
+    pub fn remove(&mut self, id: &BackendId) -> Result<Removal, UnknownBackend> {
+        let b = self
+            .backends
+            .get_mut(id)
+            .ok_or_else(|| UnknownBackend(id.clone()))?;
+        b.removing = true;
+        if b.state == WorkState::Working {
+            b.state = WorkState::Draining;
+        }
+        Ok(match self.settle(id) {
+            Some(BackendChange::Forgotten(_)) => Removal::Forgotten,
+            _ => Removal::Draining,
+        })
+    }
+
+    /// Applies a re-read config: what changed from `old` to `new` is upserted,
+    /// what `new` no longer lists is removed. Backends whose entry did not
+    /// change are left as they are (an operator's drain survives a reload).
+    pub fn reconcile(&mut self, old: &[BackendConfig], new: &[BackendConfig]) -> Reconciled {
+        let mut report = Reconciled::default();
+        for b in new {
+            let id = BackendId(b.id.clone());
+            let before = old.iter().find(|o| o.id == b.id);
+            let known = self.backends.get(&id).is_some_and(|k| !k.removing);
+            if before == Some(b) && known {
+                continue;
+            }
+            if known {
+                report.updated.push(id);
+            } else {
+                report.added.push(id);
+            }
+            self.upsert(b);
+        }
+        for o in old {
+            if !new.iter().any(|b| b.id == o.id) {
+                let id = BackendId(o.id.clone());
+                if self.remove(&id).is_ok() {
+                    report.removed.push(id);
+                }
+            }
+        }
+        report
+    }
+
+    /// Records one health check of `id`; returns the change if its health flipped.
+    pub fn record_check(&mut self, id: &BackendId, ok: bool) -> Option<BackendChange> {
+        let policy = self.policy;
+        let b = self.backends.get_mut(id)?;
+        let health = b.checks.record(ok, policy)?;
+        b.health = health;
+        Some(BackendChange::Health(id.clone(), health))
     }
 
     /// The backends, in id order.
@@ -177,10 +308,332 @@ impl Cluster {
         })
     }
 
-    /// Stops counting one session on `id`.
-    pub fn release(&mut self, id: &BackendId) {
-        if let Some(b) = self.backends.get_mut(id) {
-            b.connections = b.connections.saturating_sub(1);
+    /// Stops counting one session on `id`; a draining backend left empty
+    /// becomes drained, a removed one is forgotten.
+    pub fn release(&mut self, id: &BackendId) -> Option<BackendChange> {
+        let b = self.backends.get_mut(id)?;
+        b.connections = b.connections.saturating_sub(1);
+        self.settle(id)
+    }
+
+    /// The total number of sessions counted on all backends.
+    pub fn total_connections(&self) -> u64 {
+        self.backends
+            .values()
+            .map(|b| u64::from(b.connections))
+            .sum()
+    }
+
+    /// Moves a backend with no sessions left on from `draining` (or removal).
+    fn settle(&mut self, id: &BackendId) -> Option<BackendChange> {
+        let b = self.backends.get_mut(id)?;
+        if b.connections > 0 {
+            if b.state == WorkState::Drained {
+                b.state = WorkState::Draining;
+            }
+            return None;
         }
+        if b.removing {
+            self.backends.remove(id);
+            return Some(BackendChange::Forgotten(id.clone()));
+        }
+        if b.state == WorkState::Draining {
+            b.state = WorkState::Drained;
+            return Some(BackendChange::Drained(id.clone()));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(id: &str, port: u16, labels: &[(&str, &str)]) -> BackendConfig {
+        BackendConfig {
+            id: id.into(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            labels: labels.iter().copied().collect(),
+            state: WorkState::Working,
+        }
+    }
+
+    fn req(tenant: Option<&str>, labels: &[(&str, &str)]) -> RouteRequest {
+        RouteRequest {
+            tenant: tenant.map(str::to_string),
+            labels: labels.iter().copied().collect(),
+        }
+    }
+
+    fn id(s: &str) -> BackendId {
+        BackendId(s.into())
+    }
+
+    fn counts(c: &Cluster) -> Vec<(String, u32)> {
+        c.backends()
+            .map(|b| (b.id.0.clone(), b.connections))
+            .collect()
+    }
+
+    fn three() -> Cluster {
+        Cluster::new(
+            &[
+                backend("cn1", 1, &[]),
+                backend("cn2", 2, &[]),
+                backend("cn3", 3, &[]),
+            ],
+            7,
+        )
+    }
+
+    #[test]
+    fn equal_backends_share_evenly() {
+        let mut c = three();
+        for _ in 0..30 {
+            c.route(&req(None, &[])).unwrap();
+        }
+        assert_eq!(
+            counts(&c),
+            [("cn1".into(), 10), ("cn2".into(), 10), ("cn3".into(), 10)]
+        );
+        assert_eq!(c.total_connections(), 30);
+    }
+
+    #[test]
+    fn ties_are_broken_at_random_and_replay_with_the_seed() {
+        let firsts = |seed| {
+            (0..40)
+                .map(|_| {
+                    let mut c = Cluster::new(
+                        &[
+                            backend("cn1", 1, &[]),
+                            backend("cn2", 2, &[]),
+                            backend("cn3", 3, &[]),
+                        ],
+                        seed,
+                    );
+                    c.rng = Rng::new(seed);
+                    c.route(&req(None, &[])).unwrap().backend.0
+                })
+                .collect::<Vec<_>>()
+        };
+        // Same seed, same choice; different seeds spread the first session.
+        assert_eq!(firsts(1), firsts(1));
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..64 {
+            let mut c = three();
+            c.rng = Rng::new(seed);
+            seen.insert(c.route(&req(None, &[])).unwrap().backend.0);
+        }
+        assert_eq!(seen.len(), 3, "list order must not decide ties: {seen:?}");
+    }
+
+    #[test]
+    fn fewest_connections_wins() {
+        let mut c = three();
+        for _ in 0..3 {
+            c.route(&req(None, &[])).unwrap();
+        }
+        c.release(&id("cn2"));
+        assert_eq!(c.route(&req(None, &[])).unwrap().backend, id("cn2"));
+    }
+
+    #[test]
+    fn tenants_stay_on_their_backends_and_fall_back_to_the_pool() {
+        let mut c = Cluster::new(
+            &[
+                backend("a1", 1, &[("account", "acc1")]),
+                backend("a2", 2, &[("account", "acc1"), ("zone", "eu-*")]),
+                backend("b1", 3, &[("account", "acc2")]),
+                backend("pool", 4, &[]),
+            ],
+            1,
+        );
+        for _ in 0..20 {
+            let r = c.route(&req(Some("acc1"), &[])).unwrap();
+            assert!(["a1", "a2"].contains(&r.backend.0.as_str()), "{r:?}");
+        }
+        for _ in 0..5 {
+            let r = c.route(&req(Some("acc1"), &[("zone", "eu-west")])).unwrap();
+            assert_eq!(r.backend, id("a2"));
+        }
+        // No backend of acc3: the unlabelled pool. No tenant: never a tenant's backend.
+        assert_eq!(
+            c.route(&req(Some("acc3"), &[])).unwrap().backend,
+            id("pool")
+        );
+        assert_eq!(c.route(&req(None, &[])).unwrap().backend, id("pool"));
+        // Label that nobody has: the pool.
+        assert_eq!(
+            c.route(&req(Some("acc2"), &[("zone", "us")]))
+                .unwrap()
+                .backend,
+            id("pool")
+        );
+        // Tenant given as an `account` label works like a tenant.
+        assert_eq!(
+            c.route(&req(None, &[("account", "acc2")])).unwrap().backend,
+            id("b1")
+        );
+        // Without the pool: a clear refusal naming the tenant.
+        c.remove(&id("pool")).unwrap();
+        c.release(&id("pool"));
+        c.release(&id("pool"));
+        c.release(&id("pool"));
+        assert!(c.backend(&id("pool")).is_none());
+        let no = c.route(&req(Some("acc3"), &[("zone", "x")])).unwrap_err();
+        assert_eq!(no.tenant.as_deref(), Some("acc3"));
+    }
+
+    #[test]
+    fn draining_takes_no_new_sessions_and_becomes_drained_when_empty() {
+        let mut c = three();
+        for _ in 0..6 {
+            c.route(&req(None, &[])).unwrap();
+        }
+        c.set_state(&id("cn1"), WorkState::Draining).unwrap();
+        for _ in 0..4 {
+            assert_ne!(c.route(&req(None, &[])).unwrap().backend, id("cn1"));
+        }
+        assert_eq!(c.release(&id("cn1")), None);
+        assert_eq!(c.backend(&id("cn1")).unwrap().state, WorkState::Draining);
+        assert_eq!(
+            c.release(&id("cn1")),
+            Some(BackendChange::Drained(id("cn1")))
+        );
+        assert_eq!(c.backend(&id("cn1")).unwrap().state, WorkState::Drained);
+        // An empty backend drains at once; resume brings it back.
+        c.set_state(&id("cn1"), WorkState::Working).unwrap();
+        c.set_state(&id("cn1"), WorkState::Draining).unwrap();
+        assert_eq!(c.backend(&id("cn1")).unwrap().state, WorkState::Drained);
+        c.set_state(&id("cn1"), WorkState::Working).unwrap();
+        assert_eq!(c.route(&req(None, &[])).unwrap().backend, id("cn1"));
+        // "drained" with sessions is only draining.
+        c.set_state(&id("cn1"), WorkState::Drained).unwrap();
+        assert_eq!(c.backend(&id("cn1")).unwrap().state, WorkState::Draining);
+        assert_eq!(
+            c.set_state(&id("nope"), WorkState::Working),
+            Err(UnknownBackend(id("nope")))
+        );
+    }
+
+    #[test]
+    fn removed_backend_is_forgotten_after_its_last_session() {
+        let mut c = three();
+        for _ in 0..3 {
+            c.route(&req(None, &[])).unwrap();
+        }
+        assert_eq!(c.remove(&id("cn2")), Ok(Removal::Draining));
+        assert!(c.backend(&id("cn2")).is_some());
+        for _ in 0..4 {
+            assert_ne!(c.route(&req(None, &[])).unwrap().backend, id("cn2"));
+        }
+        assert_eq!(
+            c.release(&id("cn2")),
+            Some(BackendChange::Forgotten(id("cn2")))
+        );
+        assert!(c.backend(&id("cn2")).is_none());
+        // Releasing an unknown backend is harmless; counts never go negative.
+        assert_eq!(c.release(&id("cn2")), None);
+        assert_eq!(c.remove(&id("cn2")), Err(UnknownBackend(id("cn2"))));
+        let mut empty = three();
+        assert_eq!(empty.remove(&id("cn3")), Ok(Removal::Forgotten));
+    }
+
+    #[test]
+    fn counts_stay_exact_under_any_interleaving() {
+        let mut c = three();
+        let mut live: Vec<BackendId> = Vec::new();
+        let mut rng = Rng::new(99);
+        for step in 0..2000 {
+            match rng.below(5) {
+                0 | 1 => {
+                    if let Ok(r) = c.route(&req(None, &[])) {
+                        live.push(r.backend);
+                    }
+                }
+                2 if !live.is_empty() => {
+                    let b = live.swap_remove(rng.below(live.len()));
+                    c.release(&b);
+                }
+                3 => {
+                    let which = id(["cn1", "cn2", "cn3"][rng.below(3)]);
+                    let state = [WorkState::Working, WorkState::Draining][rng.below(2)];
+                    let _ = c.set_state(&which, state);
+                }
+                _ => {
+                    let which = id(["cn1", "cn2", "cn3"][rng.below(3)]);
+                    c.record_check(&which, rng.below(2) == 0);
+                }
+            }
+            for b in c.backends() {
+                let expected = live.iter().filter(|l| **l == b.id).count() as u32;
+                assert_eq!(b.connections, expected, "step {step}: {b:?}");
+                if b.state == WorkState::Drained {
+                    assert_eq!(b.connections, 0, "step {step}");
+                }
+                if b.state == WorkState::Draining {
+                    assert!(b.connections > 0, "step {step}: empty draining backend");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn down_backends_take_no_new_sessions() {
+        let mut c = three();
+        c.set_health_policy(HealthPolicy { fall: 2, rise: 1 });
+        assert_eq!(c.record_check(&id("cn1"), false), None);
+        assert_eq!(
+            c.record_check(&id("cn1"), false),
+            Some(BackendChange::Health(id("cn1"), Health::Down))
+        );
+        for _ in 0..10 {
+            assert_ne!(c.route(&req(None, &[])).unwrap().backend, id("cn1"));
+        }
+        assert_eq!(
+            c.record_check(&id("cn1"), true),
+            Some(BackendChange::Health(id("cn1"), Health::Up))
+        );
+        assert_eq!(c.route(&req(None, &[])).unwrap().backend, id("cn1"));
+        assert_eq!(c.record_check(&id("zz"), false), None);
+    }
+
+    #[test]
+    fn reconcile_adds_updates_and_removes_without_touching_counts() {
+        let old = vec![backend("cn1", 1, &[]), backend("cn2", 2, &[])];
+        let mut c = Cluster::new(&old, 3);
+        for _ in 0..4 {
+            c.route(&req(None, &[])).unwrap();
+        }
+        // An operator drained cn1 through the API; a reload that does not change cn1 keeps that.
+        c.set_state(&id("cn1"), WorkState::Draining).unwrap();
+        let new = vec![
+            backend("cn1", 1, &[]),
+            backend("cn3", 3, &[]),
+            backend("cn4", 4, &[("zone", "a")]),
+        ];
+        let r = c.reconcile(&old, &new);
+        assert_eq!(r.added, [id("cn3"), id("cn4")]);
+        assert!(r.updated.is_empty());
+        assert_eq!(r.removed, [id("cn2")]);
+        assert_eq!(c.backend(&id("cn1")).unwrap().state, WorkState::Draining);
+        assert_eq!(c.backend(&id("cn2")).unwrap().connections, 2);
+        assert_eq!(c.backend(&id("cn2")).unwrap().state, WorkState::Draining);
+        // Relabel and re-state.
+        let newer = vec![
+            backend("cn1", 1, &[("zone", "b")]),
+            backend("cn3", 3, &[]),
+            BackendConfig {
+                state: WorkState::Draining,
+                ..backend("cn4", 4, &[("zone", "a")])
+            },
+        ];
+        let r = c.reconcile(&new, &newer);
+        assert_eq!(r.updated, [id("cn1"), id("cn4")]);
+        assert_eq!(c.backend(&id("cn1")).unwrap().labels.get("zone"), Some("b"));
+        assert_eq!(c.backend(&id("cn1")).unwrap().state, WorkState::Working);
+        assert_eq!(c.backend(&id("cn4")).unwrap().state, WorkState::Drained);
+        assert_eq!(c.total_connections(), 4);
     }
 }

@@ -50,6 +50,18 @@ pub struct Config {
     /// Largest packet payload accepted from a peer, bytes (default 64 MiB; minimum 1 KiB).
     #[serde(default = "default_max_packet_size")]
     pub max_packet_size: usize,
+    /// Health checks of the backends.
+    #[serde(default)]
+    pub health: crate::health::HealthConfig,
+    /// How long sessions get to reach a safe point after SIGTERM before they are cut (default 30_000).
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+    /// A backend to read users and their hashes from (`mysql.user`), if any.
+    #[serde(default)]
+    pub user_source: Option<crate::usersync::UserSourceConfig>,
+}
+fn default_shutdown_grace_ms() -> u64 {
+    30_000
 }
 
 /// Reads `IP:port`, with an error that shows the bad text (serde's says only "invalid syntax").

@@ -9,11 +9,14 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod errors;
+pub mod health;
 pub mod labels;
 pub mod login;
 pub mod packets;
+pub mod query;
 pub mod session;
 pub mod users;
+pub mod usersync;
 pub mod wire;
 
 mod rng;

@@ -83,6 +83,9 @@ fn the_contract_example_parses_to_exactly_this() {
         login_timeout_ms: 10_000,
         backend_timeout_ms: 5_000,
         max_packet_size: 64 * 1024 * 1024,
+        health: Default::default(),
+        shutdown_grace_ms: 30_000,
+        user_source: None,
     };
     assert_eq!(config, expected);
 }

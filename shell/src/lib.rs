@@ -3,7 +3,13 @@
 //! The per-connection [`pump`] is generic over the streams, the connector, the
 //! router and the clock, so the simulator drives exactly the same code.
 
+pub mod admin;
 pub mod clock;
+pub mod health;
+pub mod metrics;
 pub mod probe;
 pub mod proxy;
 pub mod pump;
+pub mod registry;
+pub mod signals;
+pub mod usersync;

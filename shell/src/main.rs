@@ -6,7 +6,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use ferry_core::config::Config;
 use ferry_shell::proxy::{learn_identity, serve, Shared};
+use ferry_shell::{admin, health, signals, usersync};
 use smol::Executor;
+use tracing::{info, warn};
 
 const USAGE: &str = "usage: ferry --config PATH [--log-level error|warn|info|debug|trace]";
 
@@ -66,16 +68,18 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(config) {
+    if let Err(e) = run(config, args.config) {
         eprintln!("ferry: {e:#}");
         std::process::exit(1);
     }
+    std::process::exit(0);
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let mut seed = [0u8; 8];
-    getrandom::getrandom(&mut seed).context("OS random source")?;
+    getrandom::getrandom(&mut seed).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
     let shared = Arc::new(Shared::from_config(&config, u64::from_le_bytes(seed))?);
+    let signals = signals::install().context("installing signal handlers")?;
     let ex = Arc::new(Executor::new());
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     for i in 1..threads {
@@ -89,7 +93,43 @@ fn run(config: Config) -> anyhow::Result<()> {
         let listener = async_net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let admin_listener = admin::bind(config.admin_listen).await?;
+        ex.spawn(signals::run(signals, shared.clone(), path))
+            .detach();
+        ex.spawn(admin::serve(ex.clone(), shared.clone(), admin_listener))
+            .detach();
         learn_identity(&shared, config.server_version.as_deref()).await;
-        serve(ex.clone(), shared, listener).await
+        if config.user_source.is_some() {
+            if let Err(e) = usersync::sync_once(&shared).await {
+                warn!(error = %e, "user sync failed at start; only configured users can log in");
+            }
+        }
+        ex.spawn(usersync::run(shared.clone())).detach();
+        ex.spawn(health::run(ex.clone(), shared.clone())).detach();
+        serve(ex.clone(), shared.clone(), listener).await?;
+        drain(&shared).await;
+        Ok(())
     }))
+}
+
+/// After shutdown began: waits for the sessions to close, cutting the rest after the grace period.
+async fn drain(shared: &Shared) {
+    let grace = std::time::Duration::from_millis(shared.config().shutdown_grace_ms);
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        let open = shared.registry.len();
+        if open == 0 {
+            info!("all sessions closed; exiting");
+            return;
+        }
+        if std::time::Instant::now() >= deadline {
+            warn!(
+                sessions = open,
+                ?grace,
+                "grace period over; closing the remaining sessions"
+            );
+            return;
+        }
+        async_io::Timer::after(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -2,23 +2,27 @@
 //! the pump and the cluster.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use ferry_core::cluster::{BackendId, Cluster, NoBackend, Route, RouteRequest};
+use ferry_core::cluster::{BackendChange, BackendId, Cluster, NoBackend, Route, RouteRequest};
 use ferry_core::config::Config;
 use ferry_core::login::client::Greeting;
 use ferry_core::packets::flags::caps::FERRY_SUPPORTED;
-use ferry_core::session::{Session, SessionConfig};
+use ferry_core::session::{CloseReason, Session, SessionConfig, SessionEvent};
 use ferry_core::users::UserDirectory;
+use ferry_core::usersync::SyncedUsers;
+use futures_lite::FutureExt;
 use smol::Executor;
 use tracing::{error, info, warn};
 
 use crate::clock::{Clock, SystemClock};
+use crate::metrics::{LoginFailure, Metrics};
 use crate::probe::read_handshake;
 use crate::pump::{self, Connector, Router};
+use crate::registry::{Registry, SessionEntry, SessionInfo};
 
 /// utf8mb4_general_ci.
 const DEFAULT_COLLATION: u8 = 45;
@@ -42,8 +46,18 @@ pub struct Shared {
     pub users: RwLock<Arc<UserDirectory>>,
     /// The identity announced to clients.
     pub identity: RwLock<ServerIdentity>,
-    /// Limits for each session.
-    pub session_config: SessionConfig,
+    /// Limits for each new session.
+    pub session_config: RwLock<SessionConfig>,
+    /// The config in force (the last one loaded without error).
+    pub config: RwLock<Config>,
+    /// Users last read from the `user_source` backend.
+    pub synced_users: Mutex<SyncedUsers>,
+    /// Live sessions.
+    pub registry: Arc<Registry>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
+    shutting_down: AtomicBool,
+    shutdown: (async_channel::Sender<()>, async_channel::Receiver<()>),
     next_conn_id: AtomicU32,
 }
 
@@ -52,8 +66,10 @@ impl Shared {
     pub fn from_config(config: &Config, seed: u64) -> anyhow::Result<Self> {
         let users =
             UserDirectory::from_config(&config.users).map_err(|e| anyhow::anyhow!("users: {e}"))?;
+        let mut cluster = Cluster::new(&config.backends, seed);
+        cluster.set_health_policy(config.health.policy());
         Ok(Shared {
-            cluster: Mutex::new(Cluster::new(&config.backends, seed)),
+            cluster: Mutex::new(cluster),
             users: RwLock::new(Arc::new(users)),
             identity: RwLock::new(ServerIdentity {
                 version: config
@@ -62,11 +78,13 @@ impl Shared {
                     .unwrap_or_else(|| FALLBACK_VERSION.to_string()),
                 capabilities: FERRY_SUPPORTED,
             }),
-            session_config: SessionConfig {
-                login_timeout: Duration::from_millis(config.login_timeout_ms),
-                backend_timeout: Duration::from_millis(config.backend_timeout_ms),
-                max_packet_size: config.max_packet_size,
-            },
+            session_config: RwLock::new(session_config(config)),
+            config: RwLock::new(config.clone()),
+            synced_users: Mutex::new(SyncedUsers::default()),
+            registry: Arc::new(Registry::default()),
+            metrics: Metrics::default(),
+            shutting_down: AtomicBool::new(false),
+            shutdown: async_channel::bounded(1),
             next_conn_id: AtomicU32::new(1),
         })
     }
@@ -79,6 +97,59 @@ impl Shared {
             }
         }
     }
+
+    /// The config in force.
+    pub fn config(&self) -> Config {
+        self.config.read().expect("config lock").clone()
+    }
+
+    /// Begins a graceful shutdown: stop accepting, close sessions at their next safe point.
+    pub fn begin_shutdown(&self) {
+        if !self.shutting_down.swap(true, Ordering::SeqCst) {
+            self.shutdown.0.close();
+        }
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Completes when shutdown begins.
+    pub async fn shutdown_requested(&self) {
+        let _ = self.shutdown.1.recv().await;
+    }
+
+    /// Releases one session's count on `backend`, logging what that changed.
+    pub fn release(&self, backend: &BackendId) {
+        let change = self.cluster.lock().expect("cluster lock").release(backend);
+        log_change(change);
+    }
+}
+
+/// Logs a change the cluster made on its own.
+pub fn log_change(change: Option<BackendChange>) {
+    match change {
+        Some(BackendChange::Drained(id)) => {
+            info!(backend = %id, "backend drained: no sessions left")
+        }
+        Some(BackendChange::Forgotten(id)) => {
+            info!(backend = %id, "removed backend has no sessions left; forgotten")
+        }
+        Some(BackendChange::Health(id, health)) => {
+            info!(backend = %id, ?health, "backend health changed")
+        }
+        None => {}
+    }
+}
+
+/// Session limits from a config.
+pub fn session_config(config: &Config) -> SessionConfig {
+    SessionConfig {
+        login_timeout: Duration::from_millis(config.login_timeout_ms),
+        backend_timeout: Duration::from_millis(config.backend_timeout_ms),
+        max_packet_size: config.max_packet_size,
+    }
 }
 
 impl Router for Arc<Shared> {
@@ -87,7 +158,92 @@ impl Router for Arc<Shared> {
     }
 
     fn release(&self, backend: &BackendId) {
-        self.cluster.lock().expect("cluster lock").release(backend);
+        Shared::release(self, backend);
+    }
+}
+
+/// The router one session's pump talks to: the cluster, plus the session's
+/// registry entry and the metrics.
+pub struct SessionHooks {
+    shared: Arc<Shared>,
+    entry: Arc<SessionEntry>,
+    logged_in: AtomicBool,
+}
+
+impl SessionHooks {
+    /// Hooks for the session with registry entry `entry`.
+    pub fn new(shared: Arc<Shared>, entry: Arc<SessionEntry>) -> Self {
+        SessionHooks {
+            shared,
+            entry,
+            logged_in: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Drop for SessionHooks {
+    fn drop(&mut self) {
+        // Runs however the session ended, also when shutdown cut it.
+        if self.logged_in.load(Ordering::Relaxed) {
+            self.shared
+                .metrics
+                .sessions_current
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Router for SessionHooks {
+    fn route(&self, req: &RouteRequest) -> Result<Route, NoBackend> {
+        let routed = self.shared.cluster.lock().expect("cluster lock").route(req);
+        if routed.is_err() {
+            self.shared
+                .metrics
+                .route_failures
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        routed
+    }
+
+    fn release(&self, backend: &BackendId) {
+        self.shared.release(backend);
+    }
+
+    fn on_event(&self, event: &SessionEvent) {
+        let SessionEvent::LoggedIn {
+            login,
+            route,
+            backend_connection_id,
+        } = event;
+        self.entry.set_info(SessionInfo {
+            tenant: login.tenant.clone(),
+            user: login.user.clone(),
+            labels: login.labels.clone(),
+            backend: route.backend.clone(),
+            backend_connection_id: *backend_connection_id,
+        });
+        let m = &self.shared.metrics;
+        if !self.logged_in.swap(true, Ordering::Relaxed) {
+            m.sessions_total.fetch_add(1, Ordering::Relaxed);
+            m.sessions_current.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn on_read(&self, from_client: bool, n: usize) {
+        let m = &self.shared.metrics;
+        let counter = if from_client {
+            &m.bytes_from_clients
+        } else {
+            &m.bytes_from_backends
+        };
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        self.entry.note_read(from_client);
+    }
+
+    fn on_close(&self, reason: &CloseReason) {
+        if !self.logged_in.load(Ordering::Relaxed) {
+            self.shared.metrics.login_failed(LoginFailure::of(reason));
+        }
     }
 }
 
@@ -143,7 +299,7 @@ pub async fn learn_identity(shared: &Shared, configured_version: Option<&str>) {
     );
 }
 
-/// Accepts clients on `listen` forever, one task per connection.
+/// Accepts clients on `listen` until shutdown begins, one task per connection.
 pub async fn serve(
     ex: Arc<Executor<'static>>,
     shared: Arc<Shared>,
@@ -152,7 +308,17 @@ pub async fn serve(
     let clock = SystemClock::new();
     info!(listen = %listener.local_addr().context("listener address")?, "accepting clients");
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                shared.shutdown_requested().await;
+                None
+            })
+            .await;
+        let Some(accepted) = accepted else {
+            info!("shutting down: no longer accepting clients");
+            return Ok(());
+        };
+        let (stream, peer) = match accepted {
             Ok(conn) => conn,
             Err(e) => {
                 // Out of file descriptors and the like: back off, never stop serving.
@@ -163,8 +329,13 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        shared
+            .metrics
+            .connections_total
+            .fetch_add(1, Ordering::Relaxed);
         ex.spawn(async move {
             let conn_id = shared.connection_id();
+            let registration = shared.registry.register(conn_id);
             let identity = shared.identity.read().expect("identity lock").clone();
             let greeting = Greeting {
                 server_version: identity.version,
@@ -174,15 +345,48 @@ pub async fn serve(
                 capabilities: identity.capabilities,
             };
             let users = shared.users.read().expect("users lock").clone();
+            let session_config = shared.session_config.read().expect("config lock").clone();
             let session = Session::new(
                 clock.now(),
-                shared.session_config.clone(),
+                session_config,
                 greeting,
                 users,
                 peer.ip().to_string(),
             );
-            pump::run(conn_id, session, stream, &TcpConnector, &shared, &clock).await;
+            let hooks = SessionHooks::new(shared.clone(), registration.entry.clone());
+            async {
+                Some(pump::run(conn_id, session, stream, &TcpConnector, &hooks, &clock).await)
+            }
+            .or(async {
+                shared.shutdown_requested().await;
+                wait_until_idle(&registration.entry).await;
+                None
+            })
+            .await
+            .unwrap_or_else(|| {
+                // Dropping the pump closes both sockets and releases the count.
+                info!(conn_id, "shutting down: closed idle session");
+                CloseReason::ClientClosed
+            });
+            drop(hooks);
+            drop(registration);
         })
         .detach();
+    }
+}
+
+/// How often a shutting-down session is checked for a safe point.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// Completes once the session looks idle for two polls in a row with no read in between.
+async fn wait_until_idle(entry: &SessionEntry) {
+    let mut last = None;
+    loop {
+        let now = entry.activity();
+        if entry.looks_idle() && last == Some(now) {
+            return;
+        }
+        last = Some(now);
+        async_io::Timer::after(IDLE_POLL).await;
     }
 }

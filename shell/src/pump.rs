@@ -32,6 +32,12 @@ pub trait Router: Send + Sync + 'static {
     fn route(&self, req: &RouteRequest) -> Result<Route, NoBackend>;
     /// Stops counting one session on `backend`.
     fn release(&self, backend: &BackendId);
+    /// The session reached a milestone (registry, metrics). Default: nothing.
+    fn on_event(&self, _event: &SessionEvent) {}
+    /// `n` bytes were read from the client (`from_client`) or the backend. Default: nothing.
+    fn on_read(&self, _from_client: bool, _n: usize) {}
+    /// The session ended. Default: nothing.
+    fn on_close(&self, _reason: &CloseReason) {}
 }
 
 /// Read buffer size per direction.
@@ -144,11 +150,13 @@ where
                         });
                     session.handle(clock.now(), input);
                 }
-                Output::Event(SessionEvent::LoggedIn {
-                    login,
-                    route,
-                    backend_connection_id,
-                }) => {
+                Output::Event(event) => {
+                    router.on_event(&event);
+                    let SessionEvent::LoggedIn {
+                        login,
+                        route,
+                        backend_connection_id,
+                    } = event;
                     info!(
                         conn_id,
                         tenant = login.tenant.as_deref().unwrap_or(""),
@@ -165,6 +173,7 @@ where
                         let _ = b.close().await;
                     }
                     log_close(conn_id, &reason);
+                    router.on_close(&reason);
                     return reason;
                 }
             }
@@ -212,11 +221,17 @@ where
         let now = clock.now();
         match wake {
             Wake::Client(Ok(0)) | Wake::Client(Err(_)) => session.handle(now, Input::ClientClosed),
-            Wake::Client(Ok(n)) => session.handle(now, Input::ClientData(client_buf.take(n))),
+            Wake::Client(Ok(n)) => {
+                router.on_read(true, n);
+                session.handle(now, Input::ClientData(client_buf.take(n)))
+            }
             Wake::Backend(Ok(0)) | Wake::Backend(Err(_)) => {
                 session.handle(now, Input::BackendClosed)
             }
-            Wake::Backend(Ok(n)) => session.handle(now, Input::BackendData(backend_buf.take(n))),
+            Wake::Backend(Ok(n)) => {
+                router.on_read(false, n);
+                session.handle(now, Input::BackendData(backend_buf.take(n)))
+            }
             Wake::Timer => {
                 timer = None;
                 session.handle(now, Input::Timeout)

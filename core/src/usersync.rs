@@ -1,0 +1,201 @@
+//! Users read from a backend's `mysql.user`, so operators need not copy every
+//! user into ferry's config.
+//!
+//! The shell logs in with [`crate::query::QueryClient`], runs [`USERS_QUERY`]
+//! (or [`USERS_QUERY_MYSQL`] where the first fails) and hands the rows to
+//! [`users_from_rows`]; [`merge`] then lays the configured users over them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{StoredCredential, NATIVE_PASSWORD};
+use crate::config::{ConfigError, UserConfig};
+use crate::query::ResultSet;
+use crate::users::UserDirectory;
+
+/// Default for [`UserSourceConfig::interval_ms`].
+pub const DEFAULT_INTERVAL_MS: u64 = 60_000;
+
+/// MariaDB (10.4+ `mysql.user` is a view over `mysql.global_priv`): the hash
+/// is in `authentication_string`, older servers keep it in `Password`; roles
+/// are left out. Hosts are ordered so that `%` is seen first.
+pub const USERS_QUERY: &str = "SELECT User, Host, plugin, \
+     IF(authentication_string <> '', authentication_string, Password) \
+     FROM mysql.user WHERE is_role <> 'Y' \
+     ORDER BY User, Host <> '%', Host";
+
+/// MySQL (no `Password` column, no roles in `mysql.user`).
+pub const USERS_QUERY_MYSQL: &str = "SELECT User, Host, plugin, authentication_string \
+     FROM mysql.user ORDER BY User, Host <> '%', Host";
+
+/// `user_source: (backend: "cn1", user: "ferry", password: "...", interval_ms: 60000)`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSourceConfig {
+    /// The id of the backend to read `mysql.user` from.
+    pub backend: String,
+    /// The account ferry logs in with (needs SELECT on `mysql.user`).
+    pub user: String,
+    /// Its password (`mysql_native_password`).
+    #[serde(default)]
+    pub password: String,
+    /// Time between two reads (default 60_000).
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_interval_ms() -> u64 {
+    DEFAULT_INTERVAL_MS
+}
+
+impl UserSourceConfig {
+    /// [`UserSourceConfig::interval_ms`] as a duration (at least 100 ms).
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.max(100))
+    }
+}
+
+/// Users read from `mysql.user`, with what was left out.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncedUsers {
+    /// User name → credential, one per name.
+    pub users: BTreeMap<String, StoredCredential>,
+    /// Accounts left out: another plugin, no password, a bad hash.
+    pub skipped: usize,
+    /// Names whose host entries carry different hashes (the `%` entry, else the first, is kept).
+    pub conflicting: Vec<String>,
+}
+
+/// Reads the rows of [`USERS_QUERY`] or [`USERS_QUERY_MYSQL`]: `User, Host, plugin, hash`.
+///
+/// Only `mysql_native_password` accounts (or a legacy empty plugin with a
+/// hash) with a password are taken: a password-less account would let anyone
+/// in as that user at ferry, and the backend would see ferry's address, not
+/// the client's.
+pub fn users_from_rows(rows: &ResultSet) -> SyncedUsers {
+    let mut out = SyncedUsers::default();
+    for row in &rows.rows {
+        let cell = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+        let (user, plugin, hash) = (cell(0), cell(2), cell(3));
+        let native = plugin == NATIVE_PASSWORD || plugin.is_empty();
+        let cred = match StoredCredential::parse_mysql(&hash) {
+            Ok(c @ StoredCredential::Native(_)) if native && !user.is_empty() => c,
+            _ => {
+                out.skipped += 1;
+                continue;
+            }
+        };
+        match out.users.get(&user) {
+            None => {
+                out.users.insert(user, cred);
+            }
+            Some(kept) => {
+                if *kept != cred && !out.conflicting.contains(&user) {
+                    out.conflicting.push(user);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The directory of configured users, with synced users added where no
+/// configured tenant-less entry has the same name (configured users win).
+pub fn merge(
+    configured: &[UserConfig],
+    synced: &SyncedUsers,
+) -> Result<UserDirectory, ConfigError> {
+    let mut dir = UserDirectory::from_config(configured)?;
+    for (user, cred) in &synced.users {
+        let configured_too = configured
+            .iter()
+            .any(|c| c.tenant.is_none() && c.user == *user);
+        if !configured_too {
+            dir.insert(None, user.clone(), cred.clone());
+        }
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::StoredHash;
+
+    const APP: &str = "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7"; // "secret"
+    const ROOT: &str = "*832EB84CB764129D05D498ED9CA7E5CE9B8F83EB"; // "111"
+
+    fn rows(r: &[[&str; 4]]) -> ResultSet {
+        ResultSet {
+            columns: vec!["User".into(), "Host".into(), "plugin".into(), "hash".into()],
+            rows: r
+                .iter()
+                .map(|row| row.iter().map(|c| Some(c.to_string())).collect())
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn reads_native_users_and_skips_the_rest() {
+        let synced = users_from_rows(&rows(&[
+            ["app", "%", "mysql_native_password", APP],
+            ["app", "localhost", "mysql_native_password", APP],
+            ["mariadb.sys", "localhost", "mysql_native_password", ""],
+            ["root", "%", "mysql_native_password", ROOT],
+            ["root", "vm", "", ""],
+            ["old", "%", "", APP],
+            ["sock", "localhost", "unix_socket", ""],
+            ["ed", "%", "ed25519", "ZjI0YWNiNTM"],
+            ["bad", "%", "mysql_native_password", "*XYZ"],
+            ["other", "%", "mysql_native_password", APP],
+            ["other", "10.0.0.1", "mysql_native_password", ROOT],
+        ]));
+        let names: Vec<&str> = synced.users.keys().map(String::as_str).collect();
+        assert_eq!(names, ["app", "old", "other", "root"]);
+        assert_eq!(
+            synced.users["root"],
+            StoredCredential::Native(StoredHash::parse(ROOT).unwrap())
+        );
+        assert_eq!(
+            synced.users["other"],
+            StoredCredential::Native(StoredHash::parse(APP).unwrap()),
+            "the first (%) entry is kept"
+        );
+        assert_eq!(synced.conflicting, ["other"]);
+        assert_eq!(synced.skipped, 5);
+    }
+
+    #[test]
+    fn configured_users_win() {
+        let synced = users_from_rows(&rows(&[
+            ["app", "%", "mysql_native_password", APP],
+            ["root", "%", "mysql_native_password", ROOT],
+        ]));
+        let configured = vec![UserConfig {
+            tenant: None,
+            user: "app".into(),
+            password: Some("other".into()),
+            password_hash: None,
+        }];
+        let dir = merge(&configured, &synced).unwrap();
+        assert_eq!(
+            dir.lookup(None, "app"),
+            Some(&StoredCredential::from_password("other"))
+        );
+        assert_eq!(
+            dir.lookup(None, "root"),
+            Some(&StoredCredential::Native(StoredHash::parse(ROOT).unwrap()))
+        );
+        assert_eq!(dir.lookup(None, "nobody"), None);
+    }
+
+    #[test]
+    fn config_shape() {
+        let c: UserSourceConfig =
+            ron::from_str(r#"(backend: "cn1", user: "ferry", password: "pw")"#).unwrap();
+        assert_eq!(c.interval_ms, DEFAULT_INTERVAL_MS);
+        assert_eq!(c.backend, "cn1");
+    }
+}

@@ -1,0 +1,432 @@
+//! Counters for `/metrics`, kept in atomics so the hot path takes no lock.
+//!
+//! Per-backend gauges (connections, health, state) are read from the cluster
+//! when the page is rendered, so they are exact and cost nothing meanwhile.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use ferry_core::cluster::{Backend, Health};
+use ferry_core::config::WorkState;
+use ferry_core::session::CloseReason;
+
+/// Why a login failed, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// Ferry refused the client (unknown user, wrong password, bad login name).
+    Refused,
+    /// No backend could take the session.
+    NoBackend,
+    /// The backend could not be reached or refused the login.
+    Backend,
+    /// The client did not finish logging in in time.
+    Timeout,
+    /// The client broke the protocol while logging in.
+    Protocol,
+    /// The client went away before its login finished.
+    ClientGone,
+}
+
+impl LoginFailure {
+    const ALL: [LoginFailure; 6] = [
+        LoginFailure::Refused,
+        LoginFailure::NoBackend,
+        LoginFailure::Backend,
+        LoginFailure::Timeout,
+        LoginFailure::Protocol,
+        LoginFailure::ClientGone,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoginFailure::Refused => "refused",
+            LoginFailure::NoBackend => "no_backend",
+            LoginFailure::Backend => "backend",
+            LoginFailure::Timeout => "timeout",
+            LoginFailure::Protocol => "protocol",
+            LoginFailure::ClientGone => "client_gone",
+        }
+    }
+
+    /// Why a session that never logged in was closed.
+    pub fn of(reason: &CloseReason) -> LoginFailure {
+        match reason {
+            CloseReason::LoginTimeout => LoginFailure::Timeout,
+            CloseReason::ProtocolError(_) => LoginFailure::Protocol,
+            CloseReason::ClientClosed => LoginFailure::ClientGone,
+            CloseReason::LoginRefused(why) if why == "no backend" => LoginFailure::NoBackend,
+            CloseReason::LoginRefused(why) if why.starts_with("backend") => LoginFailure::Backend,
+            CloseReason::BackendClosed => LoginFailure::Backend,
+            CloseReason::LoginRefused(_) => LoginFailure::Refused,
+        }
+    }
+}
+
+/// Upper bounds (seconds) of the migration duration histogram.
+const MIGRATION_BUCKETS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// Why a migration failed, as a metric label (migration is not implemented yet: all zero).
+const MIGRATION_FAILURES: [&str; 4] = ["blocked", "target_login", "restore", "timeout"];
+
+/// The proxy's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Sessions logged in and not yet closed.
+    pub sessions_current: AtomicU64,
+    /// Sessions logged in since start.
+    pub sessions_total: AtomicU64,
+    /// Client connections accepted since start.
+    pub connections_total: AtomicU64,
+    logins_failed: [AtomicU64; 6],
+    /// Bytes read from clients (and forwarded or consumed by the login).
+    pub bytes_from_clients: AtomicU64,
+    /// Bytes read from backends.
+    pub bytes_from_backends: AtomicU64,
+    /// Route requests no backend could take.
+    pub route_failures: AtomicU64,
+    /// Migrations begun.
+    pub migrations_started: AtomicU64,
+    /// Migrations completed.
+    pub migrations_succeeded: AtomicU64,
+    migrations_failed: [AtomicU64; 4],
+    migration_buckets: [AtomicU64; 8],
+    migration_count: AtomicU64,
+    migration_sum_micros: AtomicU64,
+    /// Config reloads applied / rejected.
+    pub reloads_ok: AtomicU64,
+    /// Config reloads rejected.
+    pub reloads_failed: AtomicU64,
+}
+
+impl Metrics {
+    /// Counts a failed login.
+    pub fn login_failed(&self, why: LoginFailure) {
+        let i = LoginFailure::ALL
+            .iter()
+            .position(|f| *f == why)
+            .unwrap_or(0);
+        self.logins_failed[i].fetch_add(1, Relaxed);
+    }
+
+    /// Failed logins for one reason.
+    pub fn logins_failed(&self, why: LoginFailure) -> u64 {
+        let i = LoginFailure::ALL
+            .iter()
+            .position(|f| *f == why)
+            .unwrap_or(0);
+        self.logins_failed[i].load(Relaxed)
+    }
+
+    /// Records the duration of a completed migration.
+    pub fn migration_duration(&self, seconds: f64) {
+        for (i, bound) in MIGRATION_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                self.migration_buckets[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.migration_count.fetch_add(1, Relaxed);
+        self.migration_sum_micros
+            .fetch_add((seconds * 1e6) as u64, Relaxed);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self, backends: &[Backend]) -> String {
+        let mut out = String::with_capacity(4096);
+        let put = |out: &mut String, line: String| {
+            out.push_str(&line);
+            out.push('\n');
+        };
+        let head = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        let load = |a: &AtomicU64| a.load(Relaxed);
+
+        head(
+            &mut out,
+            "ferry_sessions",
+            "gauge",
+            "Sessions logged in now.",
+        );
+        put(
+            &mut out,
+            format!("ferry_sessions {}", load(&self.sessions_current)),
+        );
+        head(
+            &mut out,
+            "ferry_sessions_total",
+            "counter",
+            "Sessions logged in since start.",
+        );
+        put(
+            &mut out,
+            format!("ferry_sessions_total {}", load(&self.sessions_total)),
+        );
+        head(
+            &mut out,
+            "ferry_connections_accepted_total",
+            "counter",
+            "Client connections accepted since start.",
+        );
+        put(
+            &mut out,
+            format!(
+                "ferry_connections_accepted_total {}",
+                load(&self.connections_total)
+            ),
+        );
+        head(
+            &mut out,
+            "ferry_logins_total",
+            "counter",
+            "Logins by result and, for failures, reason.",
+        );
+        put(
+            &mut out,
+            format!(
+                "ferry_logins_total{{result=\"ok\"}} {}",
+                load(&self.sessions_total)
+            ),
+        );
+        for why in LoginFailure::ALL {
+            put(
+                &mut out,
+                format!(
+                    "ferry_logins_total{{result=\"failed\",reason=\"{}\"}} {}",
+                    why.as_str(),
+                    self.logins_failed(why)
+                ),
+            );
+        }
+        head(
+            &mut out,
+            "ferry_route_failures_total",
+            "counter",
+            "Sessions no backend could take.",
+        );
+        put(
+            &mut out,
+            format!("ferry_route_failures_total {}", load(&self.route_failures)),
+        );
+        head(
+            &mut out,
+            "ferry_bytes_forwarded_total",
+            "counter",
+            "Bytes read from each side.",
+        );
+        put(
+            &mut out,
+            format!(
+                "ferry_bytes_forwarded_total{{from=\"client\"}} {}",
+                load(&self.bytes_from_clients)
+            ),
+        );
+        put(
+            &mut out,
+            format!(
+                "ferry_bytes_forwarded_total{{from=\"backend\"}} {}",
+                load(&self.bytes_from_backends)
+            ),
+        );
+
+        head(
+            &mut out,
+            "ferry_backend_connections",
+            "gauge",
+            "Sessions counted on each backend.",
+        );
+        for b in backends {
+            put(
+                &mut out,
+                format!(
+                    "ferry_backend_connections{{backend=\"{}\"}} {}",
+                    escape(&b.id.0),
+                    b.connections
+                ),
+            );
+        }
+        head(
+            &mut out,
+            "ferry_backend_up",
+            "gauge",
+            "1 if health checks find the backend up.",
+        );
+        for b in backends {
+            put(
+                &mut out,
+                format!(
+                    "ferry_backend_up{{backend=\"{}\"}} {}",
+                    escape(&b.id.0),
+                    u8::from(b.health == Health::Up)
+                ),
+            );
+        }
+        head(
+            &mut out,
+            "ferry_backend_state",
+            "gauge",
+            "1 for the backend's current work state.",
+        );
+        for b in backends {
+            for (state, name) in [
+                (WorkState::Working, "working"),
+                (WorkState::Draining, "draining"),
+                (WorkState::Drained, "drained"),
+            ] {
+                put(
+                    &mut out,
+                    format!(
+                        "ferry_backend_state{{backend=\"{}\",state=\"{name}\"}} {}",
+                        escape(&b.id.0),
+                        u8::from(b.state == state)
+                    ),
+                );
+            }
+        }
+
+        head(
+            &mut out,
+            "ferry_migrations_started_total",
+            "counter",
+            "Session migrations begun.",
+        );
+        put(
+            &mut out,
+            format!(
+                "ferry_migrations_started_total {}",
+                load(&self.migrations_started)
+            ),
+        );
+        head(
+            &mut out,
+            "ferry_migrations_succeeded_total",
+            "counter",
+            "Session migrations completed.",
+        );
+        put(
+            &mut out,
+            format!(
+                "ferry_migrations_succeeded_total {}",
+                load(&self.migrations_succeeded)
+            ),
+        );
+        head(
+            &mut out,
+            "ferry_migrations_failed_total",
+            "counter",
+            "Session migrations that failed, by reason.",
+        );
+        for (i, why) in MIGRATION_FAILURES.iter().enumerate() {
+            put(
+                &mut out,
+                format!(
+                    "ferry_migrations_failed_total{{reason=\"{why}\"}} {}",
+                    load(&self.migrations_failed[i])
+                ),
+            );
+        }
+        head(
+            &mut out,
+            "ferry_migration_duration_seconds",
+            "histogram",
+            "Time from migration start to swap.",
+        );
+        for (i, bound) in MIGRATION_BUCKETS.iter().enumerate() {
+            put(
+                &mut out,
+                format!(
+                    "ferry_migration_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                    load(&self.migration_buckets[i])
+                ),
+            );
+        }
+        let count = load(&self.migration_count);
+        put(
+            &mut out,
+            format!("ferry_migration_duration_seconds_bucket{{le=\"+Inf\"}} {count}"),
+        );
+        put(
+            &mut out,
+            format!(
+                "ferry_migration_duration_seconds_sum {}",
+                load(&self.migration_sum_micros) as f64 / 1e6
+            ),
+        );
+        put(
+            &mut out,
+            format!("ferry_migration_duration_seconds_count {count}"),
+        );
+
+        head(
+            &mut out,
+            "ferry_config_reloads_total",
+            "counter",
+            "SIGHUP reloads by result.",
+        );
+        put(
+            &mut out,
+            format!(
+                "ferry_config_reloads_total{{result=\"ok\"}} {}",
+                load(&self.reloads_ok)
+            ),
+        );
+        put(
+            &mut out,
+            format!(
+                "ferry_config_reloads_total{{result=\"rejected\"}} {}",
+                load(&self.reloads_failed)
+            ),
+        );
+        out
+    }
+}
+
+/// Escapes a label value.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_failures_are_classified() {
+        assert_eq!(
+            LoginFailure::of(&CloseReason::LoginRefused("no backend".into())),
+            LoginFailure::NoBackend
+        );
+        assert_eq!(
+            LoginFailure::of(&CloseReason::LoginRefused("backend cn1: timed out".into())),
+            LoginFailure::Backend
+        );
+        assert_eq!(
+            LoginFailure::of(&CloseReason::LoginRefused("Access denied".into())),
+            LoginFailure::Refused
+        );
+        assert_eq!(
+            LoginFailure::of(&CloseReason::LoginTimeout),
+            LoginFailure::Timeout
+        );
+    }
+
+    #[test]
+    fn renders_counters_and_histogram() {
+        let m = Metrics::default();
+        m.sessions_total.fetch_add(3, Relaxed);
+        m.login_failed(LoginFailure::NoBackend);
+        m.migration_duration(0.02);
+        let text = m.render(&[]);
+        assert!(text.contains("ferry_sessions_total 3\n"), "{text}");
+        assert!(text.contains("ferry_logins_total{result=\"failed\",reason=\"no_backend\"} 1\n"));
+        assert!(text.contains("ferry_migration_duration_seconds_bucket{le=\"0.01\"} 0\n"));
+        assert!(text.contains("ferry_migration_duration_seconds_bucket{le=\"0.025\"} 1\n"));
+        assert!(text.contains("ferry_migration_duration_seconds_bucket{le=\"+Inf\"} 1\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = line.rsplit_once(' ').unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+        }
+    }
+}

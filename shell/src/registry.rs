@@ -1,0 +1,223 @@
+//! Live sessions, for `/api/sessions`, metrics and graceful shutdown.
+//!
+//! Each connection task registers an entry when it is accepted and drops it
+//! when it ends. The pump updates the entry through [`SessionEntry`]'s
+//! atomics: no lock on the hot path.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use ferry_core::cluster::BackendId;
+use ferry_core::labels::Labels;
+
+/// Who a session is and where it runs; set when it has logged in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// The tenant, if any.
+    pub tenant: Option<String>,
+    /// The user name as sent to the backend.
+    pub user: String,
+    /// The labels the session asked for.
+    pub labels: Labels,
+    /// The backend it runs on.
+    pub backend: BackendId,
+    /// The backend's thread id for this session.
+    pub backend_connection_id: u32,
+}
+
+const LAST_NONE: u8 = 0;
+const LAST_CLIENT: u8 = 1;
+const LAST_BACKEND: u8 = 2;
+
+/// One live session.
+#[derive(Debug)]
+pub struct SessionEntry {
+    /// The connection id the client received in ferry's handshake.
+    pub id: u32,
+    info: Mutex<Option<SessionInfo>>,
+    /// Inside a transaction (updated by the tracker; false until it is integrated).
+    pub in_txn: AtomicBool,
+    /// At a safe point (updated by the tracker; true until it is integrated).
+    pub safe: AtomicBool,
+    blocked_by: Mutex<Vec<String>>,
+    /// Completed migrations.
+    pub migrations: AtomicU32,
+    reads: AtomicU64,
+    last_read: AtomicU8,
+}
+
+impl SessionEntry {
+    fn new(id: u32) -> Self {
+        SessionEntry {
+            id,
+            info: Mutex::new(None),
+            in_txn: AtomicBool::new(false),
+            safe: AtomicBool::new(true),
+            blocked_by: Mutex::new(Vec::new()),
+            migrations: AtomicU32::new(0),
+            reads: AtomicU64::new(0),
+            last_read: AtomicU8::new(LAST_NONE),
+        }
+    }
+
+    /// Who and where, once logged in.
+    pub fn info(&self) -> Option<SessionInfo> {
+        self.info.lock().expect("session info lock").clone()
+    }
+
+    /// Records the login.
+    pub fn set_info(&self, info: SessionInfo) {
+        *self.info.lock().expect("session info lock") = Some(info);
+    }
+
+    /// Why the session cannot move now.
+    pub fn blocked_by(&self) -> Vec<String> {
+        self.blocked_by.lock().expect("blocked_by lock").clone()
+    }
+
+    /// Replaces the reasons the session cannot move.
+    pub fn set_blocked_by(&self, reasons: Vec<String>) {
+        *self.blocked_by.lock().expect("blocked_by lock") = reasons;
+    }
+
+    /// Notes one read from the client or the backend (two relaxed atomics).
+    pub fn note_read(&self, from_client: bool) {
+        self.reads.fetch_add(1, Relaxed);
+        self.last_read.store(
+            if from_client {
+                LAST_CLIENT
+            } else {
+                LAST_BACKEND
+            },
+            Relaxed,
+        );
+    }
+
+    /// A snapshot for idleness checks: (reads so far, whether the backend spoke last).
+    pub fn activity(&self) -> (u64, bool) {
+        (
+            self.reads.load(Relaxed),
+            self.last_read.load(Relaxed) == LAST_BACKEND,
+        )
+    }
+
+    /// Logged in, not in a transaction, at a safe point, and the backend
+    /// answered the last thing the client sent (no command outstanding, as
+    /// far as the shell can tell until the tracker reports it exactly).
+    pub fn looks_idle(&self) -> bool {
+        self.info.lock().expect("session info lock").is_some()
+            && !self.in_txn.load(Relaxed)
+            && self.safe.load(Relaxed)
+            && self.last_read.load(Relaxed) == LAST_BACKEND
+    }
+}
+
+/// All live sessions by connection id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<BTreeMap<u32, Arc<SessionEntry>>>,
+}
+
+impl Registry {
+    /// Adds a session accepted with `id`; it is removed when the guard drops.
+    pub fn register(self: &Arc<Self>, id: u32) -> Registration {
+        let entry = Arc::new(SessionEntry::new(id));
+        self.sessions
+            .lock()
+            .expect("registry lock")
+            .insert(id, entry.clone());
+        Registration {
+            registry: self.clone(),
+            entry,
+        }
+    }
+
+    /// One session.
+    pub fn get(&self, id: u32) -> Option<Arc<SessionEntry>> {
+        self.sessions
+            .lock()
+            .expect("registry lock")
+            .get(&id)
+            .cloned()
+    }
+
+    /// All sessions, by id.
+    pub fn all(&self) -> Vec<Arc<SessionEntry>> {
+        self.sessions
+            .lock()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// How many connections are open (logged in or not).
+    pub fn len(&self) -> usize {
+        self.sessions.lock().expect("registry lock").len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Keeps a session in the registry until dropped.
+#[derive(Debug)]
+pub struct Registration {
+    registry: Arc<Registry>,
+    /// The session's entry.
+    pub entry: Arc<SessionEntry>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry
+            .sessions
+            .lock()
+            .expect("registry lock")
+            .remove(&self.entry.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_live_as_long_as_their_registration() {
+        let r = Arc::new(Registry::default());
+        let a = r.register(1);
+        let b = r.register(2);
+        assert_eq!(r.len(), 2);
+        assert!(r.get(1).is_some());
+        drop(a);
+        assert!(r.get(1).is_none());
+        assert_eq!(r.all().iter().map(|e| e.id).collect::<Vec<_>>(), [2]);
+        drop(b);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn idle_means_logged_in_and_answered() {
+        let r = Arc::new(Registry::default());
+        let g = r.register(1);
+        let e = &g.entry;
+        e.note_read(false);
+        assert!(!e.looks_idle(), "not logged in yet");
+        e.set_info(SessionInfo {
+            tenant: None,
+            user: "app".into(),
+            labels: Labels::new(),
+            backend: BackendId("cn1".into()),
+            backend_connection_id: 9,
+        });
+        assert!(e.looks_idle());
+        e.note_read(true);
+        assert!(!e.looks_idle(), "a command is outstanding");
+        e.note_read(false);
+        e.in_txn.store(true, Relaxed);
+        assert!(!e.looks_idle(), "inside a transaction");
+    }
+}
