@@ -23,7 +23,6 @@ use ferry_tests::{backends, Backend, ConfigBuilder};
 /// A client that sends packets and collects raw response bytes.
 struct RawConn {
     stream: TcpStream,
-    connection_id: u32,
 }
 
 impl RawConn {
@@ -56,10 +55,7 @@ impl RawConn {
         let mut out = BytesMut::new();
         write_packet(&mut out, 1, &payload);
         stream.write_all(&out).unwrap();
-        let mut conn = RawConn {
-            stream,
-            connection_id: hs.connection_id,
-        };
+        let mut conn = RawConn { stream };
         let reply = conn.read_quiet(Duration::from_millis(300));
         assert_eq!(reply.get(4), Some(&0x00), "login failed: {reply:?}");
         conn
@@ -297,10 +293,7 @@ impl RawConn {
         let mut out = BytesMut::new();
         write_packet(&mut out, 1, &payload);
         stream.write_all(&out).unwrap();
-        let mut c = RawConn {
-            stream,
-            connection_id: hs.connection_id,
-        };
+        let mut c = RawConn { stream };
         let r = c.read_quiet(Duration::from_millis(200));
         assert_eq!(r.get(4), Some(&0x00), "admin login failed: {r:?}");
         c
