@@ -59,7 +59,11 @@ pub struct Config {
     /// A backend to read users and their hashes from (`mysql.user`), if any.
     #[serde(default)]
     pub user_source: Option<crate::usersync::UserSourceConfig>,
+    /// Executor threads; None = one per core.
+    #[serde(default)]
+    pub worker_threads: Option<usize>,
 }
+
 fn default_shutdown_grace_ms() -> u64 {
     30_000
 }

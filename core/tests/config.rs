@@ -86,6 +86,7 @@ fn the_contract_example_parses_to_exactly_this() {
         health: Default::default(),
         shutdown_grace_ms: 30_000,
         user_source: None,
+        worker_threads: None,
     };
     assert_eq!(config, expected);
 }

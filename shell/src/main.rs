@@ -81,7 +81,10 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::from_config(&config, u64::from_le_bytes(seed))?);
     let signals = signals::install().context("installing signal handlers")?;
     let ex = Arc::new(Executor::new());
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = config
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
     for i in 1..threads {
         let ex = ex.clone();
         std::thread::Builder::new()
