@@ -13,6 +13,8 @@ pub mod labels;
 pub mod login;
 pub mod packets;
 pub mod session;
+pub mod state;
+pub mod tracker;
 pub mod users;
 pub mod wire;
 

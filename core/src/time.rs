@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 /// A point in time, in microseconds since an arbitrary epoch chosen by the driver.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Timestamp(pub u64);
 
 impl Timestamp {
@@ -24,7 +26,10 @@ impl Timestamp {
 
     /// This instant plus `d`, saturating.
     pub fn add(self, d: Duration) -> Self {
-        Timestamp(self.0.saturating_add(d.as_micros().min(u64::MAX as u128) as u64))
+        Timestamp(
+            self.0
+                .saturating_add(d.as_micros().min(u64::MAX as u128) as u64),
+        )
     }
 
     /// Time elapsed since `earlier` (zero if `earlier` is later).
