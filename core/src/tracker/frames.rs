@@ -5,7 +5,7 @@
 //! each packet that its [`Reader`] asks for. Everything else (rows, column
 //! definitions, file data) is skipped in place.
 
-use crate::wire::{HEADER_LEN, MAX_FRAME_PAYLOAD};
+use crate::wire::HEADER_LEN;
 
 use super::TrackError;
 
@@ -42,8 +42,10 @@ pub(crate) trait Reader {
 }
 
 /// Frame walker state for one direction.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Frames {
+    /// Payload length of a full frame (one that a continuation follows).
+    frame_limit: usize,
     /// Bytes of this direction consumed so far.
     offset: u64,
     /// A header split across chunks.
@@ -68,6 +70,19 @@ struct Progress {
 }
 
 impl Frames {
+    /// A walker for frames of at most `frame_limit` payload bytes.
+    pub fn new(frame_limit: usize) -> Self {
+        Frames {
+            frame_limit,
+            offset: 0,
+            header: [0; HEADER_LEN],
+            header_len: 0,
+            left: 0,
+            continued: false,
+            current: None,
+        }
+    }
+
     /// Bytes consumed so far.
     pub fn offset(&self) -> u64 {
         self.offset
@@ -116,14 +131,14 @@ impl Frames {
         let p = self.current.get_or_insert_with(|| Progress {
             offset: start,
             seq: h[3],
-            multi_frame: len == MAX_FRAME_PAYLOAD,
+            multi_frame: len == self.frame_limit,
             payload_len: 0,
             want: 1,
             head: Vec::new(),
         });
         p.payload_len += len as u64;
         self.left = len;
-        self.continued = len == MAX_FRAME_PAYLOAD;
+        self.continued = len == self.frame_limit;
         if len == 0 {
             self.end_frame(reader)?;
         }
@@ -153,7 +168,7 @@ impl Frames {
             return Ok(());
         }
         let p = self.current.take().expect("frame belongs to a packet");
-        let frames = p.payload_len / MAX_FRAME_PAYLOAD as u64 + 1;
+        let frames = p.payload_len / self.frame_limit as u64 + 1;
         reader.packet(Packet {
             offset: p.offset,
             len: p.payload_len + frames * HEADER_LEN as u64,

@@ -23,6 +23,7 @@ use crate::packets::flags::caps::CLIENT_DEPRECATE_EOF;
 use crate::packets::flags::command::*;
 use crate::packets::flags::status::*;
 use crate::packets::{EofPacket, ErrPacket, OkPacket};
+use crate::wire::MAX_FRAME_PAYLOAD;
 
 pub use command::{Command, SqlText, CURSOR_TYPE_READ_ONLY, LAST_PREPARED, SQL_LIMIT};
 pub use session_track::TrackItem;
@@ -168,8 +169,8 @@ impl Tracker {
     /// The status starts as autocommit, outside a transaction, as after a login.
     pub fn new(capabilities: u32) -> Self {
         Tracker {
-            client: Frames::default(),
-            server: Frames::default(),
+            client: Frames::new(MAX_FRAME_PAYLOAD),
+            server: Frames::new(MAX_FRAME_PAYLOAD),
             conv: Conversation {
                 caps: capabilities,
                 phase: Phase::Idle,
@@ -184,6 +185,14 @@ impl Tracker {
                 dir: Direction::Client,
             },
         }
+    }
+
+    /// Uses frames of at most `limit` bytes instead of 16 MiB − 1 (for tests of continuation frames).
+    pub fn with_frame_limit(mut self, limit: usize) -> Self {
+        assert!(limit > 0 && limit <= MAX_FRAME_PAYLOAD);
+        self.client = Frames::new(limit);
+        self.server = Frames::new(limit);
+        self
     }
 
     /// Observes bytes the client sent (as read, any chunk boundary).
