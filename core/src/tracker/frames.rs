@@ -5,7 +5,7 @@
 //! each packet that its [`Reader`] asks for. Everything else (rows, column
 //! definitions, file data) is skipped in place.
 
-use crate::wire::HEADER_LEN;
+use crate::wire::{HEADER_LEN, MAX_FRAME_PAYLOAD};
 
 use super::TrackError;
 
@@ -18,7 +18,7 @@ pub(crate) struct Packet<'a> {
     pub len: u64,
     /// Sequence id of the first frame.
     pub seq: u8,
-    /// True when the packet spans continuation frames.
+    /// True when the payload is 16 MiB − 1 bytes or longer (so spans continuation frames).
     pub multi_frame: bool,
     /// Payload length, continuation frames joined.
     pub payload_len: u64,
@@ -131,7 +131,8 @@ impl Frames {
         let p = self.current.get_or_insert_with(|| Progress {
             offset: start,
             seq: h[3],
-            multi_frame: len == self.frame_limit,
+            // What matters is the protocol's 16 MiB rule, not the (test) frame size.
+            multi_frame: len >= MAX_FRAME_PAYLOAD,
             payload_len: 0,
             want: 1,
             head: Vec::new(),
