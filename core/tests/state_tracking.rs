@@ -54,7 +54,8 @@ fn ok_payload(status: u16, tracks: &[Track], last_insert_id: u64) -> Vec<u8> {
                 1
             }
             Track::Changed => {
-                put_lenenc_bytes(&mut data, b"1");
+                // Sent bare, as MariaDB does.
+                data.put_u8(b'1');
                 2
             }
         };

@@ -187,7 +187,7 @@ fn transaction_state_tracker_opens_a_transaction() {
     let mut block = BytesMut::new();
     let mut item = BytesMut::new();
     put_lenenc_bytes(&mut item, b"I_______");
-    block.put_u8(3);
+    block.put_u8(5);
     put_lenenc_bytes(&mut block, &item);
     let mut out = BytesMut::new();
     OkPacket {
@@ -630,7 +630,7 @@ fn ok_events_locate_the_packet_in_the_server_stream() {
     let mut t = Tracker::new(BASE);
     client(&mut t, &query("SELECT 1"));
     let first = ok(0, BASE);
-    let ev = server(&mut t, &[first.clone()]);
+    let ev = server(&mut t, std::slice::from_ref(&first));
     match &ev[0] {
         Event::Ok { at, .. } => {
             assert_eq!(at.offset, 0);

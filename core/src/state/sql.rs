@@ -61,9 +61,9 @@ pub(crate) fn statements(sql: &[u8]) -> Vec<Vec<Token>> {
         if compound {
             // Stored-program bodies contain `;`: follow BEGIN/CASE ... END nesting.
             let after_end = current.last().is_some_and(|p: &Token| p.is("END"));
-            if t.is("BEGIN") && (!current.is_empty() || sql_is_compound_begin(&lexer)) {
-                depth += 1;
-            } else if t.is("CASE") && !after_end {
+            let opens = (t.is("BEGIN") && (!current.is_empty() || sql_is_compound_begin(&lexer)))
+                || (t.is("CASE") && !after_end);
+            if opens {
                 depth += 1;
             } else if after_end
                 && ["IF", "LOOP", "WHILE", "REPEAT", "FOR"]

@@ -9,12 +9,12 @@ pub const SYSTEM_VARIABLES: u8 = 0;
 pub const SCHEMA: u8 = 1;
 /// `SESSION_TRACK_STATE_CHANGE`.
 pub const STATE_CHANGE: u8 = 2;
-/// `SESSION_TRACK_GTIDS` (MySQL).
-pub const GTIDS: u8 = 5;
+/// `SESSION_TRACK_GTIDS`.
+pub const GTIDS: u8 = 3;
 /// `SESSION_TRACK_TRANSACTION_CHARACTERISTICS`.
 pub const TRANSACTION_CHARACTERISTICS: u8 = 4;
-/// `SESSION_TRACK_TRANSACTION_STATE`.
-pub const TRANSACTION_STATE: u8 = 3;
+/// `SESSION_TRACK_TRANSACTION_STATE` (5 on the wire, as recorded from MariaDB 10.11).
+pub const TRANSACTION_STATE: u8 = 5;
 
 /// One entry of the session-state-change block.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,7 +64,8 @@ pub fn parse(block: &[u8]) -> Result<Vec<TrackItem>, ParseError> {
                 value: d.lenenc_bytes()?.to_vec(),
             },
             SCHEMA => TrackItem::Schema(d.lenenc_bytes()?.to_vec()),
-            STATE_CHANGE => TrackItem::StateChange(d.lenenc_bytes()? == b"1"),
+            // Servers send the flag bare ('1'), not as a nested string.
+            STATE_CHANGE => TrackItem::StateChange(data == b"1"),
             TRANSACTION_STATE => TrackItem::TransactionState(d.lenenc_bytes()?.to_vec()),
             TRANSACTION_CHARACTERISTICS => {
                 TrackItem::TransactionCharacteristics(d.lenenc_bytes()?.to_vec())
