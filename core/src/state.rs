@@ -272,6 +272,10 @@ impl SessionState {
         match event {
             Event::Command { command, .. } => self.on_command(command),
             Event::Ok { ok, trackers, .. } => {
+                if let Pending::Reset { keep_database } = self.pending {
+                    // The OK means the reset happened; what it reports belongs to the new session.
+                    self.reset(keep_database);
+                }
                 if ok.last_insert_id != 0 {
                     self.last_insert_id = ok.last_insert_id;
                 }
@@ -453,18 +457,20 @@ impl SessionState {
                     self.unexplained.insert(quote(&sql));
                 }
             }
-            Pending::Reset { keep_database } => {
-                if ok {
-                    let database = self.database.take().filter(|_| keep_database);
-                    *self = SessionState {
-                        database,
-                        ..SessionState::default()
-                    };
-                }
-            }
+            // Done when its OK arrived (see `on_event`); an ERR changes nothing.
+            Pending::Reset { .. } => {}
             // Other commands change nothing migration carries.
             Pending::Other { .. } => {}
         }
+    }
+
+    /// Forgets everything a fresh session does not have.
+    fn reset(&mut self, keep_database: bool) {
+        let database = self.database.take().filter(|_| keep_database);
+        *self = SessionState {
+            database,
+            ..SessionState::default()
+        };
     }
 
     /// Applies what a statement did; `certain` is false when it may or may not have run.

@@ -463,9 +463,19 @@ fn reset_connection_and_change_user_clear_everything() {
     );
     s.ok("LOCK TABLES t READ");
     s.send(b"\x11root\x00\x00");
+    s.reply(vec![Reply::Err]);
+    assert!(!s.movable(), "a failed change of user changes nothing");
+    s.send(b"\x11root\x00\x00");
     s.reply(vec![Reply::Ok(vec![])]);
     assert!(s.movable());
     assert_eq!(s.state.database(), None);
+    s.send(b"\x11root\x00\x00other\x00");
+    s.reply(vec![Reply::Ok(vec![Track::Schema("other")])]);
+    assert_eq!(
+        s.state.database(),
+        Some("other"),
+        "the schema the new session reports counts"
+    );
 }
 
 #[test]

@@ -184,6 +184,11 @@ trace_test!(send_long_data, "send_long_data");
 trace_test!(send_long_data_eof, "send_long_data-eof");
 trace_test!(long_result_wraps_sequence_ids, "long_result");
 trace_test!(long_result_wraps_sequence_ids_eof, "long_result-eof");
+trace_test!(field_list_set_option_and_change_user, "other_commands");
+trace_test!(
+    field_list_set_option_and_change_user_eof,
+    "other_commands-eof"
+);
 trace_test!(session_state_items, "state_items");
 trace_test!(session_state_items_eof, "state_items-eof");
 

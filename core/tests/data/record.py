@@ -39,6 +39,13 @@ def packet(seq, payload):
     return struct.pack("<I", len(payload))[:3] + bytes([seq & 0xFF]) + payload
 
 
+def scramble(password, salt):
+    p1 = hashlib.sha1(password.encode()).digest()
+    p2 = hashlib.sha1(p1).digest()
+    x = hashlib.sha1(salt + p2).digest()
+    return bytes(a ^ b for a, b in zip(p1, x))
+
+
 class Conn:
     def __init__(self, host, port, user, password, deprecate_eof):
         self.s = socket.create_connection((host, port))
@@ -59,10 +66,8 @@ class Conn:
                 | PS_MULTI_RESULTS | PLUGIN_AUTH | SESSION_TRACK
                 | (DEPRECATE_EOF if deprecate_eof else 0))
         self.caps = want & caps
-        p1 = hashlib.sha1(password.encode()).digest()
-        p2 = hashlib.sha1(p1).digest()
-        x = hashlib.sha1(salt + p2).digest()
-        auth = bytes(a ^ b for a, b in zip(p1, x))
+        self.user, self.password = user, password
+        auth = scramble(password, salt)
         resp = struct.pack("<IIB", self.caps, 1 << 24, 45) + b"\0" * 23
         resp += user.encode() + b"\0" + bytes([len(auth)]) + auth
         resp += b"test\0" + b"mysql_native_password\0"
@@ -183,7 +188,25 @@ def state_items(c):
     c.drain()
 
 
-SCENARIOS = [multi_statement_error, procedure_two_results, cursor_fetch, local_infile,
+def other_commands(c):
+    c.command(b"\x04rec_t\x00")
+    c.drain()
+    c.command(b"\x1b\x00\x00")
+    c.drain()
+    c.command(b"\x1b\x01\x00")
+    c.drain()
+    c.query("SELECT 1 FROM rec_t WHERE a = ANY (SELECT 1) LIMIT 1")
+    # Change user with a plugin the server does not use for root: it answers with an auth switch.
+    c.command(b"\x11" + c.user.encode() + b"\x00\x00test\x00\x2d\x00caching_sha2_password\x00")
+    got = c.drain()
+    if got[4] == 0xFE:
+        salt = got[4:].split(b"\x00", 2)[1][:20]
+        c.send(packet(got[3] + 1, scramble(c.password, salt)))
+        c.drain()
+    c.query("SELECT USER()")
+
+
+SCENARIOS = [other_commands, multi_statement_error, procedure_two_results, cursor_fetch, local_infile,
              send_long_data, long_result, state_items]
 
 
