@@ -680,3 +680,24 @@ fn packets_of_16_mib_and_more_span_continuation_frames() {
     let ev = server(&mut t, &[ok_fe(0, DEPRECATE)]);
     assert_eq!(done(&ev), Some(Outcome::Ok));
 }
+
+#[test]
+fn a_replaced_server_starts_its_offsets_again_and_keeps_the_statements() {
+    let mut t = Tracker::new(BASE);
+    client(&mut t, &query_prepare("SELECT ?"));
+    server(&mut t, &[prepare_ok(4, 0, 1), coldef(), eof(0)]);
+    assert!(t.is_idle());
+    t.server_replaced(DEPRECATE);
+    assert_eq!(t.server_offset(), 0);
+    let ev = client(&mut t, &execute(4, 0, 1, Some(&[3])));
+    assert!(
+        matches!(&ev[0], Event::Command { command: Command::Execute { param_types: Some(ts), .. }, .. } if ts == &[3])
+    );
+    // The new capabilities apply: the result ends with an OK (0xFE), no EOF after the definitions.
+    let ev = server(
+        &mut t,
+        &[count(1), coldef(), vec![0, 0, 1], ok_fe(0, DEPRECATE)],
+    );
+    assert!(matches!(&ev[0], Event::Ok { at, .. } if at.offset > 0));
+    assert_eq!(done(&ev), Some(Outcome::Ok));
+}

@@ -57,6 +57,8 @@ pub(crate) struct Frames {
     continued: bool,
     /// The logical packet in progress, if any.
     current: Option<Progress>,
+    /// The collected prefix of the packet in progress (reused: no allocation per row).
+    head: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -66,7 +68,6 @@ struct Progress {
     multi_frame: bool,
     payload_len: u64,
     want: usize,
-    head: Vec<u8>,
 }
 
 impl Frames {
@@ -80,7 +81,13 @@ impl Frames {
             left: 0,
             continued: false,
             current: None,
+            head: Vec::new(),
         }
+    }
+
+    /// The frame size this walker expects.
+    pub fn frame_limit(&self) -> usize {
+        self.frame_limit
     }
 
     /// Bytes consumed so far.
@@ -94,7 +101,7 @@ impl Frames {
             return Some(self.offset - self.header_len as u64);
         }
         let p = self.current.as_ref()?;
-        (p.head.is_empty() || p.head.len() < p.want).then_some(p.offset)
+        (self.head.len() < p.want).then_some(p.offset)
     }
 
     /// Walks `data`, handing complete packets to `reader`.
@@ -128,6 +135,9 @@ impl Frames {
         let h = self.header;
         let len = h[0] as usize | (h[1] as usize) << 8 | (h[2] as usize) << 16;
         let start = self.offset - HEADER_LEN as u64;
+        if self.current.is_none() {
+            self.head.clear();
+        }
         let p = self.current.get_or_insert_with(|| Progress {
             offset: start,
             seq: h[3],
@@ -135,7 +145,6 @@ impl Frames {
             multi_frame: len >= MAX_FRAME_PAYLOAD,
             payload_len: 0,
             want: 1,
-            head: Vec::new(),
         });
         p.payload_len += len as u64;
         self.left = len;
@@ -148,17 +157,18 @@ impl Frames {
 
     fn payload(&mut self, mut data: &[u8], reader: &mut impl Reader) -> Result<(), TrackError> {
         let p = self.current.as_mut().expect("payload belongs to a packet");
+        let head = &mut self.head;
         // Payload of this packet still to come after `data`.
         let later = self.left - data.len();
-        while !data.is_empty() && p.head.len() < p.want {
-            let n = (p.want - p.head.len()).min(data.len());
-            p.head.extend_from_slice(&data[..n]);
+        while !data.is_empty() && head.len() < p.want {
+            let n = (p.want - head.len()).min(data.len());
+            head.extend_from_slice(&data[..n]);
             data = &data[n..];
             let more = !data.is_empty() || later > 0 || self.continued;
-            if p.head.len() == p.want && more {
-                let want = reader.want(&p.head, p.multi_frame)?;
+            if head.len() == p.want && more {
+                let want = reader.want(head, p.multi_frame)?;
                 // Never shrink: what was collected stays collected.
-                p.want = want.max(p.head.len());
+                p.want = want.max(head.len());
             }
         }
         Ok(())
@@ -176,8 +186,8 @@ impl Frames {
             seq: p.seq,
             payload_len: p.payload_len,
             multi_frame: p.multi_frame,
-            truncated: (p.head.len() as u64) < p.payload_len,
-            head: &p.head,
+            truncated: (self.head.len() as u64) < p.payload_len,
+            head: &self.head,
         })
     }
 }

@@ -221,6 +221,19 @@ impl Tracker {
         result
     }
 
+    /// The server side is a new connection (after a migration): its byte offsets
+    /// start again at 0 and `capabilities` are those in force on it.
+    ///
+    /// Call only at a safe point; statements, cursors and transaction state carry on.
+    pub fn server_replaced(&mut self, capabilities: u32) {
+        debug_assert!(
+            self.is_idle(),
+            "the server is replaced only between commands"
+        );
+        self.server = Frames::new(self.server.frame_limit());
+        self.conv.caps = capabilities;
+    }
+
     /// The next observation, in stream order.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.conv.events.pop_front()
