@@ -15,6 +15,8 @@ pub mod login;
 pub mod packets;
 pub mod query;
 pub mod session;
+pub mod state;
+pub mod tracker;
 pub mod users;
 pub mod usersync;
 pub mod wire;

@@ -1,0 +1,985 @@
+//! Following commands and responses of a logged-in session, byte chunk by byte chunk.
+//!
+//! The [`Tracker`] knows, for every client command, the shape of the server's
+//! response and walks it frame by frame: it never decides anything from a
+//! sequence id or from a first byte alone, and it copies only the few packets
+//! it must parse (OK, ERR, EOF, column counts, prepare replies, the head of
+//! each command). Rows and column definitions are skipped in place.
+//!
+//! Feed it the bytes of each direction exactly as read ([`Tracker::client_bytes`],
+//! [`Tracker::server_bytes`]) and drain [`Tracker::poll_event`] after each call.
+//! Anything the shape does not allow is a [`TrackError`]: the session must
+//! close, because ferry no longer knows where the conversation stands.
+
+mod command;
+mod frames;
+pub mod session_track;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+
+use crate::packets::codec::Reader;
+use crate::packets::flags::caps::CLIENT_DEPRECATE_EOF;
+use crate::packets::flags::command::*;
+use crate::packets::flags::status::*;
+use crate::packets::{EofPacket, ErrPacket, OkPacket};
+use crate::wire::MAX_FRAME_PAYLOAD;
+
+pub use command::{Command, SqlText, CURSOR_TYPE_READ_ONLY, LAST_PREPARED, SQL_LIMIT};
+pub use session_track::TrackItem;
+
+use frames::{Frames, Packet};
+
+/// Longest OK, ERR or EOF packet the tracker collects; a longer one is a protocol error.
+pub const REPLY_LIMIT: usize = 1 << 20;
+
+/// Longest `LOCAL INFILE` file name collected.
+const FILENAME_LIMIT: usize = 4096;
+
+/// Which peer sent the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Client to server.
+    Client,
+    /// Server to client.
+    Server,
+}
+
+/// Where a packet sits in the server→client (or client→server) byte stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    /// Offset of the first header byte, counted from the first byte given to the tracker.
+    pub offset: u64,
+    /// Bytes the packet occupies, frame headers included.
+    pub len: u64,
+    /// Sequence id of its first frame.
+    pub seq: u8,
+}
+
+/// How a response ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Every statement succeeded.
+    Ok,
+    /// The response ended with an ERR (earlier results of a multi-statement did succeed).
+    Err,
+    /// The command has no response.
+    NoResponse,
+}
+
+/// What the tracker observed, in stream order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The client sent a command.
+    Command {
+        /// The command.
+        command: Command,
+        /// Where the command packet starts in the client→server stream.
+        offset: u64,
+    },
+    /// The server sent an OK packet (header 0x00, or 0xFE ending a result set under `CLIENT_DEPRECATE_EOF`).
+    Ok {
+        /// The packet.
+        ok: OkPacket,
+        /// The session-state entries it carried.
+        trackers: Vec<TrackItem>,
+        /// Where it is in the server→client stream (so it can be rewritten in place).
+        at: Span,
+    },
+    /// The server sent an ERR packet.
+    Err {
+        /// The packet.
+        err: ErrPacket,
+        /// Where it is in the server→client stream.
+        at: Span,
+    },
+    /// The server sent an EOF packet.
+    Eof {
+        /// The packet.
+        eof: EofPacket,
+        /// Where it is in the server→client stream.
+        at: Span,
+    },
+    /// The server accepted a `COM_STMT_PREPARE`.
+    Prepared {
+        /// Statement id.
+        id: u32,
+        /// Parameter count.
+        params: u16,
+        /// Column count.
+        columns: u16,
+    },
+    /// The server asked the client for a local file.
+    LocalInfile {
+        /// The file name the server asked for.
+        filename: Vec<u8>,
+    },
+    /// One statement's result is complete (an OK reply or the end of a result set).
+    ResultDone {
+        /// Status flags it ended with.
+        status: u16,
+    },
+    /// The response to the last command is complete; no command is outstanding.
+    ResponseDone {
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// The connection turned into a replication stream; the tracker stops following it.
+    Replication,
+}
+
+/// Why the tracker could not follow the conversation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackError {
+    /// Who sent the offending bytes.
+    pub direction: Direction,
+    /// Offset of the offending packet in that direction's stream.
+    pub offset: u64,
+    /// What was wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for TrackError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let who = match self.direction {
+            Direction::Client => "client",
+            Direction::Server => "server",
+        };
+        write!(
+            f,
+            "protocol violation by the {who} at byte {}: {}",
+            self.offset, self.reason
+        )
+    }
+}
+
+impl std::error::Error for TrackError {}
+
+/// Follows one logged-in client↔server conversation.
+#[derive(Debug)]
+pub struct Tracker {
+    client: Frames,
+    server: Frames,
+    conv: Conversation,
+}
+
+impl Tracker {
+    /// A tracker for a stream whose negotiated capabilities are `capabilities`.
+    ///
+    /// The status starts as autocommit, outside a transaction, as after a login.
+    pub fn new(capabilities: u32) -> Self {
+        Tracker {
+            client: Frames::new(MAX_FRAME_PAYLOAD),
+            server: Frames::new(MAX_FRAME_PAYLOAD),
+            conv: Conversation {
+                caps: capabilities,
+                phase: Phase::Idle,
+                status: SERVER_STATUS_AUTOCOMMIT,
+                in_transaction: false,
+                params: BTreeMap::new(),
+                last_prepared: None,
+                cursors: BTreeSet::new(),
+                long_data: BTreeSet::new(),
+                events: VecDeque::new(),
+                error: None,
+                dir: Direction::Client,
+            },
+        }
+    }
+
+    /// Uses frames of at most `limit` bytes instead of 16 MiB − 1 (for tests of continuation frames).
+    pub fn with_frame_limit(mut self, limit: usize) -> Self {
+        assert!(limit > 0 && limit <= MAX_FRAME_PAYLOAD);
+        self.client = Frames::new(limit);
+        self.server = Frames::new(limit);
+        self
+    }
+
+    /// Observes bytes the client sent (as read, any chunk boundary).
+    pub fn client_bytes(&mut self, data: &[u8]) -> Result<(), TrackError> {
+        self.feed(Direction::Client, data)
+    }
+
+    /// Observes bytes the server sent (as read, any chunk boundary).
+    pub fn server_bytes(&mut self, data: &[u8]) -> Result<(), TrackError> {
+        self.feed(Direction::Server, data)
+    }
+
+    fn feed(&mut self, dir: Direction, data: &[u8]) -> Result<(), TrackError> {
+        if let Some(e) = &self.conv.error {
+            return Err(e.clone());
+        }
+        self.conv.dir = dir;
+        let frames = match dir {
+            Direction::Client => &mut self.client,
+            Direction::Server => &mut self.server,
+        };
+        let result = frames.feed(data, &mut self.conv);
+        if let Err(e) = &result {
+            self.conv.error = Some(e.clone());
+        }
+        result
+    }
+
+    /// The server side is a new connection (after a migration): its byte offsets
+    /// start again at 0 and `capabilities` are those in force on it.
+    ///
+    /// Call only at a safe point; statements, cursors and transaction state carry on.
+    pub fn server_replaced(&mut self, capabilities: u32) {
+        debug_assert!(
+            self.is_idle(),
+            "the server is replaced only between commands"
+        );
+        self.server = Frames::new(self.server.frame_limit());
+        self.conv.caps = capabilities;
+    }
+
+    /// The next observation, in stream order.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.conv.events.pop_front()
+    }
+
+    /// True when no command is outstanding.
+    pub fn is_idle(&self) -> bool {
+        matches!(self.conv.phase, Phase::Idle)
+    }
+
+    /// True when the server last reported an open transaction.
+    pub fn in_transaction(&self) -> bool {
+        self.conv.in_transaction
+    }
+
+    /// Status flags of the last OK or EOF.
+    pub fn status(&self) -> u16 {
+        self.conv.status
+    }
+
+    /// Statements with an open cursor.
+    pub fn open_cursors(&self) -> impl Iterator<Item = u32> + '_ {
+        self.conv.cursors.iter().copied()
+    }
+
+    /// Statements with long data sent but not yet executed or reset.
+    pub fn long_data_pending(&self) -> impl Iterator<Item = u32> + '_ {
+        self.conv.long_data.iter().copied()
+    }
+
+    /// True once the connection became a replication stream (never movable again).
+    pub fn is_replication(&self) -> bool {
+        matches!(self.conv.phase, Phase::Replication)
+    }
+
+    /// True when, as far as the protocol goes, the session may move now.
+    ///
+    /// The session must also ask its `SessionState` for migration blockers.
+    pub fn safe_point(&self) -> bool {
+        self.not_safe_because().is_empty()
+    }
+
+    /// Why the protocol state forbids a move now, in words for operators; empty at a safe point.
+    pub fn not_safe_because(&self) -> Vec<String> {
+        let c = &self.conv;
+        let mut why = Vec::new();
+        if let Some(e) = &c.error {
+            why.push(format!("the conversation could not be followed: {e}"));
+        }
+        match &c.phase {
+            Phase::Idle => {}
+            Phase::Busy(r) => why.push(format!(
+                "a command ({}) is outstanding",
+                command_name(r.command)
+            )),
+            Phase::Replication => why.push("the connection is a replication stream".into()),
+            Phase::Quit => why.push("the client quit".into()),
+        }
+        if c.in_transaction {
+            why.push("a transaction is open".into());
+        }
+        for id in &c.cursors {
+            why.push(format!("a cursor is open on prepared statement {id}"));
+        }
+        for id in &c.long_data {
+            why.push(format!("long data is pending for prepared statement {id}"));
+        }
+        why
+    }
+
+    /// Start offset of a server packet not yet complete that the tracker is collecting
+    /// (or has not classified yet): bytes from here on may belong to an OK to rewrite.
+    pub fn server_collecting_from(&self) -> Option<u64> {
+        self.server.collecting_from()
+    }
+
+    /// Bytes of the server→client stream observed so far.
+    pub fn server_offset(&self) -> u64 {
+        self.server.offset()
+    }
+
+    /// Bytes of the client→server stream observed so far.
+    pub fn client_offset(&self) -> u64 {
+        self.client.offset()
+    }
+}
+
+/// The name of a command byte, for messages.
+pub fn command_name(code: u8) -> String {
+    let name = match code {
+        COM_QUIT => "COM_QUIT",
+        COM_INIT_DB => "COM_INIT_DB",
+        COM_QUERY => "COM_QUERY",
+        COM_FIELD_LIST => "COM_FIELD_LIST",
+        COM_STATISTICS => "COM_STATISTICS",
+        COM_PROCESS_INFO => "COM_PROCESS_INFO",
+        COM_PROCESS_KILL => "COM_PROCESS_KILL",
+        COM_PING => "COM_PING",
+        COM_CHANGE_USER => "COM_CHANGE_USER",
+        COM_BINLOG_DUMP => "COM_BINLOG_DUMP",
+        COM_BINLOG_DUMP_GTID => "COM_BINLOG_DUMP_GTID",
+        COM_STMT_PREPARE => "COM_STMT_PREPARE",
+        COM_STMT_EXECUTE => "COM_STMT_EXECUTE",
+        COM_STMT_SEND_LONG_DATA => "COM_STMT_SEND_LONG_DATA",
+        COM_STMT_CLOSE => "COM_STMT_CLOSE",
+        COM_STMT_RESET => "COM_STMT_RESET",
+        COM_SET_OPTION => "COM_SET_OPTION",
+        COM_STMT_FETCH => "COM_STMT_FETCH",
+        COM_RESET_CONNECTION => "COM_RESET_CONNECTION",
+        other => return format!("command 0x{other:02x}"),
+    };
+    name.to_string()
+}
+
+/// The tracker minus its frame walkers: what it knows of the conversation.
+#[derive(Debug)]
+struct Conversation {
+    caps: u32,
+    phase: Phase,
+    status: u16,
+    in_transaction: bool,
+    /// Parameter count of every prepared statement.
+    params: BTreeMap<u32, u16>,
+    last_prepared: Option<u32>,
+    cursors: BTreeSet<u32>,
+    long_data: BTreeSet<u32>,
+    events: VecDeque<Event>,
+    error: Option<TrackError>,
+    /// The direction being fed.
+    dir: Direction,
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// Waiting for the client's next command.
+    Idle,
+    /// A command is outstanding.
+    Busy(Response),
+    /// A binlog dump turned the connection into a one-way stream.
+    Replication,
+    /// The client sent `COM_QUIT`.
+    Quit,
+}
+
+/// The response being followed.
+#[derive(Debug)]
+struct Response {
+    command: u8,
+    /// The statement a prepared-statement command is about.
+    stmt: Option<u32>,
+    expect: Expect,
+}
+
+/// The next packet the response shape allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// The first packet of a result: OK, ERR, LOCAL INFILE (text only) or a column count.
+    ResultStart { binary: bool },
+    /// `left` more column or parameter definitions.
+    Defs { left: u64, then: Then },
+    /// The EOF after definitions (only without `CLIENT_DEPRECATE_EOF`).
+    DefsEof { then: Then },
+    /// Rows until a terminator or ERR.
+    Rows { binary: bool },
+    /// The client sends file packets until an empty one.
+    InfileData,
+    /// The OK or ERR after the file.
+    InfileReply,
+    /// `COM_STMT_PREPARE`'s first reply.
+    PrepareOk,
+    /// `COM_FIELD_LIST`: column definitions until a terminator, or ERR.
+    FieldDefs,
+    /// `COM_STATISTICS`: one bare string.
+    Statistics,
+    /// OK or ERR.
+    OkOrErr,
+    /// OK, EOF or ERR (commands old servers answer with EOF).
+    OkEofOrErr,
+    /// `COM_CHANGE_USER`'s authentication exchange; `Turn` says who may send next.
+    ChangeUser(Turn),
+}
+
+/// What follows a run of definitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Then {
+    /// Rows of a result set.
+    Rows { binary: bool },
+    /// The column definitions of a prepared statement.
+    PrepareColumns(u16),
+    /// Nothing: the response is complete.
+    Done,
+}
+
+/// Who may send the next packet of an authentication exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    Server,
+    Client,
+    /// After "more data" either side may speak (e.g. a public key request).
+    Either,
+}
+
+/// What a server packet is, given the shape and its first byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Ok,
+    Err,
+    /// EOF, or OK with header 0xFE under `CLIENT_DEPRECATE_EOF`.
+    Terminator,
+    ColumnCount,
+    Infile,
+    PrepareOk,
+    /// Something skipped unread: a row, a definition, a string, auth data.
+    Opaque,
+    AuthSwitch,
+    AuthMore,
+    Unexpected(&'static str),
+}
+
+impl Kind {
+    fn want(self) -> usize {
+        match self {
+            Kind::Ok | Kind::Err | Kind::Terminator => REPLY_LIMIT,
+            Kind::ColumnCount => 9,
+            Kind::PrepareOk => 12,
+            Kind::Infile => 1 + FILENAME_LIMIT,
+            Kind::Opaque | Kind::AuthSwitch | Kind::AuthMore | Kind::Unexpected(_) => 1,
+        }
+    }
+}
+
+impl Conversation {
+    fn deprecate_eof(&self) -> bool {
+        self.caps & CLIENT_DEPRECATE_EOF != 0
+    }
+
+    fn violation(&self, offset: u64, reason: impl Into<String>) -> TrackError {
+        TrackError {
+            direction: self.dir,
+            offset,
+            reason: reason.into(),
+        }
+    }
+
+    fn params_of(&self, id: u32) -> Option<u16> {
+        let id = if id == LAST_PREPARED {
+            self.last_prepared?
+        } else {
+            id
+        };
+        self.params.get(&id).copied()
+    }
+
+    /// Classifies a server packet by the current shape, its first byte and whether it spans frames.
+    fn classify(&self, first: Option<u8>, multi_frame: bool) -> Kind {
+        let Phase::Busy(r) = &self.phase else {
+            return match (&self.phase, first) {
+                // MySQL sends an ERR before closing an idle connection (wait_timeout).
+                (Phase::Idle, Some(0xFF)) => Kind::Err,
+                (Phase::Replication, _) => Kind::Opaque,
+                _ => Kind::Unexpected("no command is outstanding"),
+            };
+        };
+        let Some(first) = first else {
+            return match r.expect {
+                Expect::Rows { binary: false } | Expect::Statistics => Kind::Opaque,
+                _ => Kind::Unexpected("an empty packet"),
+            };
+        };
+        let single = !multi_frame;
+        match r.expect {
+            Expect::ResultStart { binary } => match first {
+                0x00 => Kind::Ok,
+                0xFF => Kind::Err,
+                0xFB if !binary => Kind::Infile,
+                0xFB => Kind::Unexpected("LOCAL INFILE in reply to a prepared statement"),
+                0xFE => Kind::Unexpected("0xFE at the start of a result"),
+                _ => Kind::ColumnCount,
+            },
+            Expect::Defs { .. } => match first {
+                0xFF => Kind::Unexpected("ERR among column definitions"),
+                0xFE if single => Kind::Unexpected("EOF before the announced column definitions"),
+                _ => Kind::Opaque,
+            },
+            Expect::DefsEof { .. } => match first {
+                0xFE if single => Kind::Terminator,
+                _ => Kind::Unexpected("more column definitions than announced"),
+            },
+            Expect::Rows { binary } => match first {
+                0xFF => Kind::Err,
+                0xFE if single => Kind::Terminator,
+                0x00 if binary => Kind::Opaque,
+                _ if binary => Kind::Unexpected("a binary row that does not start with 0x00"),
+                _ => Kind::Opaque,
+            },
+            Expect::InfileData | Expect::ChangeUser(Turn::Client) => {
+                Kind::Unexpected("a packet while the client's turn")
+            }
+            Expect::InfileReply | Expect::OkOrErr => match first {
+                0x00 => Kind::Ok,
+                0xFF => Kind::Err,
+                _ => Kind::Unexpected("neither OK nor ERR"),
+            },
+            Expect::OkEofOrErr => match first {
+                0x00 => Kind::Ok,
+                0xFF => Kind::Err,
+                0xFE if single => Kind::Terminator,
+                _ => Kind::Unexpected("neither OK, EOF nor ERR"),
+            },
+            Expect::PrepareOk => match first {
+                0x00 => Kind::PrepareOk,
+                0xFF => Kind::Err,
+                _ => Kind::Unexpected("neither a prepare OK nor ERR"),
+            },
+            Expect::FieldDefs => match first {
+                0xFF => Kind::Err,
+                0xFE if single => Kind::Terminator,
+                _ => Kind::Opaque,
+            },
+            Expect::Statistics => match first {
+                0xFF => Kind::Err,
+                _ => Kind::Opaque,
+            },
+            Expect::ChangeUser(_) => match first {
+                0x00 => Kind::Ok,
+                0xFF => Kind::Err,
+                0xFE => Kind::AuthSwitch,
+                0x01 => Kind::AuthMore,
+                _ => Kind::Unexpected("not an authentication packet"),
+            },
+        }
+    }
+
+    fn expect_mut(&mut self) -> &mut Response {
+        match &mut self.phase {
+            Phase::Busy(r) => r,
+            _ => unreachable!("only called while busy"),
+        }
+    }
+
+    fn set_expect(&mut self, expect: Expect) {
+        self.expect_mut().expect = expect;
+    }
+
+    fn finish(&mut self, outcome: Outcome) {
+        self.phase = Phase::Idle;
+        self.events.push_back(Event::ResponseDone { outcome });
+    }
+
+    /// Updates the transaction state from a status and the trackers that came with it.
+    fn observe_status(&mut self, status: u16, trackers: &[TrackItem]) {
+        self.status = status;
+        let flags = status & (SERVER_STATUS_IN_TRANS | SERVER_STATUS_IN_TRANS_READONLY) != 0;
+        let tracked = trackers.iter().find_map(TrackItem::opens_transaction);
+        self.in_transaction = flags || tracked == Some(true);
+    }
+
+    /// Clears what a new session on the same connection does not inherit.
+    fn forget_statements(&mut self) {
+        self.params.clear();
+        self.last_prepared = None;
+        self.cursors.clear();
+        self.long_data.clear();
+    }
+
+    fn parse_ok(&mut self, p: &Packet<'_>) -> Result<u16, TrackError> {
+        self.reply_complete(p, "OK")?;
+        let ok = OkPacket::parse(p.head, self.caps)
+            .map_err(|e| self.violation(p.offset, e.to_string()))?;
+        let trackers = match &ok.session_state {
+            Some(block) => {
+                session_track::parse(block).map_err(|e| self.violation(p.offset, e.to_string()))?
+            }
+            None => Vec::new(),
+        };
+        let status = ok.status;
+        self.observe_status(status, &trackers);
+        self.events.push_back(Event::Ok {
+            ok,
+            trackers,
+            at: span(p),
+        });
+        Ok(status)
+    }
+
+    fn parse_eof(&mut self, p: &Packet<'_>) -> Result<u16, TrackError> {
+        let eof = EofPacket::parse(p.head).map_err(|e| self.violation(p.offset, e.to_string()))?;
+        self.observe_status(eof.status, &[]);
+        self.events.push_back(Event::Eof { eof, at: span(p) });
+        Ok(eof.status)
+    }
+
+    /// An EOF, or under `CLIENT_DEPRECATE_EOF` an OK with header 0xFE (an OK is at least 7 bytes, an EOF 5 or 1).
+    fn parse_terminator(&mut self, p: &Packet<'_>) -> Result<u16, TrackError> {
+        self.reply_complete(p, "EOF")?;
+        if self.deprecate_eof() && p.payload_len >= 7 {
+            self.parse_ok(p)
+        } else if p.payload_len < 9 {
+            self.parse_eof(p)
+        } else {
+            Err(self.violation(p.offset, "a 0xFE packet too long for an EOF"))
+        }
+    }
+
+    fn parse_err(&mut self, p: &Packet<'_>) -> Result<(), TrackError> {
+        self.reply_complete(p, "ERR")?;
+        let err = ErrPacket::parse(p.head).map_err(|e| self.violation(p.offset, e.to_string()))?;
+        self.events.push_back(Event::Err { err, at: span(p) });
+        Ok(())
+    }
+
+    fn reply_complete(&self, p: &Packet<'_>, what: &str) -> Result<(), TrackError> {
+        if p.truncated {
+            return Err(self.violation(
+                p.offset,
+                format!("{what} packet longer than {REPLY_LIMIT} bytes"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A result ended with `status`: another follows if the server says so.
+    fn result_done(&mut self, status: u16) {
+        self.events.push_back(Event::ResultDone { status });
+        let r = self.expect_mut();
+        let binary = r.command != COM_QUERY && r.command != COM_PROCESS_INFO;
+        let fetch = r.command == COM_STMT_FETCH;
+        if status & SERVER_MORE_RESULTS_EXISTS != 0 && !fetch {
+            self.set_expect(Expect::ResultStart { binary });
+        } else {
+            self.finish(Outcome::Ok);
+        }
+    }
+
+    /// Definitions are over: EOF next, or what follows them.
+    fn defs_over(&mut self, then: Then) {
+        if self.deprecate_eof() {
+            self.after_defs(then);
+        } else {
+            self.set_expect(Expect::DefsEof { then });
+        }
+    }
+
+    fn after_defs(&mut self, then: Then) {
+        match then {
+            Then::Rows { binary } => self.set_expect(Expect::Rows { binary }),
+            Then::PrepareColumns(0) | Then::Done => self.finish(Outcome::Ok),
+            Then::PrepareColumns(n) => self.set_expect(Expect::Defs {
+                left: n as u64,
+                then: Then::Done,
+            }),
+        }
+    }
+
+    /// The end of a result set (or of the metadata of a cursor), with its status.
+    fn result_set_end(&mut self, status: u16) {
+        let r = self.expect_mut();
+        match (r.command, r.stmt) {
+            (COM_STMT_EXECUTE, Some(id)) if status & SERVER_STATUS_CURSOR_EXISTS != 0 => {
+                self.cursors.insert(id);
+            }
+            (COM_STMT_FETCH, Some(id)) if status & SERVER_STATUS_LAST_ROW_SENT != 0 => {
+                self.cursors.remove(&id);
+            }
+            _ => {}
+        }
+        self.result_done(status);
+    }
+
+    fn server_packet(&mut self, p: Packet<'_>) -> Result<(), TrackError> {
+        let kind = self.classify(p.head.first().copied(), p.multi_frame);
+        let expect = match &self.phase {
+            Phase::Busy(r) => Some(r.expect),
+            _ => None,
+        };
+        match (kind, expect) {
+            (Kind::Unexpected(what), _) => {
+                let during = match &self.phase {
+                    Phase::Busy(r) => format!("the response to {}", command_name(r.command)),
+                    Phase::Idle => "no command".into(),
+                    Phase::Quit => "the client's COM_QUIT".into(),
+                    Phase::Replication => "replication".into(),
+                };
+                Err(self.violation(p.offset, format!("{what} (during {during})")))
+            }
+            (Kind::Opaque, None) => Ok(()),
+            (Kind::Err, None) => self.parse_err(&p),
+            (Kind::Err, Some(_)) => {
+                self.parse_err(&p)?;
+                self.finish(Outcome::Err);
+                Ok(())
+            }
+            (Kind::Ok, Some(expect)) => {
+                let status = self.parse_ok(&p)?;
+                match expect {
+                    Expect::ChangeUser(_) => {
+                        self.forget_statements();
+                        self.finish(Outcome::Ok);
+                    }
+                    Expect::OkOrErr | Expect::OkEofOrErr => {
+                        let r = self.expect_mut();
+                        if r.command == COM_RESET_CONNECTION {
+                            self.forget_statements();
+                        }
+                        self.finish(Outcome::Ok);
+                    }
+                    _ => self.result_done(status),
+                }
+                Ok(())
+            }
+            (Kind::Terminator, Some(expect)) => {
+                let status = self.parse_terminator(&p)?;
+                match expect {
+                    Expect::DefsEof {
+                        then: Then::Rows { .. },
+                    } if status & SERVER_STATUS_CURSOR_EXISTS != 0 => {
+                        // A cursor: the rows come with COM_STMT_FETCH.
+                        self.result_set_end(status);
+                    }
+                    Expect::DefsEof { then } => self.after_defs(then),
+                    Expect::Rows { .. } => self.result_set_end(status),
+                    _ => self.finish(Outcome::Ok),
+                }
+                Ok(())
+            }
+            (Kind::ColumnCount, Some(_)) => {
+                let mut r = Reader::new(p.head, "column count");
+                let n = r.lenenc_int();
+                match n {
+                    Ok(n) if n > 0 && r.is_empty() && !p.truncated => {
+                        let binary = matches!(expect, Some(Expect::ResultStart { binary: true }));
+                        self.set_expect(Expect::Defs {
+                            left: n,
+                            then: Then::Rows { binary },
+                        });
+                        Ok(())
+                    }
+                    _ => Err(self.violation(p.offset, "a malformed column count")),
+                }
+            }
+            (Kind::Infile, Some(_)) => {
+                if p.truncated {
+                    return Err(self.violation(p.offset, "LOCAL INFILE file name too long"));
+                }
+                let filename = p.head[1..].to_vec();
+                self.events.push_back(Event::LocalInfile { filename });
+                self.set_expect(Expect::InfileData);
+                Ok(())
+            }
+            (Kind::PrepareOk, Some(_)) => self.prepare_ok(&p),
+            (Kind::Opaque, Some(expect)) => {
+                match expect {
+                    Expect::Defs { left, then } => {
+                        if left == 1 {
+                            self.defs_over(then);
+                        } else {
+                            self.set_expect(Expect::Defs {
+                                left: left - 1,
+                                then,
+                            });
+                        }
+                    }
+                    Expect::Statistics => self.finish(Outcome::Ok),
+                    // Rows and field definitions: keep skipping.
+                    _ => {}
+                }
+                Ok(())
+            }
+            (Kind::AuthSwitch, Some(_)) => {
+                self.set_expect(Expect::ChangeUser(Turn::Client));
+                Ok(())
+            }
+            (Kind::AuthMore, Some(_)) => {
+                self.set_expect(Expect::ChangeUser(Turn::Either));
+                Ok(())
+            }
+            (kind, None) => Err(self.violation(
+                p.offset,
+                format!("unexpected {kind:?} packet while no command is outstanding"),
+            )),
+        }
+    }
+
+    fn prepare_ok(&mut self, p: &Packet<'_>) -> Result<(), TrackError> {
+        let mut r = Reader::new(p.head, "prepare OK");
+        let parsed = (|| Some((r.u8().ok()?, r.u32().ok()?, r.u16().ok()?, r.u16().ok()?)))();
+        let Some((_, id, columns, params)) = parsed else {
+            return Err(self.violation(p.offset, "a truncated prepare OK"));
+        };
+        self.params.insert(id, params);
+        self.last_prepared = Some(id);
+        self.events.push_back(Event::Prepared {
+            id,
+            params,
+            columns,
+        });
+        if params > 0 {
+            self.set_expect(Expect::Defs {
+                left: params as u64,
+                then: Then::PrepareColumns(columns),
+            });
+        } else {
+            self.after_defs(Then::PrepareColumns(columns));
+        }
+        Ok(())
+    }
+
+    fn client_packet(&mut self, p: Packet<'_>) -> Result<(), TrackError> {
+        match &mut self.phase {
+            Phase::Idle => self.command(p),
+            Phase::Replication => Ok(()),
+            Phase::Quit => Err(self.violation(p.offset, "a packet after COM_QUIT")),
+            Phase::Busy(r) => match r.expect {
+                Expect::InfileData => {
+                    if p.payload_len == 0 {
+                        r.expect = Expect::InfileReply;
+                    }
+                    Ok(())
+                }
+                Expect::ChangeUser(Turn::Client | Turn::Either) => {
+                    r.expect = Expect::ChangeUser(Turn::Server);
+                    Ok(())
+                }
+                _ => {
+                    let what = command_name(r.command);
+                    Err(self.violation(
+                        p.offset,
+                        format!("a new packet while the response to {what} is outstanding"),
+                    ))
+                }
+            },
+        }
+    }
+
+    fn command(&mut self, p: Packet<'_>) -> Result<(), TrackError> {
+        let params = |id| self.params_of(id);
+        let Some(command) = command::parse(p.head, p.truncated, params, self.last_prepared) else {
+            return Err(self.violation(p.offset, "an empty or truncated command packet"));
+        };
+        let code = command.code();
+        let mut stmt = None;
+        let expect = match &command {
+            Command::Query(_) => Some(Expect::ResultStart { binary: false }),
+            Command::Prepare(_) => Some(Expect::PrepareOk),
+            Command::InitDb(_) | Command::ResetConnection => Some(Expect::OkOrErr),
+            Command::Execute { id, .. } => {
+                // Executing a statement closes its cursor and consumes its long data.
+                self.cursors.remove(id);
+                self.long_data.remove(id);
+                stmt = Some(*id);
+                Some(Expect::ResultStart { binary: true })
+            }
+            Command::Fetch { id, .. } => {
+                stmt = Some(*id);
+                Some(Expect::Rows { binary: true })
+            }
+            Command::Reset { id } => {
+                self.cursors.remove(id);
+                self.long_data.remove(id);
+                stmt = Some(*id);
+                Some(Expect::OkOrErr)
+            }
+            Command::Close { id } => {
+                self.cursors.remove(id);
+                self.long_data.remove(id);
+                self.params.remove(id);
+                None
+            }
+            Command::SendLongData { id, .. } => {
+                self.long_data.insert(*id);
+                None
+            }
+            Command::SetOption(_) => Some(Expect::OkEofOrErr),
+            Command::ChangeUser => Some(Expect::ChangeUser(Turn::Server)),
+            Command::Quit | Command::BinlogDump(_) => None,
+            Command::Other(c) => Some(match *c {
+                COM_STATISTICS => Expect::Statistics,
+                COM_FIELD_LIST => Expect::FieldDefs,
+                COM_PROCESS_INFO => Expect::ResultStart { binary: false },
+                COM_DEBUG | COM_SHUTDOWN => Expect::OkEofOrErr,
+                COM_SLEEP | COM_CREATE_DB | COM_DROP_DB | COM_REFRESH | COM_CONNECT
+                | COM_PROCESS_KILL | COM_PING | COM_TIME | COM_DELAYED_INSERT | COM_TABLE_DUMP
+                | COM_CONNECT_OUT | COM_REGISTER_SLAVE | COM_DAEMON => Expect::OkOrErr,
+                other => {
+                    return Err(
+                        self.violation(p.offset, format!("unsupported command 0x{other:02x}"))
+                    )
+                }
+            }),
+        };
+        self.events.push_back(Event::Command {
+            command,
+            offset: p.offset,
+        });
+        match (expect, code) {
+            (Some(expect), _) => {
+                self.phase = Phase::Busy(Response {
+                    command: code,
+                    stmt,
+                    expect,
+                })
+            }
+            (None, COM_QUIT) => {
+                self.phase = Phase::Quit;
+                self.events.push_back(Event::ResponseDone {
+                    outcome: Outcome::NoResponse,
+                });
+            }
+            (None, COM_BINLOG_DUMP | COM_BINLOG_DUMP_GTID) => {
+                self.phase = Phase::Replication;
+                self.events.push_back(Event::Replication);
+            }
+            (None, _) => self.events.push_back(Event::ResponseDone {
+                outcome: Outcome::NoResponse,
+            }),
+        }
+        Ok(())
+    }
+}
+
+impl frames::Reader for Conversation {
+    fn want(&mut self, head: &[u8], multi_frame: bool) -> Result<usize, TrackError> {
+        Ok(match self.dir {
+            Direction::Client => match self.phase {
+                Phase::Idle => command::wanted(head, |id| self.params_of(id)),
+                _ => head.len(),
+            },
+            Direction::Server => self
+                .classify(Some(head[0]), multi_frame)
+                .want()
+                .max(head.len()),
+        })
+    }
+
+    fn packet(&mut self, packet: Packet<'_>) -> Result<(), TrackError> {
+        match self.dir {
+            Direction::Client => self.client_packet(packet),
+            Direction::Server => self.server_packet(packet),
+        }
+    }
+}
+
+fn span(p: &Packet<'_>) -> Span {
+    Span {
+        offset: p.offset,
+        len: p.len,
+        seq: p.seq,
+    }
+}
