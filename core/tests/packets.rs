@@ -308,18 +308,19 @@ fn parsers_never_panic_on_arbitrary_bytes(data: Vec<u8>, caps: u32) -> bool {
 
 #[test]
 fn session_state_blocks_round_trip_and_match_mysql_common() {
-    use ferry_core::packets::StateChange;
+    use ferry_core::packets::session_state::{parse, write_all};
+    use ferry_core::packets::TrackItem;
     let entries = vec![
-        StateChange::SystemVariable {
-            name: "autocommit".into(),
-            value: "OFF".into(),
+        TrackItem::SystemVariable {
+            name: b"autocommit".to_vec(),
+            value: b"OFF".to_vec(),
         },
-        StateChange::Schema("test".into()),
-        StateChange::StateChanged(true),
-        StateChange::TransactionState("T_______".into()),
+        TrackItem::Schema(b"test".to_vec()),
+        TrackItem::StateChange(true),
+        TrackItem::TransactionState(b"T_______".to_vec()),
     ];
-    let block = written(|b| entries.iter().for_each(|e| e.write(b)));
-    assert_eq!(StateChange::parse_all(&block).unwrap(), entries);
+    let block = written(|b| write_all(&entries, b));
+    assert_eq!(parse(&block).unwrap(), entries);
 
     let caps = CLIENT_PROTOCOL_41 | CLIENT_SESSION_TRACK;
     let ok = OkPacket {
@@ -341,6 +342,6 @@ fn session_state_blocks_round_trip_and_match_mysql_common() {
 
 #[quickcheck]
 fn session_state_parser_never_panics(data: Vec<u8>) -> bool {
-    let _ = ferry_core::packets::StateChange::parse_all(&data);
+    let _ = ferry_core::packets::session_state::parse(&data);
     true
 }

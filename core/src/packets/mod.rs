@@ -18,7 +18,7 @@ pub use auth_switch::{AuthMoreData, AuthSwitchRequest};
 pub use generic::{EofPacket, ErrPacket, OkPacket, ServerReply};
 pub use handshake::Handshake;
 pub use response::{is_ssl_request, HandshakeResponse};
-pub use session_state::StateChange;
+pub use session_state::TrackItem;
 
 /// Why a payload could not be parsed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,7 +13,6 @@
 
 mod command;
 mod frames;
-pub mod session_track;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
@@ -25,8 +24,8 @@ use crate::packets::flags::status::*;
 use crate::packets::{EofPacket, ErrPacket, OkPacket};
 use crate::wire::MAX_FRAME_PAYLOAD;
 
+pub use crate::packets::session_state::TrackItem;
 pub use command::{Command, SqlText, CURSOR_TYPE_READ_ONLY, LAST_PREPARED, SQL_LIMIT};
-pub use session_track::TrackItem;
 
 use frames::{Frames, Packet};
 
@@ -604,9 +603,8 @@ impl Conversation {
         let ok = OkPacket::parse(p.head, self.caps)
             .map_err(|e| self.violation(p.offset, e.to_string()))?;
         let trackers = match &ok.session_state {
-            Some(block) => {
-                session_track::parse(block).map_err(|e| self.violation(p.offset, e.to_string()))?
-            }
+            Some(block) => crate::packets::session_state::parse(block)
+                .map_err(|e| self.violation(p.offset, e.to_string()))?,
             None => Vec::new(),
         };
         let status = ok.status;
