@@ -155,6 +155,7 @@ impl QueryClient {
                     self.outputs.push_back(QueryOutput::Send(bytes));
                     self.state = State::Login(login);
                 }
+                BackendStep::Wait => self.state = State::Login(login),
                 BackendStep::Done(_) => {
                     self.state = State::Idle;
                     self.outputs.push_back(QueryOutput::Ready);

@@ -11,10 +11,12 @@ use bytes::{Bytes, BytesMut};
 
 use crate::cluster::{NoBackend, Route, RouteRequest};
 use crate::errors;
+use crate::forward::{Forward, SessionStatus};
 use crate::labels::LoginName;
 use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
 use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedClient};
 use crate::login::{err_frame, frame};
+use crate::packets::flags::command::COM_QUIT;
 use crate::packets::ErrPacket;
 use crate::users::UserDirectory;
 use crate::wire::{FrameError, PacketDecoder};
@@ -65,6 +67,8 @@ pub enum Input {
     BackendClosed,
     /// A deadline from [`Session::poll_timeout`] may have passed.
     Timeout,
+    /// The proxy is shutting down: close at the next safe point.
+    Shutdown,
 }
 
 /// Something for the driver to do.
@@ -97,6 +101,10 @@ pub enum CloseReason {
     LoginRefused(String),
     /// The client broke the protocol.
     ProtocolError(String),
+    /// The backend broke the protocol (or ferry could not follow it).
+    BackendProtocolError(String),
+    /// The proxy is shutting down and the session reached a safe point.
+    Shutdown,
 }
 
 /// A milestone of the session, for logs and metrics.
@@ -111,6 +119,8 @@ pub enum SessionEvent {
         /// The backend's thread id.
         backend_connection_id: u32,
     },
+    /// A response completed and the session's status changed.
+    Status(SessionStatus),
 }
 
 #[derive(Debug)]
@@ -118,7 +128,7 @@ enum State {
     ClientLogin(ClientLogin),
     Routing(Box<VerifiedClient>),
     BackendLogin(Box<VerifiedClient>, Route, BackendLogin),
-    Forwarding,
+    Forwarding(Box<Forward>),
     Closed,
 }
 
@@ -133,6 +143,8 @@ pub struct Session {
     outputs: VecDeque<Output>,
     login_deadline: Option<Timestamp>,
     backend_deadline: Option<Timestamp>,
+    shutting_down: bool,
+    last_status: SessionStatus,
 }
 
 impl Session {
@@ -156,6 +168,8 @@ impl Session {
             client_rx: PacketDecoder::new(login_max),
             backend_rx: PacketDecoder::new(LOGIN_MAX_PACKET.min(backend_max)),
             outputs: VecDeque::new(),
+            shutting_down: false,
+            last_status: SessionStatus::default(),
         };
         session.outputs.push_back(Output::ToClient(handshake));
         session
@@ -170,12 +184,16 @@ impl Session {
             Input::RouteFailed(no) => self.on_route_failed(no),
             Input::BackendConnected => {}
             Input::BackendConnectFailed(why) => self.fail_backend(&why),
-            Input::ClientClosed => self.close(CloseReason::ClientClosed),
+            Input::ClientClosed => {
+                self.quit_backend_if_idle();
+                self.close(CloseReason::ClientClosed)
+            }
             Input::BackendClosed => match self.state {
-                State::Forwarding => self.close(CloseReason::BackendClosed),
+                State::Forwarding(_) => self.close(CloseReason::BackendClosed),
                 _ => self.fail_backend("backend closed the connection during login"),
             },
             Input::Timeout => self.on_timeout(now),
+            Input::Shutdown => self.on_shutdown(),
         }
     }
 
@@ -199,12 +217,26 @@ impl Session {
 
     /// True while forwarding between client and backend.
     pub fn is_forwarding(&self) -> bool {
-        matches!(self.state, State::Forwarding)
+        matches!(self.state, State::Forwarding(_))
+    }
+
+    /// Where the session stands (in a transaction, safe, blockers); `None` before it forwards.
+    pub fn status(&self) -> Option<SessionStatus> {
+        match &self.state {
+            State::Forwarding(f) => Some(f.status()),
+            _ => None,
+        }
     }
 
     fn on_client_data(&mut self, data: Bytes) {
         match &mut self.state {
-            State::Forwarding => self.outputs.push_back(Output::ToBackend(data)),
+            State::Forwarding(f) => match f.from_client(&data) {
+                Ok(()) => {
+                    self.outputs.push_back(Output::ToBackend(data));
+                    self.after_tracking();
+                }
+                Err(e) => self.close(CloseReason::ProtocolError(e.to_string())),
+            },
             State::ClientLogin(_) => {
                 self.client_rx.extend(&data);
                 self.drive_client_login();
@@ -259,7 +291,7 @@ impl Session {
         self.outputs.push_back(Output::Connect(route.clone()));
         let mut template = client.response.clone();
         template.user = client.login.user.clone();
-        let login = BackendLogin::new(template, client.secret.clone(), client.capabilities, false);
+        let login = BackendLogin::new(template, client.secret.clone(), client.capabilities, true);
         self.state = State::BackendLogin(client, route, login);
     }
 
@@ -273,7 +305,13 @@ impl Session {
 
     fn on_backend_data(&mut self, data: Bytes) {
         match &mut self.state {
-            State::Forwarding => self.outputs.push_back(Output::ToClient(data)),
+            State::Forwarding(f) => {
+                let outputs = &mut self.outputs;
+                match f.from_server(data, &mut |b| outputs.push_back(Output::ToClient(b))) {
+                    Ok(()) => self.after_tracking(),
+                    Err(e) => self.close(CloseReason::BackendProtocolError(e.to_string())),
+                }
+            }
             State::BackendLogin(..) => {
                 self.backend_rx.extend(&data);
                 self.drive_backend_login();
@@ -291,6 +329,7 @@ impl Session {
             };
             match login.handle(packet) {
                 BackendStep::Send(bytes) => self.outputs.push_back(Output::ToBackend(bytes)),
+                BackendStep::Wait => {}
                 BackendStep::Done(backend) => return self.logged_in(*backend),
                 BackendStep::Refused(err) => {
                     let seq = self.client_seq();
@@ -303,10 +342,16 @@ impl Session {
 
     fn logged_in(&mut self, backend: BackendSession) {
         let State::BackendLogin(client, route, _) =
-            std::mem::replace(&mut self.state, State::Forwarding)
+            std::mem::replace(&mut self.state, State::Closed)
         else {
             return;
         };
+        let forward = Forward::new(
+            client.capabilities,
+            &backend,
+            client.response.database.clone(),
+        );
+        self.state = State::Forwarding(Box::new(forward));
         self.backend_deadline = None;
         let mut ok = BytesMut::new();
         backend.ok.write(&mut ok, client.capabilities);
@@ -357,6 +402,50 @@ impl Session {
             self.close(CloseReason::LoginTimeout);
         } else if self.backend_deadline.is_some_and(|d| now >= d) {
             self.fail_backend("timed out waiting for the backend");
+        }
+    }
+
+    /// After tracked traffic: report a changed status, and close if shutting down at a safe point.
+    fn after_tracking(&mut self) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        if !f.take_status_change() {
+            return;
+        }
+        let status = f.status();
+        if status != self.last_status {
+            self.last_status = status.clone();
+            self.outputs
+                .push_back(Output::Event(SessionEvent::Status(status.clone())));
+        }
+        if self.shutting_down && status.safe {
+            self.quit_backend_if_idle();
+            self.close(CloseReason::Shutdown);
+        }
+    }
+
+    fn on_shutdown(&mut self) {
+        self.shutting_down = true;
+        match &mut self.state {
+            State::Forwarding(f) => {
+                if f.status().safe {
+                    self.quit_backend_if_idle();
+                    self.close(CloseReason::Shutdown);
+                }
+            }
+            // Mid-login: no state to lose.
+            _ => self.close(CloseReason::Shutdown),
+        }
+    }
+
+    /// Says goodbye to the backend (COM_QUIT) when no command is in flight, so it logs no aborted connection.
+    fn quit_backend_if_idle(&mut self) {
+        if let State::Forwarding(f) = &self.state {
+            if f.is_idle() {
+                self.outputs
+                    .push_back(Output::ToBackend(frame(&[COM_QUIT], 0)));
+            }
         }
     }
 

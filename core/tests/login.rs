@@ -184,6 +184,7 @@ fn describe(bytes: &[u8], side: Side) -> String {
                 let e = ErrPacket::parse(body).unwrap();
                 format!("ERR {} ({}) {}", e.code, e.sql_state_str(), e.message)
             }
+            (Side::FromBackend, Some(0xFE)) if p.seq > 4 => "OK (end of result set)".to_string(),
             (Side::ToClient | Side::FromBackend, Some(0xFE)) => {
                 let s = AuthSwitchRequest::parse(body).unwrap();
                 format!(
@@ -195,6 +196,7 @@ fn describe(bytes: &[u8], side: Side) -> String {
             (Side::FromClient | Side::ToBackend, Some(0x03)) => {
                 format!("COM_QUERY {:?}", String::from_utf8_lossy(&body[1..]))
             }
+
             _ => format!("{} bytes", body.len()),
         };
         parts.push(format!("#{} {text}", p.seq));
@@ -248,6 +250,44 @@ fn backend_ok(seq: u8) -> Bytes {
     })
 }
 
+/// The backend's answers to ferry's tracker set-up: the settings row, then the SET's OK.
+fn backend_tracker_setup() -> Bytes {
+    use ferry_core::packets::codec::{put_lenenc_bytes, put_lenenc_int};
+    let mut out = BytesMut::new();
+    let mut payload = BytesMut::new();
+    put_lenenc_int(&mut payload, 4);
+    write_packet(&mut out, 1, &payload);
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        let mut col = BytesMut::new();
+        for s in ["def", "", "", "", name, ""] {
+            put_lenenc_bytes(&mut col, s.as_bytes());
+        }
+        col.extend_from_slice(&[0x0c, 33, 0, 0, 0, 0, 0, 253, 0, 0, 0, 0, 0]);
+        write_packet(&mut out, 2 + i as u8, &col);
+    }
+    let mut row = BytesMut::new();
+    for v in ["autocommit,time_zone", "1", "0", "OFF"] {
+        put_lenenc_bytes(&mut row, v.as_bytes());
+    }
+    write_packet(&mut out, 6, &row);
+    let end = OkPacket {
+        header: 0xFE,
+        status: SERVER_STATUS_AUTOCOMMIT,
+        ..OkPacket::default()
+    };
+    let mut p = BytesMut::new();
+    end.write(&mut p, CLIENT_PROTOCOL_41);
+    write_packet(&mut out, 7, &p);
+    let mut p = BytesMut::new();
+    OkPacket {
+        status: SERVER_STATUS_AUTOCOMMIT,
+        ..OkPacket::default()
+    }
+    .write(&mut p, CLIENT_PROTOCOL_41);
+    write_packet(&mut out, 1, &p);
+    out.freeze()
+}
+
 fn route_to(h: &mut Harness, id: &str) {
     h.feed(Input::Routed(Route {
         backend: BackendId(id.into()),
@@ -269,6 +309,7 @@ fn a_tenant_user_logs_in_and_the_backend_sees_the_bare_user() {
     route_to(&mut h, "cn2");
     h.feed(Input::BackendData(backend_handshake()));
     h.feed(Input::BackendData(backend_ok(2)));
+    h.feed(Input::BackendData(backend_tracker_setup()));
 
     // The backend got a valid scramble of the same password for its own salt.
     let mut d = PacketDecoder::new(1 << 20);
@@ -333,6 +374,7 @@ fn a_client_asking_for_another_plugin_is_switched_to_native_password() {
     route_to(&mut h, "cn1");
     h.feed(Input::BackendData(backend_handshake()));
     h.feed(Input::BackendData(backend_ok(2)));
+    h.feed(Input::BackendData(backend_tracker_setup()));
     assert!(h.session.is_forwarding(), "{}", h.trace);
     insta::assert_snapshot!(h.trace);
 }
@@ -363,6 +405,7 @@ fn a_backend_auth_switch_is_answered_with_the_recovered_secret() {
         &scramble_native(new_salt, b"111")[..]
     );
     h.feed(Input::BackendData(backend_ok(4)));
+    h.feed(Input::BackendData(backend_tracker_setup()));
     assert!(h.session.is_forwarding());
     insta::assert_snapshot!(h.trace);
 }
@@ -474,5 +517,44 @@ fn a_login_split_into_single_bytes_still_works() {
             .contains("route            tenant=None labels={zone=a}"),
         "{}",
         h.trace
+    );
+}
+
+#[test]
+fn a_backend_that_refuses_session_tracking_still_serves_but_its_sessions_cannot_move() {
+    let mut h = Harness::new();
+    let salt = h.client_salt();
+    h.feed(Input::ClientData(client_response(
+        "root",
+        "111",
+        &salt,
+        "mysql_native_password",
+    )));
+    route_to(&mut h, "cn1");
+    h.feed(Input::BackendData(backend_handshake()));
+    h.feed(Input::BackendData(backend_ok(2)));
+    let err = ErrPacket::new(
+        1193,
+        "HY000",
+        "Unknown system variable 'session_track_system_variables'",
+    );
+    let mut both = BytesMut::new();
+    write_packet(&mut both, 1, &{
+        let mut b = BytesMut::new();
+        err.write(&mut b);
+        b
+    });
+    write_packet(&mut both, 1, &{
+        let mut b = BytesMut::new();
+        err.write(&mut b);
+        b
+    });
+    h.feed(Input::BackendData(both.freeze()));
+    assert!(h.session.is_forwarding(), "{}", h.trace);
+    let status = h.session.status().unwrap();
+    assert!(!status.safe);
+    assert!(
+        status.blocked_by[0].contains("refused session tracking"),
+        "{status:?}"
     );
 }

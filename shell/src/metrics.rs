@@ -53,7 +53,10 @@ impl LoginFailure {
     pub fn of(reason: &CloseReason) -> LoginFailure {
         match reason {
             CloseReason::LoginTimeout => LoginFailure::Timeout,
-            CloseReason::ProtocolError(_) => LoginFailure::Protocol,
+            CloseReason::ProtocolError(_) | CloseReason::BackendProtocolError(_) => {
+                LoginFailure::Protocol
+            }
+            CloseReason::Shutdown => LoginFailure::ClientGone,
             CloseReason::ClientClosed => LoginFailure::ClientGone,
             CloseReason::LoginRefused(why) if why == "no backend" => LoginFailure::NoBackend,
             CloseReason::LoginRefused(why) if why.starts_with("backend") => LoginFailure::Backend,

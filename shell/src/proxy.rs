@@ -210,11 +210,19 @@ impl Router for SessionHooks {
     }
 
     fn on_event(&self, event: &SessionEvent) {
-        let SessionEvent::LoggedIn {
-            login,
-            route,
-            backend_connection_id,
-        } = event;
+        let (login, route, backend_connection_id) = match event {
+            SessionEvent::LoggedIn {
+                login,
+                route,
+                backend_connection_id,
+            } => (login, route, backend_connection_id),
+            SessionEvent::Status(status) => {
+                self.entry.in_txn.store(status.in_txn, Ordering::Relaxed);
+                self.entry.safe.store(status.safe, Ordering::Relaxed);
+                self.entry.set_blocked_by(status.blocked_by.clone());
+                return;
+            }
+        };
         self.entry.set_info(SessionInfo {
             tenant: login.tenant.clone(),
             user: login.user.clone(),
@@ -354,39 +362,20 @@ pub async fn serve(
                 peer.ip().to_string(),
             );
             let hooks = SessionHooks::new(shared.clone(), registration.entry.clone());
-            async {
-                Some(pump::run(conn_id, session, stream, &TcpConnector, &hooks, &clock).await)
-            }
-            .or(async {
-                shared.shutdown_requested().await;
-                wait_until_idle(&registration.entry).await;
-                None
-            })
-            .await
-            .unwrap_or_else(|| {
-                // Dropping the pump closes both sockets and releases the count.
-                info!(conn_id, "shutting down: closed idle session");
-                CloseReason::ClientClosed
-            });
+            let shutdown = shared.shutdown_requested();
+            pump::run(
+                conn_id,
+                session,
+                stream,
+                &TcpConnector,
+                &hooks,
+                &clock,
+                shutdown,
+            )
+            .await;
             drop(hooks);
             drop(registration);
         })
         .detach();
-    }
-}
-
-/// How often a shutting-down session is checked for a safe point.
-const IDLE_POLL: Duration = Duration::from_millis(50);
-
-/// Completes once the session looks idle for two polls in a row with no read in between.
-async fn wait_until_idle(entry: &SessionEntry) {
-    let mut last = None;
-    loop {
-        let now = entry.activity();
-        if entry.looks_idle() && last == Some(now) {
-            return;
-        }
-        last = Some(now);
-        async_io::Timer::after(IDLE_POLL).await;
     }
 }

@@ -86,9 +86,11 @@ enum Wake {
     Client(io::Result<usize>),
     Backend(io::Result<usize>),
     Timer,
+    Shutdown,
 }
 
-/// Runs one session to its end. `conn_id` is for logs.
+/// Runs one session to its end. `conn_id` is for logs; when `shutdown`
+/// completes, the session closes at its next safe point.
 pub async fn run<C, K, R, T>(
     conn_id: u32,
     mut session: Session,
@@ -96,6 +98,7 @@ pub async fn run<C, K, R, T>(
     connector: &K,
     router: &R,
     clock: &T,
+    shutdown: impl Future<Output = ()>,
 ) -> CloseReason
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -112,6 +115,7 @@ where
     let mut backend_buf = ReadBuf::new();
     let mut timer: Option<(ferry_core::Timestamp, Pin<Box<T::Sleep>>)> = None;
     let mut backend_first = false;
+    let mut shutdown = Some(Box::pin(shutdown));
     loop {
         while let Some(output) = session.poll_output() {
             match output {
@@ -156,7 +160,10 @@ where
                         login,
                         route,
                         backend_connection_id,
-                    } = event;
+                    } = event
+                    else {
+                        continue;
+                    };
                     info!(
                         conn_id,
                         tenant = login.tenant.as_deref().unwrap_or(""),
@@ -212,8 +219,13 @@ where
             if second.is_ready() {
                 return second;
             }
-            match timer.as_mut() {
-                Some((_, sleep)) => sleep.as_mut().poll(cx).map(|_| Wake::Timer),
+            if let Some((_, sleep)) = timer.as_mut() {
+                if sleep.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Timer);
+                }
+            }
+            match shutdown.as_mut() {
+                Some(s) => s.as_mut().poll(cx).map(|_| Wake::Shutdown),
                 None => Poll::Pending,
             }
         })
@@ -235,6 +247,10 @@ where
             Wake::Timer => {
                 timer = None;
                 session.handle(now, Input::Timeout)
+            }
+            Wake::Shutdown => {
+                shutdown = None;
+                session.handle(now, Input::Shutdown)
             }
         }
     }
@@ -268,6 +284,14 @@ fn log_close(conn_id: u32, reason: &CloseReason) {
         CloseReason::BackendClosed => info!(conn_id, "backend closed the session"),
         CloseReason::LoginTimeout => info!(conn_id, "client did not log in in time; closed"),
         CloseReason::LoginRefused(why) => info!(conn_id, reason = %why, "login refused"),
-        CloseReason::ProtocolError(why) => warn!(conn_id, reason = %why, "protocol error; closed"),
+        CloseReason::ProtocolError(why) => {
+            warn!(conn_id, reason = %why, "client protocol error; closed")
+        }
+        CloseReason::BackendProtocolError(why) => {
+            warn!(conn_id, reason = %why, "backend protocol error; closed")
+        }
+        CloseReason::Shutdown => {
+            info!(conn_id, "shutting down: closed the session at a safe point")
+        }
     }
 }

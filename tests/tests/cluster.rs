@@ -172,6 +172,11 @@ impl Ferry {
         assert!(status.success(), "kill -{sig} failed");
     }
 
+    fn is_running(&mut self) -> bool {
+        let child = self.child.as_mut().expect("running");
+        child.try_wait().unwrap().is_none()
+    }
+
     fn wait_exit(&mut self, within: Duration) -> ExitStatus {
         let deadline = Instant::now() + within;
         let child = self.child.as_mut().expect("running");
@@ -669,7 +674,31 @@ fn sigterm_closes_idle_sessions_and_exits_zero() {
             "session still open after exit"
         );
     }
-    assert!(f.log().contains("closed idle session"));
+    assert!(f.log().contains("closed the session at a safe point"));
+}
+
+#[test]
+fn sigterm_lets_an_open_transaction_finish_first() {
+    use mysql::prelude::Queryable;
+    let mut f = Ferry::start(&three(), "shutdown_grace_ms: 20000,");
+    let mut busy = f.connect("app", "secret");
+    busy.query_drop("BEGIN").unwrap();
+    busy.query_drop("SELECT 1").unwrap();
+    f.signal("TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    // Still inside its transaction: the session stays and keeps working.
+    assert!(f.is_running(), "ferry exited while a transaction was open");
+    let one: Option<u32> = busy.query_first("SELECT 1").unwrap();
+    assert_eq!(one, Some(1));
+    busy.query_drop("COMMIT").unwrap();
+    // At the safe point after COMMIT it is closed and ferry exits.
+    let status = f.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        f.log()
+    );
+    assert!(busy.query_drop("SELECT 1").is_err());
 }
 
 #[test]

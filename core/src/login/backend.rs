@@ -4,9 +4,14 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::{Secret, NATIVE_PASSWORD};
+use crate::packets::codec::Reader;
 use crate::packets::flags::caps::*;
 use crate::packets::flags::command::COM_QUERY;
-use crate::packets::{AuthSwitchRequest, ErrPacket, Handshake, HandshakeResponse, OkPacket};
+use crate::packets::{
+    AuthSwitchRequest, EofPacket, ErrPacket, Handshake, HandshakeResponse, OkPacket,
+};
+use crate::tracking::{TrackingSettings, SETTINGS_QUERY};
+use crate::wire::write_packet;
 use crate::wire::Packet;
 
 use super::frame;
@@ -30,7 +35,8 @@ pub enum Trackers {
     /// Not asked for.
     Off,
     /// On: every OK reports changed variables, schema, state and transaction state.
-    On,
+    /// Holds the settings the session had before (what its client expects to see).
+    On(TrackingSettings),
     /// The backend refused (an older server); its error message.
     Refused(String),
 }
@@ -46,6 +52,8 @@ SESSION session_track_transaction_info='STATE'";
 pub enum BackendStep {
     /// Send these bytes to the backend and wait for its next packet.
     Send(Bytes),
+    /// Nothing to send; wait for the backend's next packet.
+    Wait,
     /// Logged in.
     Done(Box<BackendSession>),
     /// The backend refused the login; its ERR, to pass on to the client.
@@ -61,7 +69,8 @@ enum State {
         handshake: Box<Handshake>,
         caps: u32,
     },
-    AwaitTrackerSetup(Box<BackendSession>),
+    /// The settings query's result set, then the setup's OK (both sent at once).
+    AwaitTrackerSetup(Box<BackendSession>, SettingsReply),
     Finished,
 }
 
@@ -94,7 +103,9 @@ impl BackendLogin {
         match std::mem::replace(&mut self.state, State::Finished) {
             State::AwaitHandshake => self.on_handshake(packet),
             State::AwaitResult { handshake, caps } => self.on_result(packet, handshake, caps),
-            State::AwaitTrackerSetup(session) => self.on_tracker_setup(packet, session),
+            State::AwaitTrackerSetup(session, reply) => {
+                self.on_tracker_setup(packet, session, reply)
+            }
             State::Finished => BackendStep::Failed("backend sent a packet after login".into()),
         }
     }
@@ -157,11 +168,17 @@ impl BackendLogin {
                     if !self.track || caps & CLIENT_SESSION_TRACK == 0 {
                         return BackendStep::Done(session);
                     }
-                    self.state = State::AwaitTrackerSetup(session);
-                    let mut query = Vec::with_capacity(TRACKER_SETUP.len() + 1);
-                    query.push(COM_QUERY);
-                    query.extend_from_slice(TRACKER_SETUP.as_bytes());
-                    BackendStep::Send(frame(&query, 0))
+                    let deprecate_eof = caps & CLIENT_DEPRECATE_EOF != 0;
+                    self.state = State::AwaitTrackerSetup(session, SettingsReply::new(deprecate_eof));
+                    // Both at once: one round trip. The server answers them in order.
+                    let mut out = BytesMut::new();
+                    for sql in [SETTINGS_QUERY, TRACKER_SETUP] {
+                        let mut query = Vec::with_capacity(sql.len() + 1);
+                        query.push(COM_QUERY);
+                        query.extend_from_slice(sql.as_bytes());
+                        write_packet(&mut out, 0, &query);
+                    }
+                    BackendStep::Send(out.freeze())
                 }
                 Err(e) => BackendStep::Failed(format!("backend login OK: {e}")),
             },
@@ -195,11 +212,21 @@ impl BackendLogin {
         &mut self,
         packet: Packet,
         mut session: Box<BackendSession>,
+        mut reply: SettingsReply,
     ) -> BackendStep {
+        if !reply.is_done() {
+            return match reply.feed(&packet.payload) {
+                Ok(()) => {
+                    self.state = State::AwaitTrackerSetup(session, reply);
+                    BackendStep::Wait
+                }
+                Err(why) => BackendStep::Failed(format!("reading the tracker settings: {why}")),
+            };
+        }
         match packet.payload.first() {
             Some(0x00) => match OkPacket::parse(&packet.payload, session.capabilities) {
                 Ok(_) => {
-                    session.trackers = Trackers::On;
+                    session.trackers = Trackers::On(reply.settings());
                     BackendStep::Done(session)
                 }
                 Err(e) => BackendStep::Failed(format!("tracker setup OK: {e}")),
@@ -216,5 +243,76 @@ impl BackendLogin {
                 "backend answered the tracker setup with neither OK nor ERR".into(),
             ),
         }
+    }
+}
+
+/// Reads the one-row result set of [`SETTINGS_QUERY`] (or its ERR, on servers without trackers).
+#[derive(Debug)]
+pub struct SettingsReply {
+    deprecate_eof: bool,
+    phase: Phase,
+    values: Vec<Option<String>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    ColumnCount,
+    Columns(u64),
+    ColumnsEof,
+    Rows,
+    Done,
+}
+
+impl SettingsReply {
+    fn new(deprecate_eof: bool) -> Self {
+        SettingsReply {
+            deprecate_eof,
+            phase: Phase::ColumnCount,
+            values: Vec::new(),
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    /// The settings read; MariaDB's defaults for what could not be read.
+    fn settings(&self) -> TrackingSettings {
+        TrackingSettings::from_values(&self.values)
+    }
+
+    fn feed(&mut self, payload: &[u8]) -> Result<(), String> {
+        let mut r = Reader::new(payload, "tracker settings");
+        let first = payload.first().copied();
+        self.phase = match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::ColumnCount if first == Some(0xFF) => Phase::Done,
+            Phase::ColumnCount => match r.lenenc_int() {
+                Ok(n) if n > 0 => Phase::Columns(n),
+                _ => return Err("bad column count".into()),
+            },
+            Phase::Columns(1) if self.deprecate_eof => Phase::Rows,
+            Phase::Columns(1) => Phase::ColumnsEof,
+            Phase::Columns(n) => Phase::Columns(n - 1),
+            Phase::ColumnsEof if EofPacket::matches(payload) => Phase::Rows,
+            Phase::ColumnsEof => return Err("expected EOF after the column definitions".into()),
+            Phase::Rows if first == Some(0xFE) && payload.len() < 0xFF_FFFF => Phase::Done,
+            Phase::Rows if first == Some(0xFF) => Phase::Done,
+            Phase::Rows => {
+                let mut values = Vec::new();
+                while !r.is_empty() {
+                    if r.peek() == Some(0xFB) {
+                        r.u8().map_err(|e| e.to_string())?;
+                        values.push(None);
+                    } else {
+                        let v = r.lenenc_bytes().map_err(|e| e.to_string())?;
+                        values.push(Some(String::from_utf8_lossy(v).into_owned()));
+                    }
+                }
+                self.values = values;
+                Phase::Rows
+            }
+            Phase::Done => return Err("unexpected packet".into()),
+        };
+        Ok(())
     }
 }

@@ -67,6 +67,12 @@ impl OkPacket {
     /// Without `CLIENT_SESSION_TRACK` the session-state block is left out and
     /// `SERVER_SESSION_STATE_CHANGED` cleared, as a server would for that client.
     pub fn write(&self, out: &mut BytesMut, capabilities: u32) {
+        self.write_styled(out, capabilities, InfoStyle::Raw)
+    }
+
+    /// Like [`OkPacket::write`], with the info of a client without
+    /// `CLIENT_SESSION_TRACK` written in `style` (MariaDB length-prefixes it, MySQL does not).
+    pub fn write_styled(&self, out: &mut BytesMut, capabilities: u32, style: InfoStyle) {
         out.put_u8(self.header);
         put_lenenc_int(out, self.affected_rows);
         put_lenenc_int(out, self.last_insert_id);
@@ -93,10 +99,21 @@ impl OkPacket {
             if let Some(state) = state {
                 put_lenenc_bytes(out, state);
             }
+        } else if style == InfoStyle::LengthPrefixed && !self.info.is_empty() {
+            put_lenenc_bytes(out, &self.info);
         } else {
             out.put_slice(&self.info);
         }
     }
+}
+
+/// How a server writes an OK's info for a client without `CLIENT_SESSION_TRACK`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InfoStyle {
+    /// The rest of the packet (MySQL).
+    Raw,
+    /// A length-encoded string (MariaDB).
+    LengthPrefixed,
 }
 
 /// An ERR packet (header 0xFF).

@@ -15,7 +15,7 @@ pub mod session_state;
 use std::fmt;
 
 pub use auth_switch::{AuthMoreData, AuthSwitchRequest};
-pub use generic::{EofPacket, ErrPacket, OkPacket, ServerReply};
+pub use generic::{EofPacket, ErrPacket, InfoStyle, OkPacket, ServerReply};
 pub use handshake::Handshake;
 pub use response::{is_ssl_request, HandshakeResponse};
 pub use session_state::TrackItem;

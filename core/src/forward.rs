@@ -1,0 +1,230 @@
+//! Forwarding a logged-in session: bytes pass through untouched while the
+//! tracker follows them, except the OK packets a client must see differently
+//! (ferry switched the backend's session trackers on for itself).
+
+use bytes::{Bytes, BytesMut};
+
+use crate::login::backend::{BackendSession, Trackers};
+use crate::login::frame;
+use crate::packets::flags::caps::{CLIENT_MYSQL, CLIENT_SESSION_TRACK};
+use crate::packets::flags::status::SERVER_SESSION_STATE_CHANGED;
+use crate::packets::session_state::write_all;
+use crate::packets::{InfoStyle, OkPacket, TrackItem};
+use crate::state::SessionState;
+use crate::tracker::{Command, Event, Span, TrackError, Tracker};
+use crate::tracking::TrackingSettings;
+
+/// Where a session stands, for operators and for deciding when it may move or close.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionStatus {
+    /// Inside a transaction.
+    pub in_txn: bool,
+    /// At a safe point: nothing in flight, no transaction, nothing that blocks a move.
+    pub safe: bool,
+    /// Why it is not safe, in words.
+    pub blocked_by: Vec<String>,
+}
+
+/// The forwarding half of a session: tracker, session state and OK rewriting.
+#[derive(Debug)]
+pub struct Forward {
+    tracker: Tracker,
+    state: SessionState,
+    client_caps: u32,
+    backend_caps: u32,
+    /// How this backend writes OK info for clients without session tracking.
+    info_style: InfoStyle,
+    /// The client's own tracker settings, when ferry switched everything on.
+    settings: Option<TrackingSettings>,
+    /// Reasons ferry itself cannot move the session (trackers unavailable).
+    notes: Vec<String>,
+    /// Server bytes held back: an incomplete packet that may be an OK to rewrite.
+    held: BytesMut,
+    /// Offset in the server stream of the first byte not yet passed on.
+    sent: u64,
+    /// Set when a response completed, so the status is recomputed.
+    status_dirty: bool,
+}
+
+impl Forward {
+    /// Starts forwarding for a client with `client_caps`, logged in to `backend`.
+    pub fn new(client_caps: u32, backend: &BackendSession, database: Option<String>) -> Self {
+        let mut notes = Vec::new();
+        let settings = match &backend.trackers {
+            Trackers::On(settings) => Some(settings.clone()),
+            Trackers::Off => None,
+            Trackers::Refused(why) => {
+                notes.push(format!("the backend refused session tracking ({why})"));
+                None
+            }
+        };
+        let mut state = SessionState::new();
+        state.set_database(database);
+        Forward {
+            tracker: Tracker::new(backend.capabilities),
+            state,
+            client_caps,
+            backend_caps: backend.capabilities,
+            // MariaDB clears CLIENT_MYSQL in its greeting.
+            info_style: if backend.handshake.capabilities & CLIENT_MYSQL == 0 {
+                InfoStyle::LengthPrefixed
+            } else {
+                InfoStyle::Raw
+            },
+            settings,
+            notes,
+            held: BytesMut::new(),
+            sent: 0,
+            status_dirty: true,
+        }
+    }
+
+    /// Follows bytes from the client; they go to the backend unchanged.
+    pub fn from_client(&mut self, data: &[u8]) -> Result<(), TrackError> {
+        self.tracker.client_bytes(data)?;
+        self.drain_events(&mut Vec::new());
+        Ok(())
+    }
+
+    /// Follows bytes from the backend and passes on what the client should get.
+    ///
+    /// Usually that is `data` itself (no copy); bytes of an incomplete packet
+    /// that may be an OK are held back until it is complete.
+    pub fn from_server(
+        &mut self,
+        data: Bytes,
+        emit: &mut impl FnMut(Bytes),
+    ) -> Result<(), TrackError> {
+        self.tracker.server_bytes(&data)?;
+        let mut edits = Vec::new();
+        self.drain_events(&mut edits);
+        let end = self.tracker.server_offset();
+        let hold_from = self.tracker.server_collecting_from().unwrap_or(end);
+        let pending = if self.held.is_empty() {
+            data
+        } else {
+            self.held.extend_from_slice(&data);
+            self.held.split().freeze()
+        };
+        let base = self.sent;
+        let stop = (hold_from - base) as usize;
+        if edits.is_empty() {
+            if stop > 0 {
+                emit(pending.slice(..stop));
+            }
+        } else {
+            // Splice the rewritten OKs in: one buffer, one write.
+            let mut out = BytesMut::with_capacity(stop + 64);
+            let mut cursor = 0usize;
+            for (span, bytes) in edits {
+                let start = (span.offset - base) as usize;
+                out.extend_from_slice(&pending[cursor..start]);
+                out.extend_from_slice(&bytes);
+                cursor = start + span.len as usize;
+            }
+            out.extend_from_slice(&pending[cursor..stop]);
+            emit(out.freeze());
+        }
+        self.held.extend_from_slice(&pending[stop..]);
+        self.sent = hold_from;
+        Ok(())
+    }
+
+    /// True if a response completed since the last call (the status may have changed).
+    pub fn take_status_change(&mut self) -> bool {
+        std::mem::take(&mut self.status_dirty)
+    }
+
+    /// In a transaction, safe, and why not.
+    pub fn status(&self) -> SessionStatus {
+        let mut blocked_by = self.tracker.not_safe_because();
+        blocked_by.extend(self.state.blocked_by());
+        blocked_by.extend(self.notes.iter().cloned());
+        SessionStatus {
+            in_txn: self.tracker.in_transaction(),
+            safe: blocked_by.is_empty(),
+            blocked_by,
+        }
+    }
+
+    /// True when no command is outstanding (a COM_QUIT may be sent to the backend).
+    pub fn is_idle(&self) -> bool {
+        self.tracker.is_idle()
+    }
+
+    /// The state a migration would carry.
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    fn drain_events(&mut self, edits: &mut Vec<(Span, Bytes)>) {
+        while let Some(event) = self.tracker.poll_event() {
+            match &event {
+                Event::Ok { ok, trackers, at } => {
+                    if let Some(rewritten) = self.client_ok(ok, trackers) {
+                        let mut payload = BytesMut::new();
+                        rewritten.write_styled(&mut payload, self.client_caps, self.info_style);
+                        edits.push((*at, frame(&payload, at.seq)));
+                    }
+                }
+                Event::Command {
+                    command: Command::ResetConnection | Command::ChangeUser,
+                    ..
+                } if self.settings.is_some() => {
+                    self.note(
+                        "the session trackers were reset (COM_RESET_CONNECTION or COM_CHANGE_USER)",
+                    );
+                }
+                Event::ResponseDone { .. } => self.status_dirty = true,
+                _ => {}
+            }
+            self.state.on_event(&event);
+        }
+    }
+
+    fn note(&mut self, why: &str) {
+        if !self.notes.iter().any(|n| n == why) {
+            self.notes.push(why.to_string());
+        }
+    }
+
+    /// The OK the client should see instead of `ok`, if it differs.
+    fn client_ok(&mut self, ok: &OkPacket, items: &[TrackItem]) -> Option<OkPacket> {
+        if self.backend_caps & CLIENT_SESSION_TRACK == 0 {
+            return None;
+        }
+        if self.client_caps & CLIENT_SESSION_TRACK == 0 {
+            // Without state or info both encodings are the same bytes.
+            let same = ok.info.is_empty() && ok.session_state.is_none();
+            return (!same).then(|| ok.clone());
+        }
+        let settings = self.settings.as_mut()?;
+        let mut changed_tracking = false;
+        for item in items {
+            changed_tracking |= settings.follow(item);
+        }
+        let kept: Vec<TrackItem> = items
+            .iter()
+            .filter(|i| settings.shows(i))
+            .cloned()
+            .collect();
+        if changed_tracking {
+            self.note(
+                "the client changed the session trackers; ferry no longer sees all session state",
+            );
+        }
+        if kept.len() == items.len() {
+            return None;
+        }
+        let mut client = ok.clone();
+        if kept.is_empty() {
+            client.session_state = None;
+            client.status &= !SERVER_SESSION_STATE_CHANGED;
+        } else {
+            let mut block = BytesMut::new();
+            write_all(&kept, &mut block);
+            client.session_state = Some(block.to_vec());
+        }
+        Some(client)
+    }
+}
