@@ -47,6 +47,8 @@ pub struct Backend {
     pub health: Health,
     /// Sessions currently counted on it.
     pub connections: u32,
+    /// The same sessions by label group (tenant and requested labels).
+    pub groups: BTreeMap<LabelGroup, u32>,
     /// Removed by an operator: forgotten as soon as its last session is gone.
     pub removing: bool,
     checks: HealthCounter,
@@ -89,6 +91,36 @@ pub struct Route {
     pub backend: BackendId,
     /// Its address.
     pub addr: SocketAddr,
+    /// The session's label group, counted on the backend too.
+    pub group: LabelGroup,
+}
+
+/// Sessions that asked for the same tenant and labels, e.g. `acc1?region=eu`
+/// (empty for no tenant and no labels).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LabelGroup(pub String);
+
+impl LabelGroup {
+    /// The group of a session with `tenant` and `labels`.
+    pub fn of(tenant: Option<&str>, labels: &Labels) -> Self {
+        let mut key = tenant.unwrap_or("").to_string();
+        let pairs: Vec<String> = labels
+            .iter()
+            .filter(|(k, _)| *k != ACCOUNT)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        if !pairs.is_empty() {
+            key.push('?');
+            key.push_str(&pairs.join(","));
+        }
+        LabelGroup(key)
+    }
+}
+
+impl fmt::Display for LabelGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// No backend can take a session.
@@ -184,6 +216,7 @@ impl Cluster {
             state: WorkState::Working,
             health: Health::Up,
             connections: 0,
+            groups: BTreeMap::new(),
             removing: false,
             checks: HealthCounter::default(),
         });
@@ -300,20 +333,29 @@ impl Cluster {
             .map(|b| b.id.clone())
             .collect();
         let id = &ties[self.rng.below(ties.len())];
+        let group = LabelGroup::of(tenant, &req.labels);
         let backend = self.backends.get_mut(id).expect("candidate exists");
         backend.connections += 1;
+        *backend.groups.entry(group.clone()).or_default() += 1;
         Ok(Route {
             backend: backend.id.clone(),
             addr: backend.addr,
+            group,
         })
     }
 
-    /// Stops counting one session on `id`; a draining backend left empty
-    /// becomes drained, a removed one is forgotten.
-    pub fn release(&mut self, id: &BackendId) -> Option<BackendChange> {
-        let b = self.backends.get_mut(id)?;
+    /// Stops counting one session routed by `route`; a draining backend left
+    /// empty becomes drained, a removed one is forgotten.
+    pub fn release(&mut self, route: &Route) -> Option<BackendChange> {
+        let b = self.backends.get_mut(&route.backend)?;
         b.connections = b.connections.saturating_sub(1);
-        self.settle(id)
+        if let Some(n) = b.groups.get_mut(&route.group) {
+            *n -= 1;
+            if *n == 0 {
+                b.groups.remove(&route.group);
+            }
+        }
+        self.settle(&route.backend)
     }
 
     /// The total number of sessions counted on all backends.
@@ -367,6 +409,15 @@ mod tests {
 
     fn id(s: &str) -> BackendId {
         BackendId(s.into())
+    }
+
+    /// A route to `s` for a session without tenant or labels.
+    fn routed(s: &str) -> Route {
+        Route {
+            backend: id(s),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            group: LabelGroup::default(),
+        }
     }
 
     fn counts(c: &Cluster) -> Vec<(String, u32)> {
@@ -434,7 +485,7 @@ mod tests {
         for _ in 0..3 {
             c.route(&req(None, &[])).unwrap();
         }
-        c.release(&id("cn2"));
+        c.release(&routed("cn2"));
         assert_eq!(c.route(&req(None, &[])).unwrap().backend, id("cn2"));
     }
 
@@ -477,9 +528,9 @@ mod tests {
         );
         // Without the pool: a clear refusal naming the tenant.
         c.remove(&id("pool")).unwrap();
-        c.release(&id("pool"));
-        c.release(&id("pool"));
-        c.release(&id("pool"));
+        c.release(&routed("pool"));
+        c.release(&routed("pool"));
+        c.release(&routed("pool"));
         assert!(c.backend(&id("pool")).is_none());
         let no = c.route(&req(Some("acc3"), &[("zone", "x")])).unwrap_err();
         assert_eq!(no.tenant.as_deref(), Some("acc3"));
@@ -495,10 +546,10 @@ mod tests {
         for _ in 0..4 {
             assert_ne!(c.route(&req(None, &[])).unwrap().backend, id("cn1"));
         }
-        assert_eq!(c.release(&id("cn1")), None);
+        assert_eq!(c.release(&routed("cn1")), None);
         assert_eq!(c.backend(&id("cn1")).unwrap().state, WorkState::Draining);
         assert_eq!(
-            c.release(&id("cn1")),
+            c.release(&routed("cn1")),
             Some(BackendChange::Drained(id("cn1")))
         );
         assert_eq!(c.backend(&id("cn1")).unwrap().state, WorkState::Drained);
@@ -529,12 +580,12 @@ mod tests {
             assert_ne!(c.route(&req(None, &[])).unwrap().backend, id("cn2"));
         }
         assert_eq!(
-            c.release(&id("cn2")),
+            c.release(&routed("cn2")),
             Some(BackendChange::Forgotten(id("cn2")))
         );
         assert!(c.backend(&id("cn2")).is_none());
         // Releasing an unknown backend is harmless; counts never go negative.
-        assert_eq!(c.release(&id("cn2")), None);
+        assert_eq!(c.release(&routed("cn2")), None);
         assert_eq!(c.remove(&id("cn2")), Err(UnknownBackend(id("cn2"))));
         let mut empty = three();
         assert_eq!(empty.remove(&id("cn3")), Ok(Removal::Forgotten));
@@ -543,18 +594,18 @@ mod tests {
     #[test]
     fn counts_stay_exact_under_any_interleaving() {
         let mut c = three();
-        let mut live: Vec<BackendId> = Vec::new();
+        let mut live: Vec<Route> = Vec::new();
         let mut rng = Rng::new(99);
         for step in 0..2000 {
             match rng.below(5) {
                 0 | 1 => {
                     if let Ok(r) = c.route(&req(None, &[])) {
-                        live.push(r.backend);
+                        live.push(r);
                     }
                 }
                 2 if !live.is_empty() => {
-                    let b = live.swap_remove(rng.below(live.len()));
-                    c.release(&b);
+                    let r = live.swap_remove(rng.below(live.len()));
+                    c.release(&r);
                 }
                 3 => {
                     let which = id(["cn1", "cn2", "cn3"][rng.below(3)]);
@@ -567,7 +618,7 @@ mod tests {
                 }
             }
             for b in c.backends() {
-                let expected = live.iter().filter(|l| **l == b.id).count() as u32;
+                let expected = live.iter().filter(|l| l.backend == b.id).count() as u32;
                 assert_eq!(b.connections, expected, "step {step}: {b:?}");
                 if b.state == WorkState::Drained {
                     assert_eq!(b.connections, 0, "step {step}");
@@ -635,5 +686,57 @@ mod tests {
         assert_eq!(c.backend(&id("cn1")).unwrap().state, WorkState::Working);
         assert_eq!(c.backend(&id("cn4")).unwrap().state, WorkState::Drained);
         assert_eq!(c.total_connections(), 4);
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+
+    fn backend(id: &str, labels: &[(&str, &str)]) -> BackendConfig {
+        BackendConfig {
+            id: id.into(),
+            addr: "127.0.0.1:3307".parse().unwrap(),
+            labels: Labels(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            state: WorkState::Working,
+        }
+    }
+
+    #[test]
+    fn sessions_are_counted_per_label_group_until_released() {
+        let mut c = Cluster::new(
+            &[backend("a", &[("account", "acc1"), ("region", "eu-*")])],
+            3,
+        );
+        let mut labels = Labels::new();
+        labels.insert("region", "eu-west");
+        let eu = RouteRequest {
+            tenant: Some("acc1".into()),
+            labels,
+        };
+        let plain = RouteRequest {
+            tenant: Some("acc1".into()),
+            labels: Labels::new(),
+        };
+        let r1 = c.route(&eu).unwrap();
+        let r2 = c.route(&eu).unwrap();
+        let r3 = c.route(&plain).unwrap();
+        assert_eq!(r1.group, LabelGroup("acc1?region=eu-west".into()));
+        assert_eq!(r3.group, LabelGroup("acc1".into()));
+        let groups = |c: &Cluster| c.backend(&BackendId("a".into())).unwrap().groups.clone();
+        assert_eq!(groups(&c).get(&r1.group), Some(&2));
+        assert_eq!(groups(&c).get(&r3.group), Some(&1));
+        c.release(&r1);
+        c.release(&r3);
+        assert_eq!(groups(&c).get(&r1.group), Some(&1));
+        assert_eq!(groups(&c).get(&r3.group), None, "empty groups are dropped");
+        c.release(&r2);
+        assert!(groups(&c).is_empty());
+        assert_eq!(c.backend(&BackendId("a".into())).unwrap().connections, 0);
     }
 }

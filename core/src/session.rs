@@ -127,9 +127,17 @@ pub enum SessionEvent {
 enum State {
     ClientLogin(ClientLogin),
     Routing(Box<VerifiedClient>),
-    BackendLogin(Box<VerifiedClient>, Route, BackendLogin),
+    BackendLogin(Box<BackendPhase>),
     Forwarding(Box<Forward>),
     Closed,
+}
+
+/// A verified client waiting for its backend login.
+#[derive(Debug)]
+struct BackendPhase {
+    client: VerifiedClient,
+    route: Route,
+    login: BackendLogin,
 }
 
 /// The state machine of one client connection.
@@ -292,7 +300,11 @@ impl Session {
         let mut template = client.response.clone();
         template.user = client.login.user.clone();
         let login = BackendLogin::new(template, client.secret.clone(), client.capabilities, true);
-        self.state = State::BackendLogin(client, route, login);
+        self.state = State::BackendLogin(Box::new(BackendPhase {
+            client: *client,
+            route,
+            login,
+        }));
     }
 
     fn on_route_failed(&mut self, no: NoBackend) {
@@ -321,7 +333,8 @@ impl Session {
     }
 
     fn drive_backend_login(&mut self) {
-        while let State::BackendLogin(_, _, login) = &mut self.state {
+        while let State::BackendLogin(phase) = &mut self.state {
+            let login = &mut phase.login;
             let packet = match self.backend_rx.decode() {
                 Ok(Some(p)) => p,
                 Ok(None) => return,
@@ -341,11 +354,10 @@ impl Session {
     }
 
     fn logged_in(&mut self, backend: BackendSession) {
-        let State::BackendLogin(client, route, _) =
-            std::mem::replace(&mut self.state, State::Closed)
-        else {
+        let State::BackendLogin(phase) = std::mem::replace(&mut self.state, State::Closed) else {
             return;
         };
+        let BackendPhase { client, route, .. } = *phase;
         let forward = Forward::new(
             client.capabilities,
             &backend,
@@ -373,14 +385,15 @@ impl Session {
     /// The sequence id of ferry's next packet to a client that is waiting for its login result.
     fn client_seq(&self) -> u8 {
         match &self.state {
-            State::Routing(c) | State::BackendLogin(c, _, _) => c.next_seq,
+            State::Routing(c) => c.next_seq,
+            State::BackendLogin(phase) => phase.client.next_seq,
             _ => 2,
         }
     }
 
     fn fail_backend(&mut self, why: &str) {
         let backend = match &self.state {
-            State::BackendLogin(_, r, _) => r.backend.to_string(),
+            State::BackendLogin(phase) => phase.route.backend.to_string(),
             _ => return,
         };
         let seq = self.client_seq();

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_core::auth::{scramble_native, StoredCredential, StoredHash};
-use ferry_core::cluster::{BackendId, NoBackend, Route};
+use ferry_core::cluster::{BackendId, LabelGroup, NoBackend, Route};
 use ferry_core::labels::Labels;
 use ferry_core::login::client::Greeting;
 use ferry_core::packets::flags::caps::*;
@@ -292,6 +292,7 @@ fn route_to(h: &mut Harness, id: &str) {
     h.feed(Input::Routed(Route {
         backend: BackendId(id.into()),
         addr: "127.0.0.1:3308".parse().unwrap(),
+        group: LabelGroup::default(),
     }));
     h.feed(Input::BackendConnected);
 }

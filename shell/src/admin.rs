@@ -206,6 +206,7 @@ fn backend_json(b: &Backend) -> Value {
         "state": state_name(b.state),
         "health": if b.health == Health::Up { "up" } else { "down" },
         "connections": b.connections,
+        "groups": b.groups.iter().map(|(g, n)| (g.0.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "removing": b.removing,
     })
 }
@@ -523,7 +524,7 @@ mod tests {
             "",
         );
         assert_eq!(status, 202);
-        s.release(&route.backend);
+        s.release(&route);
         let (status, _) = call(
             &s,
             Method::GET,

@@ -120,9 +120,9 @@ impl Shared {
         let _ = self.shutdown.1.recv().await;
     }
 
-    /// Releases one session's count on `backend`, logging what that changed.
-    pub fn release(&self, backend: &BackendId) {
-        let change = self.cluster.lock().expect("cluster lock").release(backend);
+    /// Releases one session's count, logging what that changed.
+    pub fn release(&self, route: &Route) {
+        let change = self.cluster.lock().expect("cluster lock").release(route);
         log_change(change);
     }
 }
@@ -157,8 +157,8 @@ impl Router for Arc<Shared> {
         self.cluster.lock().expect("cluster lock").route(req)
     }
 
-    fn release(&self, backend: &BackendId) {
-        Shared::release(self, backend);
+    fn release(&self, route: &Route) {
+        Shared::release(self, route);
     }
 }
 
@@ -205,8 +205,8 @@ impl Router for SessionHooks {
         routed
     }
 
-    fn release(&self, backend: &BackendId) {
-        self.shared.release(backend);
+    fn release(&self, route: &Route) {
+        self.shared.release(route);
     }
 
     fn on_event(&self, event: &SessionEvent) {

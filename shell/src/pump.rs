@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
-use ferry_core::cluster::{BackendId, NoBackend, Route, RouteRequest};
+use ferry_core::cluster::{NoBackend, Route, RouteRequest};
 use ferry_core::session::{CloseReason, Input, Output, Session, SessionEvent};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::{AsyncWriteExt, FutureExt};
@@ -30,8 +30,8 @@ pub trait Connector: Send + Sync + 'static {
 pub trait Router: Send + Sync + 'static {
     /// Picks a backend and counts one session on it.
     fn route(&self, req: &RouteRequest) -> Result<Route, NoBackend>;
-    /// Stops counting one session on `backend`.
-    fn release(&self, backend: &BackendId);
+    /// Stops counting one session routed by `route`.
+    fn release(&self, route: &Route);
     /// The session reached a milestone (registry, metrics). Default: nothing.
     fn on_event(&self, _event: &SessionEvent) {}
     /// `n` bytes were read from the client (`from_client`) or the backend. Default: nothing.
@@ -71,13 +71,13 @@ impl ReadBuf {
 /// Counts the session on its backend until dropped.
 struct Lease<'r, R: Router> {
     router: &'r R,
-    backend: Option<BackendId>,
+    route: Option<Route>,
 }
 
 impl<R: Router> Drop for Lease<'_, R> {
     fn drop(&mut self) {
-        if let Some(b) = self.backend.take() {
-            self.router.release(&b);
+        if let Some(route) = self.route.take() {
+            self.router.release(&route);
         }
     }
 }
@@ -109,7 +109,7 @@ where
     let mut backend: Option<K::Stream> = None;
     let mut lease = Lease {
         router,
-        backend: None,
+        route: None,
     };
     let mut client_buf = ReadBuf::new();
     let mut backend_buf = ReadBuf::new();
@@ -138,7 +138,7 @@ where
                 Output::Route(req) => {
                     let input = match router.route(&req) {
                         Ok(route) => {
-                            lease.backend = Some(route.backend.clone());
+                            lease.route = Some(route.clone());
                             Input::Routed(route)
                         }
                         Err(no) => Input::RouteFailed(no),
