@@ -741,3 +741,39 @@ fn user_sync_reads_mysql_user_from_a_backend() {
         f.log()
     );
 }
+
+#[test]
+fn api_sessions_shows_transactions_and_what_blocks_a_move() {
+    use mysql::prelude::Queryable;
+    let f = Ferry::start(&three(), "");
+    let mut c = f.connect("app", "secret");
+    let session = |f: &Ferry| -> Value {
+        let (status, body) = f.json("GET", "/api/sessions", None);
+        assert_eq!(status, 200);
+        body.as_array().expect("array")[0].clone()
+    };
+    c.query_drop("SELECT 1").unwrap();
+    let s = session(&f);
+    assert_eq!(s["in_txn"], Value::Bool(false), "{s}");
+    assert_eq!(s["safe"], Value::Bool(true), "{s}");
+
+    c.query_drop("BEGIN").unwrap();
+    c.query_drop("SELECT 1").unwrap();
+    let s = session(&f);
+    assert_eq!(s["in_txn"], Value::Bool(true), "{s}");
+    assert_eq!(s["safe"], Value::Bool(false), "{s}");
+    c.query_drop("COMMIT").unwrap();
+
+    c.query_drop("CREATE TEMPORARY TABLE test.scratch (a INT)")
+        .unwrap();
+    let s = session(&f);
+    assert_eq!(s["in_txn"], Value::Bool(false), "{s}");
+    assert_eq!(s["safe"], Value::Bool(false), "{s}");
+    let reasons = s["blocked_by"].to_string();
+    assert!(reasons.contains("scratch"), "{reasons}");
+
+    c.query_drop("DROP TEMPORARY TABLE test.scratch").unwrap();
+    let s = session(&f);
+    assert_eq!(s["safe"], Value::Bool(true), "{s}");
+    assert_eq!(s["blocked_by"], Value::Array(vec![]), "{s}");
+}
