@@ -4,15 +4,16 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::login::backend::{BackendSession, Trackers};
+use crate::login::backend::{tracker_setup_frame, BackendSession, Trackers};
 use crate::login::frame;
 use crate::packets::flags::caps::{CLIENT_MYSQL, CLIENT_SESSION_TRACK};
 use crate::packets::flags::status::SERVER_SESSION_STATE_CHANGED;
 use crate::packets::session_state::write_all;
-use crate::packets::{InfoStyle, OkPacket, TrackItem};
+use crate::packets::{ErrPacket, InfoStyle, OkPacket, TrackItem};
 use crate::state::SessionState;
-use crate::tracker::{Command, Event, Span, TrackError, Tracker};
+use crate::tracker::{Command, Direction, Event, Outcome, Span, TrackError, Tracker, REPLY_LIMIT};
 use crate::tracking::TrackingSettings;
+use crate::wire::PacketDecoder;
 
 /// Where a session stands, for operators and for deciding when it may move or close.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,6 +24,33 @@ pub struct SessionStatus {
     pub safe: bool,
     /// Why it is not safe, in words.
     pub blocked_by: Vec<String>,
+}
+
+/// Bytes for one side of the session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Send {
+    /// For the client.
+    ToClient(Bytes),
+    /// For the backend.
+    ToBackend(Bytes),
+}
+
+/// Putting the session trackers back after `COM_RESET_CONNECTION` or
+/// `COM_CHANGE_USER` (both reset them on the server).
+#[derive(Debug)]
+enum Rearm {
+    /// Nothing to do.
+    Idle,
+    /// A reset is in flight; re-arm once it succeeded.
+    AfterReset,
+    /// The reset succeeded: send the set-up once this chunk is passed on.
+    Now,
+    /// ferry's own set-up is in flight: its reply is consumed here, and the
+    /// client's next bytes wait so the two conversations do not interleave.
+    Waiting {
+        reply: PacketDecoder,
+        queued: BytesMut,
+    },
 }
 
 /// The forwarding half of a session: tracker, session state and OK rewriting.
@@ -44,6 +72,7 @@ pub struct Forward {
     sent: u64,
     /// Set when a response completed, so the status is recomputed.
     status_dirty: bool,
+    rearm: Rearm,
 }
 
 impl Forward {
@@ -76,13 +105,23 @@ impl Forward {
             held: BytesMut::new(),
             sent: 0,
             status_dirty: true,
+            rearm: Rearm::Idle,
         }
     }
 
     /// Follows bytes from the client; they go to the backend unchanged.
-    pub fn from_client(&mut self, data: &[u8]) -> Result<(), TrackError> {
-        self.tracker.client_bytes(data)?;
+    pub fn from_client(
+        &mut self,
+        data: Bytes,
+        emit: &mut impl FnMut(Send),
+    ) -> Result<(), TrackError> {
+        if let Rearm::Waiting { queued, .. } = &mut self.rearm {
+            queued.extend_from_slice(&data);
+            return Ok(());
+        }
+        self.tracker.client_bytes(&data)?;
         self.drain_events(&mut Vec::new());
+        emit(Send::ToBackend(data));
         Ok(())
     }
 
@@ -93,8 +132,11 @@ impl Forward {
     pub fn from_server(
         &mut self,
         data: Bytes,
-        emit: &mut impl FnMut(Bytes),
+        emit: &mut impl FnMut(Send),
     ) -> Result<(), TrackError> {
+        if matches!(self.rearm, Rearm::Waiting { .. }) {
+            return self.rearm_reply(&data, emit);
+        }
         self.tracker.server_bytes(&data)?;
         let mut edits = Vec::new();
         self.drain_events(&mut edits);
@@ -110,7 +152,7 @@ impl Forward {
         let stop = (hold_from - base) as usize;
         if edits.is_empty() {
             if stop > 0 {
-                emit(pending.slice(..stop));
+                emit(Send::ToClient(pending.slice(..stop)));
             }
         } else {
             // Splice the rewritten OKs in: one buffer, one write.
@@ -123,10 +165,64 @@ impl Forward {
                 cursor = start + span.len as usize;
             }
             out.extend_from_slice(&pending[cursor..stop]);
-            emit(out.freeze());
+            emit(Send::ToClient(out.freeze()));
         }
         self.held.extend_from_slice(&pending[stop..]);
         self.sent = hold_from;
+        if matches!(self.rearm, Rearm::Now) {
+            emit(Send::ToBackend(tracker_setup_frame()));
+            self.rearm = Rearm::Waiting {
+                reply: PacketDecoder::new(REPLY_LIMIT),
+                queued: BytesMut::new(),
+            };
+            self.status_dirty = true;
+        }
+        Ok(())
+    }
+
+    /// Consumes the reply to ferry's own tracker set-up, then lets the client's queued bytes go.
+    fn rearm_reply(&mut self, data: &[u8], emit: &mut impl FnMut(Send)) -> Result<(), TrackError> {
+        let Rearm::Waiting { reply, .. } = &mut self.rearm else {
+            return Ok(());
+        };
+        reply.extend(data);
+        let violation = |reason: String| TrackError {
+            direction: Direction::Server,
+            offset: 0,
+            reason,
+        };
+        let packet = match reply.decode() {
+            Ok(Some(p)) => p,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(violation(format!("reply to the tracker set-up: {e}"))),
+        };
+        if reply.buffered() > 0 {
+            return Err(violation(
+                "bytes after the reply to the tracker set-up".into(),
+            ));
+        }
+        match packet.payload.first() {
+            Some(0x00) => {}
+            Some(0xFF) => {
+                let why =
+                    ErrPacket::parse(&packet.payload).map_or_else(|e| e.to_string(), |e| e.message);
+                self.note(&format!(
+                    "the backend refused to re-enable session tracking ({why})"
+                ));
+            }
+            _ => {
+                return Err(violation(
+                    "the tracker set-up got neither OK nor ERR".into(),
+                ))
+            }
+        }
+        let Rearm::Waiting { queued, .. } = std::mem::replace(&mut self.rearm, Rearm::Idle) else {
+            unreachable!("checked above");
+        };
+        self.status_dirty = true;
+        if !queued.is_empty() {
+            self.from_client(queued.freeze(), emit)?;
+        }
         Ok(())
     }
 
@@ -138,6 +234,9 @@ impl Forward {
     /// In a transaction, safe, and why not.
     pub fn status(&self) -> SessionStatus {
         let mut blocked_by = self.tracker.not_safe_because();
+        if !matches!(self.rearm, Rearm::Idle) {
+            blocked_by.push("ferry is re-enabling the session trackers after a reset".into());
+        }
         blocked_by.extend(self.state.blocked_by());
         blocked_by.extend(self.notes.iter().cloned());
         SessionStatus {
@@ -149,7 +248,7 @@ impl Forward {
 
     /// True when no command is outstanding (a COM_QUIT may be sent to the backend).
     pub fn is_idle(&self) -> bool {
-        self.tracker.is_idle()
+        self.tracker.is_idle() && matches!(self.rearm, Rearm::Idle)
     }
 
     /// The state a migration would carry.
@@ -170,12 +269,17 @@ impl Forward {
                 Event::Command {
                     command: Command::ResetConnection | Command::ChangeUser,
                     ..
-                } if self.settings.is_some() => {
-                    self.note(
-                        "the session trackers were reset (COM_RESET_CONNECTION or COM_CHANGE_USER)",
-                    );
+                } if self.settings.is_some() => self.rearm = Rearm::AfterReset,
+                Event::ResponseDone { outcome } => {
+                    self.status_dirty = true;
+                    if matches!(self.rearm, Rearm::AfterReset) {
+                        self.rearm = if *outcome == Outcome::Ok {
+                            Rearm::Now
+                        } else {
+                            Rearm::Idle
+                        };
+                    }
                 }
-                Event::ResponseDone { .. } => self.status_dirty = true,
                 _ => {}
             }
             self.state.on_event(&event);

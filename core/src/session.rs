@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::cluster::{NoBackend, Route, RouteRequest};
 use crate::errors;
-use crate::forward::{Forward, SessionStatus};
+use crate::forward::{Forward, Send, SessionStatus};
 use crate::labels::LoginName;
 use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
 use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedClient};
@@ -86,6 +86,15 @@ pub enum Output {
     Close(CloseReason),
     /// Something worth logging or counting.
     Event(SessionEvent),
+}
+
+impl From<Send> for Output {
+    fn from(s: Send) -> Output {
+        match s {
+            Send::ToClient(b) => Output::ToClient(b),
+            Send::ToBackend(b) => Output::ToBackend(b),
+        }
+    }
 }
 
 /// Why a session ended.
@@ -238,13 +247,13 @@ impl Session {
 
     fn on_client_data(&mut self, data: Bytes) {
         match &mut self.state {
-            State::Forwarding(f) => match f.from_client(&data) {
-                Ok(()) => {
-                    self.outputs.push_back(Output::ToBackend(data));
-                    self.after_tracking();
+            State::Forwarding(f) => {
+                let outputs = &mut self.outputs;
+                match f.from_client(data, &mut |s| outputs.push_back(s.into())) {
+                    Ok(()) => self.after_tracking(),
+                    Err(e) => self.close(CloseReason::ProtocolError(e.to_string())),
                 }
-                Err(e) => self.close(CloseReason::ProtocolError(e.to_string())),
-            },
+            }
             State::ClientLogin(_) => {
                 self.client_rx.extend(&data);
                 self.drive_client_login();
@@ -319,7 +328,7 @@ impl Session {
         match &mut self.state {
             State::Forwarding(f) => {
                 let outputs = &mut self.outputs;
-                match f.from_server(data, &mut |b| outputs.push_back(Output::ToClient(b))) {
+                match f.from_server(data, &mut |s| outputs.push_back(s.into())) {
                     Ok(()) => self.after_tracking(),
                     Err(e) => self.close(CloseReason::BackendProtocolError(e.to_string())),
                 }

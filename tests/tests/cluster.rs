@@ -776,4 +776,18 @@ fn api_sessions_shows_transactions_and_what_blocks_a_move() {
     let s = session(&f);
     assert_eq!(s["safe"], Value::Bool(true), "{s}");
     assert_eq!(s["blocked_by"], Value::Array(vec![]), "{s}");
+
+    // COM_RESET_CONNECTION resets the server's trackers; ferry switches them
+    // back on, so the session stays movable and its state stays visible.
+    c.reset().unwrap();
+    let tracked: Option<String> = c
+        .query_first("SELECT @@session_track_system_variables")
+        .unwrap();
+    assert_eq!(tracked.as_deref(), Some("*"));
+    let s = session(&f);
+    assert_eq!(s["safe"], Value::Bool(true), "{s}");
+    c.query_drop("CREATE TEMPORARY TABLE test.again (a INT)")
+        .unwrap();
+    let s = session(&f);
+    assert!(s["blocked_by"].to_string().contains("again"), "{s}");
 }

@@ -172,12 +172,8 @@ impl BackendLogin {
                     self.state = State::AwaitTrackerSetup(session, SettingsReply::new(deprecate_eof));
                     // Both at once: one round trip. The server answers them in order.
                     let mut out = BytesMut::new();
-                    for sql in [SETTINGS_QUERY, TRACKER_SETUP] {
-                        let mut query = Vec::with_capacity(sql.len() + 1);
-                        query.push(COM_QUERY);
-                        query.extend_from_slice(sql.as_bytes());
-                        write_packet(&mut out, 0, &query);
-                    }
+                    write_packet(&mut out, 0, &query_payload(SETTINGS_QUERY));
+                    write_packet(&mut out, 0, &query_payload(TRACKER_SETUP));
                     BackendStep::Send(out.freeze())
                 }
                 Err(e) => BackendStep::Failed(format!("backend login OK: {e}")),
@@ -244,6 +240,18 @@ impl BackendLogin {
             ),
         }
     }
+}
+
+fn query_payload(sql: &str) -> Vec<u8> {
+    let mut query = Vec::with_capacity(sql.len() + 1);
+    query.push(COM_QUERY);
+    query.extend_from_slice(sql.as_bytes());
+    query
+}
+
+/// [`TRACKER_SETUP`] as a command frame, to send again after the server reset the trackers.
+pub fn tracker_setup_frame() -> Bytes {
+    frame(&query_payload(TRACKER_SETUP), 0)
 }
 
 /// Reads the one-row result set of [`SETTINGS_QUERY`] (or its ERR, on servers without trackers).
