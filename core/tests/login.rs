@@ -539,17 +539,12 @@ fn a_backend_that_refuses_session_tracking_still_serves_but_its_sessions_cannot_
         "HY000",
         "Unknown system variable 'session_track_system_variables'",
     );
+    // Neither the settings query nor the set-up is known to this server.
+    let mut payload = BytesMut::new();
+    err.write(&mut payload);
     let mut both = BytesMut::new();
-    write_packet(&mut both, 1, &{
-        let mut b = BytesMut::new();
-        err.write(&mut b);
-        b
-    });
-    write_packet(&mut both, 1, &{
-        let mut b = BytesMut::new();
-        err.write(&mut b);
-        b
-    });
+    write_packet(&mut both, 1, &payload);
+    write_packet(&mut both, 1, &payload);
     h.feed(Input::BackendData(both.freeze()));
     assert!(h.session.is_forwarding(), "{}", h.trace);
     let status = h.session.status().unwrap();

@@ -26,7 +26,8 @@ struct RawConn {
 }
 
 impl RawConn {
-    fn connect(addr: &str, user: &str, password: &str, db: &str, caps: u32) -> RawConn {
+    /// Logs in as `user` with `caps` (cut to the server's), into `db` if given.
+    fn connect(addr: &str, user: &str, password: &str, db: Option<&str>, caps: u32) -> RawConn {
         let mut stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
         stream.set_nodelay(true).unwrap();
         let mut decoder = PacketDecoder::new(1 << 20);
@@ -46,7 +47,7 @@ impl RawConn {
             collation: 45,
             user: user.into(),
             auth_response: scramble_native(&hs.auth_data, password.as_bytes()),
-            database: Some(db.into()),
+            database: db.map(str::to_string),
             auth_plugin: Some("mysql_native_password".into()),
             attributes: Vec::new(),
         };
@@ -253,7 +254,14 @@ fn script(db: &str) -> Vec<Step> {
 }
 
 fn reset_database(backend: &str, db: &str) {
-    let mut c = RawConn::connect_admin(backend);
+    // No default database: it may not exist yet.
+    let mut c = RawConn::connect(
+        backend,
+        "root",
+        "111",
+        None,
+        CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH,
+    );
     for sql in [
         format!("DROP DATABASE IF EXISTS {db}"),
         format!("CREATE DATABASE {db}"),
@@ -261,42 +269,6 @@ fn reset_database(backend: &str, db: &str) {
         c.send(0, &query(&sql));
         let r = c.read_quiet(Duration::from_millis(200));
         assert_eq!(r.get(4), Some(&0x00), "{sql}: {r:?}");
-    }
-}
-
-impl RawConn {
-    fn connect_admin(addr: &str) -> RawConn {
-        // Connect without a default database: it may not exist yet.
-        let mut stream = TcpStream::connect(addr).unwrap();
-        let mut decoder = PacketDecoder::new(1 << 20);
-        let hs = loop {
-            if let Some(p) = decoder.decode().unwrap() {
-                break Handshake::parse(&p.payload).unwrap();
-            }
-            let mut buf = [0u8; 4096];
-            let n = stream.read(&mut buf).unwrap();
-            decoder.extend(&buf[..n]);
-        };
-        let response = HandshakeResponse {
-            capabilities: CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH,
-            mariadb_capabilities: 0,
-            max_packet_size: 1 << 24,
-            collation: 45,
-            user: "root".into(),
-            auth_response: scramble_native(&hs.auth_data, b"111"),
-            database: None,
-            auth_plugin: Some("mysql_native_password".into()),
-            attributes: Vec::new(),
-        };
-        let mut payload = BytesMut::new();
-        response.write(&mut payload);
-        let mut out = BytesMut::new();
-        write_packet(&mut out, 1, &payload);
-        stream.write_all(&out).unwrap();
-        let mut c = RawConn { stream };
-        let r = c.read_quiet(Duration::from_millis(200));
-        assert_eq!(r.get(4), Some(&0x00), "admin login failed: {r:?}");
-        c
     }
 }
 
@@ -360,11 +332,11 @@ fn compare(caps: u32) {
         .start();
 
     reset_database(backend, &db);
-    let mut direct = RawConn::connect(backend, "root", "111", &db, caps);
+    let mut direct = RawConn::connect(backend, "root", "111", Some(&db), caps);
     let want = run_script(&mut direct, &db, None);
 
     reset_database(backend, &db);
-    let mut proxied = RawConn::connect(&ferry.addr.to_string(), "root", "111", &db, caps);
+    let mut proxied = RawConn::connect(&ferry.addr.to_string(), "root", "111", Some(&db), caps);
     let got = run_script(&mut proxied, &db, Some(&want));
 
     for ((step, w), g) in script(&db).iter().zip(&want).zip(&got) {
