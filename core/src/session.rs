@@ -9,17 +9,20 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::auth::NATIVE_PASSWORD;
 use crate::cluster::{NoBackend, Route, RouteRequest};
 use crate::errors;
 use crate::forward::{Forward, Send, SessionStatus};
+use crate::labels::parse_login_name;
 use crate::labels::LoginName;
 use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
 use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedClient};
 use crate::login::{err_frame, frame};
-use crate::packets::flags::command::COM_QUIT;
+use crate::packets::flags::command::{COM_CHANGE_USER, COM_QUIT};
+use crate::packets::ChangeUser;
 use crate::packets::ErrPacket;
 use crate::users::UserDirectory;
-use crate::wire::{FrameError, PacketDecoder};
+use crate::wire::{frame_header, FrameError, PacketDecoder, HEADER_LEN};
 use crate::Timestamp;
 
 /// Largest packet accepted while logging in: logins are small, and garbage must not make us allocate.
@@ -162,6 +165,26 @@ pub struct Session {
     backend_deadline: Option<Timestamp>,
     shutting_down: bool,
     last_status: SessionStatus,
+    peer_host: String,
+    /// Who the client is and what the backend's salt was, while forwarding.
+    identity: Option<Box<Identity>>,
+}
+
+/// True if `data` is exactly one COM_CHANGE_USER packet (clients send it in one write).
+fn is_change_user(data: &[u8]) -> bool {
+    match frame_header(data) {
+        Some((len, 0)) => {
+            data.len() == HEADER_LEN + len && data.get(HEADER_LEN) == Some(&COM_CHANGE_USER)
+        }
+        _ => false,
+    }
+}
+
+/// A logged-in client and its backend's salt (for COM_CHANGE_USER, and later migrations).
+#[derive(Debug)]
+struct Identity {
+    client: VerifiedClient,
+    backend_salt: Vec<u8>,
 }
 
 impl Session {
@@ -173,7 +196,7 @@ impl Session {
         users: Arc<UserDirectory>,
         peer_host: String,
     ) -> Self {
-        let (login, handshake) = ClientLogin::start(greeting, peer_host);
+        let (login, handshake) = ClientLogin::start(greeting, peer_host.clone());
         let login_max = LOGIN_MAX_PACKET.min(config.max_packet_size);
         let backend_max = config.max_packet_size;
         let mut session = Session {
@@ -187,6 +210,8 @@ impl Session {
             outputs: VecDeque::new(),
             shutting_down: false,
             last_status: SessionStatus::default(),
+            peer_host,
+            identity: None,
         };
         session.outputs.push_back(Output::ToClient(handshake));
         session
@@ -247,6 +272,7 @@ impl Session {
 
     fn on_client_data(&mut self, data: Bytes) {
         match &mut self.state {
+            State::Forwarding(f) if f.is_idle() && is_change_user(&data) => self.change_user(data),
             State::Forwarding(f) => {
                 let outputs = &mut self.outputs;
                 match f.from_client(data, &mut |s| outputs.push_back(s.into())) {
@@ -367,6 +393,10 @@ impl Session {
             return;
         };
         let BackendPhase { client, route, .. } = *phase;
+        self.identity = Some(Box::new(Identity {
+            client: client.clone(),
+            backend_salt: backend.handshake.auth_data.clone(),
+        }));
         let forward = Forward::new(
             client.capabilities,
             &backend,
@@ -387,7 +417,72 @@ impl Session {
         // Nothing should follow a login OK before the client's first command, but never drop bytes.
         let rest = self.backend_rx.take_remaining();
         if !rest.is_empty() {
-            self.outputs.push_back(Output::ToClient(rest.freeze()));
+            self.on_backend_data(rest.freeze());
+        }
+    }
+
+    /// COM_CHANGE_USER: ferry verifies the new user itself (the client
+    /// scrambled its password with ferry's salt) and sends the backend a
+    /// scramble for the backend's salt, so the new secret is known for later logins.
+    fn change_user(&mut self, data: Bytes) {
+        let Some(identity) = self.identity.as_mut() else {
+            return;
+        };
+        let caps = identity.client.capabilities;
+        let request = match ChangeUser::parse(&data[4..], caps) {
+            Ok(r) => r,
+            Err(e) => return self.close(CloseReason::ProtocolError(e.to_string())),
+        };
+        let name = match parse_login_name(&request.user) {
+            Ok(n) => n,
+            Err(e) => {
+                let why = e.to_string();
+                return self.refuse(errors::bad_login_name(&why), 1, why);
+            }
+        };
+        let current = &identity.client.login;
+        if name.tenant != current.tenant
+            || (!name.labels.is_empty() && name.labels != current.labels)
+        {
+            let why = "COM_CHANGE_USER cannot change the tenant or labels of a session".to_string();
+            return self.refuse(errors::bad_login_name(&why), 1, why);
+        }
+        let secret = self
+            .users
+            .lookup(name.tenant.as_deref(), &name.user)
+            .and_then(|cred| cred.verify(&identity.client.salt, &request.auth_response));
+        let Some(secret) = secret else {
+            let err = errors::access_denied(
+                &request.user,
+                &self.peer_host,
+                !request.auth_response.is_empty(),
+            );
+            return self.refuse(
+                err,
+                1,
+                format!("COM_CHANGE_USER to '{}' refused", request.user),
+            );
+        };
+        let mut to_backend = request.clone();
+        to_backend.user = name.user.clone();
+        to_backend.auth_response = secret.respond(&identity.backend_salt);
+        if to_backend.auth_plugin.is_some() {
+            to_backend.auth_plugin = Some(NATIVE_PASSWORD.to_string());
+        }
+        identity.client.secret = secret;
+        identity.client.login.user = name.user;
+        identity.client.response.user = request.user;
+        identity.client.response.database =
+            (!request.database.is_empty()).then(|| request.database.clone());
+        let mut payload = BytesMut::new();
+        to_backend.write(&mut payload, caps);
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        let outputs = &mut self.outputs;
+        match f.from_client(frame(&payload, 0), &mut |s| outputs.push_back(s.into())) {
+            Ok(()) => self.after_tracking(),
+            Err(e) => self.close(CloseReason::ProtocolError(e.to_string())),
         }
     }
 

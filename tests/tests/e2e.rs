@@ -603,3 +603,32 @@ fn thirty_sessions_spread_ten_ten_ten() {
     let expected: BTreeMap<u16, i32> = b.iter().map(|a| (a.port(), 10)).collect();
     assert_eq!(count, expected);
 }
+
+/// COM_CHANGE_USER: the client scrambles with ferry's salt; ferry verifies it
+/// and logs the backend connection in as the new user.
+#[test]
+fn change_user_switches_the_backend_user_and_refuses_a_wrong_password() {
+    let b = backends();
+    let ferry = ConfigBuilder::new()
+        .backend(Backend::new("cn1", b[0]))
+        .start();
+    let mut conn = ferry.connect("root", "111").expect("login as root");
+    let who: Option<String> = conn.query_first("SELECT USER()").unwrap();
+    assert!(who.unwrap().starts_with("root@"));
+    conn.change_user(
+        ferry_tests::mysql::ChangeUserOpts::default()
+            .with_user(Some("sbtest".into()))
+            .with_pass(Some("sbtest".into())),
+    )
+    .expect("change user to sbtest");
+    let who: Option<String> = conn.query_first("SELECT USER()").unwrap();
+    assert!(who.unwrap().starts_with("sbtest@"));
+    let err = conn
+        .change_user(
+            ferry_tests::mysql::ChangeUserOpts::default()
+                .with_user(Some("root".into()))
+                .with_pass(Some("wrong".into())),
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("1045"), "{err}");
+}

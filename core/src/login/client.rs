@@ -43,6 +43,8 @@ pub struct VerifiedClient {
     pub capabilities: u32,
     /// Sequence id of ferry's next packet to the client (the login OK).
     pub next_seq: u8,
+    /// The salt ferry gave the client (COM_CHANGE_USER scrambles with it again).
+    pub salt: [u8; 20],
 }
 
 /// What the client login wants done next.
@@ -185,6 +187,7 @@ impl ClientLogin {
             secret,
             capabilities,
             next_seq,
+            salt: self.greeting.salt,
         }))
     }
 }

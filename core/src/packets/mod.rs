@@ -5,6 +5,7 @@
 //! it with [`crate::wire::write_packet`].
 
 mod auth_switch;
+mod change_user;
 pub mod codec;
 pub mod flags;
 mod generic;
@@ -15,6 +16,7 @@ pub mod session_state;
 use std::fmt;
 
 pub use auth_switch::{AuthMoreData, AuthSwitchRequest};
+pub use change_user::ChangeUser;
 pub use generic::{EofPacket, ErrPacket, InfoStyle, OkPacket, ServerReply};
 pub use handshake::Handshake;
 pub use response::{is_ssl_request, HandshakeResponse};
