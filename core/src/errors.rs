@@ -65,3 +65,17 @@ pub fn malformed_packet(detail: &str) -> ErrPacket {
 pub fn bad_login_name(detail: &str) -> ErrPacket {
     ErrPacket::new(1105, "HY000", format!("ferry: {detail}"))
 }
+
+/// ER_NO_SUCH_THREAD: `KILL` of a connection id ferry does not know.
+pub fn no_such_thread(id: u32) -> ErrPacket {
+    ErrPacket::new(1094, "HY000", format!("Unknown thread id: {id}"))
+}
+
+/// ER_UNKNOWN_ERROR: `KILL` of a session on another backend.
+pub fn kill_elsewhere(id: u32, backend: &str) -> ErrPacket {
+    ErrPacket::new(
+        1105,
+        "HY000",
+        format!("ferry: connection {id} is on backend {backend}; KILL from a session on another backend is not supported yet"),
+    )
+}

@@ -11,6 +11,7 @@ pub mod config;
 pub mod errors;
 pub mod forward;
 pub mod health;
+pub mod kill;
 pub mod labels;
 pub mod login;
 pub mod packets;

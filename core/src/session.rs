@@ -10,9 +10,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::NATIVE_PASSWORD;
-use crate::cluster::{NoBackend, Route, RouteRequest};
+use crate::cluster::{BackendId, NoBackend, Route, RouteRequest};
 use crate::errors;
 use crate::forward::{Forward, Send, SessionStatus};
+use crate::kill::Kill;
 use crate::labels::parse_login_name;
 use crate::labels::LoginName;
 use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
@@ -22,7 +23,7 @@ use crate::packets::flags::command::{COM_CHANGE_USER, COM_QUIT};
 use crate::packets::ChangeUser;
 use crate::packets::ErrPacket;
 use crate::users::UserDirectory;
-use crate::wire::{frame_header, FrameError, PacketDecoder, HEADER_LEN};
+use crate::wire::{frame_header, FrameError, PacketDecoder, HEADER_LEN, MAX_FRAME_PAYLOAD};
 use crate::Timestamp;
 
 /// Largest packet accepted while logging in: logins are small, and garbage must not make us allocate.
@@ -72,6 +73,17 @@ pub enum Input {
     Timeout,
     /// The proxy is shutting down: close at the next safe point.
     Shutdown,
+    /// Where the session asked about with [`Output::Locate`] is (`None`: no such session).
+    Located(Option<SessionLocation>),
+}
+
+/// Where a session lives: its backend and that backend's thread id for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionLocation {
+    /// The backend.
+    pub backend: BackendId,
+    /// The backend's thread (connection) id.
+    pub thread: u32,
 }
 
 /// Something for the driver to do.
@@ -85,6 +97,8 @@ pub enum Output {
     Route(RouteRequest),
     /// Connect to this backend; answer with [`Input::BackendConnected`] or [`Input::BackendConnectFailed`].
     Connect(Route),
+    /// Find the session with this ferry connection id; answer with [`Input::Located`].
+    Locate(u32),
     /// The session is over: flush what was queued, close both sides, release the route.
     Close(CloseReason),
     /// Something worth logging or counting.
@@ -170,21 +184,24 @@ pub struct Session {
     identity: Option<Box<Identity>>,
 }
 
-/// True if `data` is exactly one COM_CHANGE_USER packet (clients send it in one write).
-fn is_change_user(data: &[u8]) -> bool {
+/// The payload if `data` is exactly one command packet (clients send short commands in one write).
+fn one_command(data: &[u8]) -> Option<&[u8]> {
     match frame_header(data) {
-        Some((len, 0)) => {
-            data.len() == HEADER_LEN + len && data.get(HEADER_LEN) == Some(&COM_CHANGE_USER)
+        Some((len, 0)) if data.len() == HEADER_LEN + len && len < MAX_FRAME_PAYLOAD => {
+            Some(&data[HEADER_LEN..])
         }
-        _ => false,
+        _ => None,
     }
 }
 
-/// A logged-in client and its backend's salt (for COM_CHANGE_USER, and later migrations).
+/// A logged-in client, its route and its backend's salt (for COM_CHANGE_USER, KILL, and later migrations).
 #[derive(Debug)]
 struct Identity {
     client: VerifiedClient,
+    route: Route,
     backend_salt: Vec<u8>,
+    /// A KILL waiting for [`Input::Located`].
+    pending_kill: Option<Kill>,
 }
 
 impl Session {
@@ -236,6 +253,7 @@ impl Session {
             },
             Input::Timeout => self.on_timeout(now),
             Input::Shutdown => self.on_shutdown(),
+            Input::Located(location) => self.on_located(location),
         }
     }
 
@@ -272,14 +290,17 @@ impl Session {
 
     fn on_client_data(&mut self, data: Bytes) {
         match &mut self.state {
-            State::Forwarding(f) if f.is_idle() && is_change_user(&data) => self.change_user(data),
-            State::Forwarding(f) => {
-                let outputs = &mut self.outputs;
-                match f.from_client(data, &mut |s| outputs.push_back(s.into())) {
-                    Ok(()) => self.after_tracking(),
-                    Err(e) => self.close(CloseReason::ProtocolError(e.to_string())),
+            State::Forwarding(f) if f.is_idle() && one_command(&data).is_some() => {
+                let payload = one_command(&data).expect("checked");
+                if payload.first() == Some(&COM_CHANGE_USER) {
+                    return self.change_user(data);
+                }
+                match Kill::parse(payload) {
+                    Some(kill) => self.kill(kill),
+                    None => self.forward_client(data),
                 }
             }
+            State::Forwarding(_) => self.forward_client(data),
             State::ClientLogin(_) => {
                 self.client_rx.extend(&data);
                 self.drive_client_login();
@@ -395,7 +416,9 @@ impl Session {
         let BackendPhase { client, route, .. } = *phase;
         self.identity = Some(Box::new(Identity {
             client: client.clone(),
+            route: route.clone(),
             backend_salt: backend.handshake.auth_data.clone(),
+            pending_kill: None,
         }));
         let forward = Forward::new(
             client.capabilities,
@@ -419,6 +442,46 @@ impl Session {
         if !rest.is_empty() {
             self.on_backend_data(rest.freeze());
         }
+    }
+
+    /// Client bytes through the tracker to the backend.
+    fn forward_client(&mut self, data: Bytes) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        let outputs = &mut self.outputs;
+        match f.from_client(data, &mut |s| outputs.push_back(s.into())) {
+            Ok(()) => self.after_tracking(),
+            Err(e) => self.close(CloseReason::ProtocolError(e.to_string())),
+        }
+    }
+
+    /// `KILL <ferry id>`: find where that session lives first.
+    fn kill(&mut self, kill: Kill) {
+        let Some(identity) = self.identity.as_mut() else {
+            return;
+        };
+        let target = kill.target;
+        identity.pending_kill = Some(kill);
+        self.outputs.push_back(Output::Locate(target));
+    }
+
+    fn on_located(&mut self, location: Option<SessionLocation>) {
+        let Some(identity) = self.identity.as_mut() else {
+            return;
+        };
+        let Some(kill) = identity.pending_kill.take() else {
+            return;
+        };
+        let err = match location {
+            None => errors::no_such_thread(kill.target),
+            Some(at) if at.backend == identity.route.backend => {
+                return self.forward_client(frame(&kill.payload_for(at.thread), 0));
+            }
+            Some(at) => errors::kill_elsewhere(kill.target, &at.backend.0),
+        };
+        // Answered here: the backend never sees the command.
+        self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
     }
 
     /// COM_CHANGE_USER: ferry verifies the new user itself (the client
@@ -476,14 +539,7 @@ impl Session {
             (!request.database.is_empty()).then(|| request.database.clone());
         let mut payload = BytesMut::new();
         to_backend.write(&mut payload, caps);
-        let State::Forwarding(f) = &mut self.state else {
-            return;
-        };
-        let outputs = &mut self.outputs;
-        match f.from_client(frame(&payload, 0), &mut |s| outputs.push_back(s.into())) {
-            Ok(()) => self.after_tracking(),
-            Err(e) => self.close(CloseReason::ProtocolError(e.to_string())),
-        }
+        self.forward_client(frame(&payload, 0));
     }
 
     /// The sequence id of ferry's next packet to a client that is waiting for its login result.

@@ -117,6 +117,7 @@ impl Harness {
                     format!("route            tenant={:?} labels={}", r.tenant, r.labels)
                 }
                 Output::Connect(r) => format!("connect          {} {}", r.backend, r.addr),
+                Output::Locate(id) => format!("locate           session {id}"),
                 Output::Close(reason) => {
                     self.closed = Some(reason.clone());
                     format!("close            {reason:?}")

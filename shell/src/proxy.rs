@@ -11,7 +11,7 @@ use ferry_core::cluster::{BackendChange, BackendId, Cluster, NoBackend, Route, R
 use ferry_core::config::Config;
 use ferry_core::login::client::Greeting;
 use ferry_core::packets::flags::caps::FERRY_SUPPORTED;
-use ferry_core::session::{CloseReason, Session, SessionConfig, SessionEvent};
+use ferry_core::session::{CloseReason, Session, SessionConfig, SessionEvent, SessionLocation};
 use ferry_core::users::UserDirectory;
 use ferry_core::usersync::SyncedUsers;
 use futures_lite::FutureExt;
@@ -235,6 +235,14 @@ impl Router for SessionHooks {
             m.sessions_total.fetch_add(1, Ordering::Relaxed);
             m.sessions_current.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn locate(&self, conn_id: u32) -> Option<SessionLocation> {
+        let info = self.shared.registry.get(conn_id)?.info()?;
+        Some(SessionLocation {
+            backend: info.backend,
+            thread: info.backend_connection_id,
+        })
     }
 
     fn on_read(&self, from_client: bool, n: usize) {

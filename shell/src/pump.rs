@@ -11,7 +11,7 @@ use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use ferry_core::cluster::{NoBackend, Route, RouteRequest};
-use ferry_core::session::{CloseReason, Input, Output, Session, SessionEvent};
+use ferry_core::session::{CloseReason, Input, Output, Session, SessionEvent, SessionLocation};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::{AsyncWriteExt, FutureExt};
 use tracing::{debug, info, warn};
@@ -38,6 +38,10 @@ pub trait Router: Send + Sync + 'static {
     fn on_read(&self, _from_client: bool, _n: usize) {}
     /// The session ended. Default: nothing.
     fn on_close(&self, _reason: &CloseReason) {}
+    /// Where the session with ferry connection id `conn_id` lives. Default: nowhere.
+    fn locate(&self, _conn_id: u32) -> Option<SessionLocation> {
+        None
+    }
 }
 
 /// Read buffer size per direction.
@@ -144,6 +148,9 @@ where
                         Err(no) => Input::RouteFailed(no),
                     };
                     session.handle(clock.now(), input);
+                }
+                Output::Locate(id) => {
+                    session.handle(clock.now(), Input::Located(router.locate(id)))
                 }
                 Output::Connect(route) => {
                     let input = connect(&session, connector, clock, route.addr)

@@ -632,3 +632,41 @@ fn change_user_switches_the_backend_user_and_refuses_a_wrong_password() {
         .unwrap_err();
     assert!(err.to_string().contains("1045"), "{err}");
 }
+
+/// Clients know ferry's connection ids; `KILL` must reach the right backend
+/// thread, never whatever thread happens to have that number on the backend.
+#[test]
+fn kill_translates_ferry_connection_ids_to_backend_threads() {
+    let b = backends();
+    let ferry = ConfigBuilder::new()
+        .backend(Backend::new("cn1", b[0]))
+        .start();
+    let mut victim = ferry.connect("root", "111").expect("victim");
+    let mut killer = ferry.connect("root", "111").expect("killer");
+    // The id the client library learned from ferry's handshake.
+    let victim_id = victim.connection_id();
+    let backend_thread: Option<u64> = victim.query_first("SELECT CONNECTION_ID()").unwrap();
+    assert_ne!(
+        Some(u64::from(victim_id)),
+        backend_thread,
+        "ids differ, or this proves nothing"
+    );
+
+    // KILL QUERY leaves the connection usable.
+    killer
+        .query_drop(format!("KILL QUERY {victim_id}"))
+        .expect("kill query");
+    let one: Option<u32> = victim.query_first("SELECT 1").unwrap();
+    assert_eq!(one, Some(1));
+
+    // An id ferry never handed out is unknown, whatever threads the backend has.
+    let err = killer.query_drop("KILL 4000000").unwrap_err();
+    assert!(err.to_string().contains("1094"), "{err}");
+
+    killer
+        .query_drop(format!("KILL {victim_id}"))
+        .expect("kill connection");
+    assert!(victim.query_drop("SELECT 1").is_err(), "victim still alive");
+    let one: Option<u32> = killer.query_first("SELECT 1").unwrap();
+    assert_eq!(one, Some(1), "the killer's own session is untouched");
+}
