@@ -670,3 +670,41 @@ fn kill_translates_ferry_connection_ids_to_backend_threads() {
     let one: Option<u32> = killer.query_first("SELECT 1").unwrap();
     assert_eq!(one, Some(1), "the killer's own session is untouched");
 }
+
+/// sysbench's read/write mix (transactions, prepared statements, range
+/// queries) runs through ferry without ferry losing track of the protocol,
+/// and the tracker sees every transaction end.
+#[test]
+fn sysbench_read_write_runs_through_the_tracker() {
+    use std::process::Command;
+    let b = backends();
+    let ferry = ConfigBuilder::new().backend(Backend::new("cn1", b[0])).start();
+    let db = "ferry_sysbench";
+    let mut admin = connect_backend(b[0]);
+    admin.query_drop(format!("DROP DATABASE IF EXISTS {db}")).unwrap();
+    admin.query_drop(format!("CREATE DATABASE {db}")).unwrap();
+    let sysbench = |port: u16, action: &str, extra: &[&str]| {
+        let mut cmd = Command::new("sysbench");
+        cmd.arg("oltp_read_write")
+            .arg("--db-driver=mysql")
+            .arg("--mysql-host=127.0.0.1")
+            .arg(format!("--mysql-port={port}"))
+            .arg("--mysql-user=sbtest")
+            .arg("--mysql-password=sbtest")
+            .arg(format!("--mysql-db={db}"))
+            .arg("--mysql-ssl=off")
+            .arg("--db-ps-mode=auto")
+            .arg("--tables=1")
+            .arg("--table-size=1000")
+            .args(extra)
+            .arg(action);
+        run_command(&mut cmd, Duration::from_secs(120))
+    };
+    sysbench(b[0].port(), "prepare", &[]).assert_success("sysbench prepare (direct)");
+    let run = sysbench(ferry.port(), "run", &["--threads=4", "--time=5", "--report-interval=0"]);
+    run.assert_success("sysbench run through ferry");
+    assert!(run.stdout.contains("transactions:"), "{}", run.stdout);
+    let log = ferry.log();
+    assert!(!log.contains("protocol error"), "ferry lost track of the protocol:\n{log}");
+    admin.query_drop(format!("DROP DATABASE {db}")).unwrap();
+}
