@@ -16,48 +16,15 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ferry_tests::{ferry_bin, free_port};
 use mysql::prelude::Queryable;
 use serde_json::Value;
 
 // ---------------------------------------------------------------- helpers
 
+/// Three MariaDB servers (the cluster tests need all three).
 fn backends() -> Vec<SocketAddr> {
-    let list = std::env::var("FERRY_TEST_BACKENDS").unwrap_or_default();
-    let addrs: Vec<SocketAddr> = list
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse()
-                .unwrap_or_else(|e| panic!("FERRY_TEST_BACKENDS: bad address '{s}': {e}"))
-        })
-        .collect();
-    assert!(
-        addrs.len() >= 3,
-        "FERRY_TEST_BACKENDS must list three MariaDB servers (host:port,host:port,host:port); \
-         got '{list}'. Run scripts/test, which starts them."
-    );
-    addrs
-}
-
-fn ferry_bin() -> PathBuf {
-    let path = std::env::var_os("FERRY_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ferry"));
-    assert!(
-        path.exists(),
-        "ferry binary {} not found: cargo build -p ferry-shell, or set FERRY_BIN",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    ferry_tests::backends_n(3)
 }
 
 /// A ferry process on free ports, killed when dropped.
@@ -412,9 +379,11 @@ fn thirty_sessions_land_ten_ten_ten_and_metrics_follow_them() {
     assert_eq!(s["user"], "app");
     // A bad password is a failed login, counted by reason.
     assert!(f.try_connect("app", "wrong").is_err());
-    assert_eq!(
-        f.metric("ferry_logins_total{result=\"failed\",reason=\"refused\"}"),
-        1.0
+    // The client has its ERR a moment before ferry counts the closed session.
+    f.wait_for(
+        "the failed login to be counted",
+        Duration::from_secs(5),
+        |f| f.metric("ferry_logins_total{result=\"failed\",reason=\"refused\"}") == 1.0,
     );
     drop(conns);
     f.wait_for("all sessions to be released", Duration::from_secs(5), |f| {

@@ -678,10 +678,14 @@ fn kill_translates_ferry_connection_ids_to_backend_threads() {
 fn sysbench_read_write_runs_through_the_tracker() {
     use std::process::Command;
     let b = backends();
-    let ferry = ConfigBuilder::new().backend(Backend::new("cn1", b[0])).start();
+    let ferry = ConfigBuilder::new()
+        .backend(Backend::new("cn1", b[0]))
+        .start();
     let db = "ferry_sysbench";
     let mut admin = connect_backend(b[0]);
-    admin.query_drop(format!("DROP DATABASE IF EXISTS {db}")).unwrap();
+    admin
+        .query_drop(format!("DROP DATABASE IF EXISTS {db}"))
+        .unwrap();
     admin.query_drop(format!("CREATE DATABASE {db}")).unwrap();
     let sysbench = |port: u16, action: &str, extra: &[&str]| {
         let mut cmd = Command::new("sysbench");
@@ -701,10 +705,17 @@ fn sysbench_read_write_runs_through_the_tracker() {
         run_command(&mut cmd, Duration::from_secs(120))
     };
     sysbench(b[0].port(), "prepare", &[]).assert_success("sysbench prepare (direct)");
-    let run = sysbench(ferry.port(), "run", &["--threads=4", "--time=5", "--report-interval=0"]);
+    let run = sysbench(
+        ferry.port(),
+        "run",
+        &["--threads=4", "--time=5", "--report-interval=0"],
+    );
     run.assert_success("sysbench run through ferry");
     assert!(run.stdout.contains("transactions:"), "{}", run.stdout);
     let log = ferry.log();
-    assert!(!log.contains("protocol error"), "ferry lost track of the protocol:\n{log}");
+    assert!(
+        !log.contains("protocol error"),
+        "ferry lost track of the protocol:\n{log}"
+    );
     admin.query_drop(format!("DROP DATABASE {db}")).unwrap();
 }
