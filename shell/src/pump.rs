@@ -7,7 +7,9 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use ferry_core::cluster::{NoBackend, Route, RouteRequest};
@@ -72,6 +74,69 @@ impl ReadBuf {
     }
 }
 
+/// Keeps a socket's read parked in the reactor once it said "nothing yet",
+/// so it is not polled again (a read syscall that fails with EAGAIN, and a
+/// re-arm) every time the other socket has traffic; it is polled again once
+/// its own waker fires.
+struct ReadGate {
+    parked: bool,
+    signal: Arc<GateSignal>,
+    waker: Waker,
+}
+
+/// The waker a parked read holds: notes that it fired, then wakes the task.
+#[derive(Default)]
+struct GateSignal {
+    fired: AtomicBool,
+    task: Mutex<Option<Waker>>,
+}
+
+impl std::task::Wake for GateSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        if let Some(task) = self.task.lock().expect("gate lock").as_ref() {
+            task.wake_by_ref();
+        }
+    }
+}
+
+impl ReadGate {
+    fn new() -> Self {
+        let signal = Arc::new(GateSignal::default());
+        ReadGate {
+            parked: false,
+            waker: Waker::from(signal.clone()),
+            signal,
+        }
+    }
+
+    fn poll_read<S: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        stream: &mut S,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        {
+            // The task's waker first, so a wake-up between here and the check is not lost.
+            let mut task = self.signal.task.lock().expect("gate lock");
+            if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *task = Some(cx.waker().clone());
+            }
+        }
+        if self.parked && !self.signal.fired.swap(false, Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let mut gated = Context::from_waker(&self.waker);
+        let poll = Pin::new(stream).poll_read(&mut gated, buf);
+        self.parked = poll.is_pending();
+        poll
+    }
+}
+
 /// Counts the session on its backend until dropped.
 struct Lease<'r, R: Router> {
     router: &'r R,
@@ -119,6 +184,8 @@ where
     let mut backend_buf = ReadBuf::new();
     let mut timer: Option<(ferry_core::Timestamp, Pin<Box<T::Sleep>>)> = None;
     let mut backend_first = false;
+    let mut client_gate = ReadGate::new();
+    let mut backend_gate = ReadGate::new();
     let mut shutdown = Some(Box::pin(shutdown));
     loop {
         while let Some(output) = session.poll_output() {
@@ -199,14 +266,14 @@ where
         }
         backend_first = !backend_first;
         let wake = poll_fn(|cx| {
-            let mut poll_client = |cx: &mut std::task::Context<'_>| {
-                Pin::new(&mut client)
-                    .poll_read(cx, client_buf.room())
+            let mut poll_client = |cx: &mut Context<'_>| {
+                client_gate
+                    .poll_read(cx, &mut client, client_buf.room())
                     .map(Wake::Client)
             };
-            let mut poll_backend = |cx: &mut std::task::Context<'_>| match backend.as_mut() {
-                Some(b) => Pin::new(b)
-                    .poll_read(cx, backend_buf.room())
+            let mut poll_backend = |cx: &mut Context<'_>| match backend.as_mut() {
+                Some(b) => backend_gate
+                    .poll_read(cx, b, backend_buf.room())
                     .map(Wake::Backend),
                 None => Poll::Pending,
             };
