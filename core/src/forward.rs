@@ -149,7 +149,9 @@ impl Forward {
             self.held.split().freeze()
         };
         let base = self.sent;
-        let stop = (hold_from - base) as usize;
+        // Never past what is pending, whatever the tracker says.
+        let stop = usize::try_from(hold_from.saturating_sub(base))
+            .map_or(pending.len(), |s| s.min(pending.len()));
         if edits.is_empty() {
             if stop > 0 {
                 emit(Send::ToClient(pending.slice(..stop)));

@@ -28,7 +28,8 @@ impl Kill {
                 modifier: None,
                 command: true,
             }),
-            (&COM_QUERY, sql) => parse_sql(std::str::from_utf8(sql).ok()?),
+            // A cheap look at the first bytes before any text work: this runs for every query.
+            (&COM_QUERY, sql) if starts_with_kill(sql) => parse_sql(std::str::from_utf8(sql).ok()?),
             _ => None,
         }
     }
@@ -55,6 +56,15 @@ impl Kill {
         p.extend_from_slice(sql.as_bytes());
         p
     }
+}
+
+fn starts_with_kill(sql: &[u8]) -> bool {
+    let start = sql
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(sql.len());
+    sql.get(start..start + 4)
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"kill"))
 }
 
 fn parse_sql(sql: &str) -> Option<Kill> {

@@ -290,16 +290,15 @@ impl Session {
 
     fn on_client_data(&mut self, data: Bytes) {
         match &mut self.state {
-            State::Forwarding(f) if f.is_idle() && one_command(&data).is_some() => {
-                let payload = one_command(&data).expect("checked");
-                if payload.first() == Some(&COM_CHANGE_USER) {
-                    return self.change_user(data);
-                }
-                match Kill::parse(payload) {
+            // Commands ferry answers or rewrites itself arrive whole, between responses.
+            State::Forwarding(f) if f.is_idle() => match one_command(&data) {
+                Some([COM_CHANGE_USER, ..]) => self.change_user(data),
+                Some(payload) => match Kill::parse(payload) {
                     Some(kill) => self.kill(kill),
                     None => self.forward_client(data),
-                }
-            }
+                },
+                None => self.forward_client(data),
+            },
             State::Forwarding(_) => self.forward_client(data),
             State::ClientLogin(_) => {
                 self.client_rx.extend(&data);

@@ -371,7 +371,7 @@ pub async fn serve(
             );
             let hooks = SessionHooks::new(shared.clone(), registration.entry.clone());
             let shutdown = shared.shutdown_requested();
-            pump::run(
+            let pump = pump::run(
                 conn_id,
                 session,
                 stream,
@@ -379,8 +379,17 @@ pub async fn serve(
                 &hooks,
                 &clock,
                 shutdown,
-            )
-            .await;
+            );
+            // A bug in one session must not take the proxy down: the panic ends
+            // this task only (its sockets close and its count is released on unwind).
+            if let Err(panic) = std::panic::AssertUnwindSafe(pump).catch_unwind().await {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                error!(conn_id, panic = %what, "session task panicked; closed");
+            }
             drop(hooks);
             drop(registration);
         })
