@@ -71,11 +71,7 @@ pub fn no_such_thread(id: u32) -> ErrPacket {
     ErrPacket::new(1094, "HY000", format!("Unknown thread id: {id}"))
 }
 
-/// ER_UNKNOWN_ERROR: `KILL` of a session on another backend.
-pub fn kill_elsewhere(id: u32, backend: &str) -> ErrPacket {
-    ErrPacket::new(
-        1105,
-        "HY000",
-        format!("ferry: connection {id} is on backend {backend}; KILL from a session on another backend is not supported yet"),
-    )
+/// ER_UNKNOWN_ERROR: a statement ferry runs on another backend for the client (KILL) could not be run.
+pub fn remote_failed(why: &str) -> ErrPacket {
+    ErrPacket::new(1105, "HY000", format!("ferry: {why}"))
 }

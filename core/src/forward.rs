@@ -248,6 +248,11 @@ impl Forward {
         }
     }
 
+    /// The server status flags last reported (for OK packets ferry writes itself).
+    pub fn server_status(&self) -> u16 {
+        self.tracker.status()
+    }
+
     /// True when no command is outstanding (a COM_QUIT may be sent to the backend).
     pub fn is_idle(&self) -> bool {
         self.tracker.is_idle() && matches!(self.rearm, Rearm::Idle)

@@ -34,13 +34,8 @@ impl Kill {
         }
     }
 
-    /// The command payload that does the same to `thread` on the backend.
-    pub fn payload_for(&self, thread: u32) -> Vec<u8> {
-        if self.command {
-            let mut p = vec![COM_PROCESS_KILL];
-            p.extend_from_slice(&thread.to_le_bytes());
-            return p;
-        }
+    /// The statement that does the same to `thread` on its backend.
+    pub fn sql_for(&self, thread: u32) -> String {
         let mut sql = String::from("KILL ");
         if let Some(m) = self.modifier {
             sql.push_str(m);
@@ -52,8 +47,18 @@ impl Kill {
             "CONNECTION "
         });
         sql.push_str(&thread.to_string());
+        sql
+    }
+
+    /// The command payload that does the same to `thread` on the backend.
+    pub fn payload_for(&self, thread: u32) -> Vec<u8> {
+        if self.command {
+            let mut p = vec![COM_PROCESS_KILL];
+            p.extend_from_slice(&thread.to_le_bytes());
+            return p;
+        }
         let mut p = vec![COM_QUERY];
-        p.extend_from_slice(sql.as_bytes());
+        p.extend_from_slice(self.sql_for(thread).as_bytes());
         p
     }
 }
@@ -105,6 +110,21 @@ fn parse_sql(sql: &str) -> Option<Kill> {
         modifier,
         command: false,
     })
+}
+
+/// A statement ferry runs on another backend on a client's behalf, logged in as that client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteStatement {
+    /// The backend's name, for messages.
+    pub backend: String,
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    /// The client's bare user name.
+    pub user: String,
+    /// The client's recovered secret (the backend checks its privileges).
+    pub secret: crate::auth::Secret,
+    /// The statement.
+    pub sql: String,
 }
 
 #[cfg(test)]

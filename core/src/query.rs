@@ -68,6 +68,11 @@ pub struct QueryClient {
 impl QueryClient {
     /// A client that will log in as `user` with `password` once the backend's handshake arrives.
     pub fn new(user: &str, password: &str) -> Self {
+        Self::with_secret(user, Secret::from_password(password))
+    }
+
+    /// A client that logs in with a secret recovered from a client's login.
+    pub fn with_secret(user: &str, secret: Secret) -> Self {
         let caps = CLIENT_LONG_PASSWORD
             | CLIENT_LONG_FLAG
             | CLIENT_PROTOCOL_41
@@ -85,7 +90,7 @@ impl QueryClient {
             auth_plugin: None,
             attributes: Vec::new(),
         };
-        let login = BackendLogin::new(template, Secret::from_password(password), caps, false);
+        let login = BackendLogin::new(template, secret, caps, false);
         QueryClient {
             state: State::Login(Box::new(login)),
             decoder: PacketDecoder::new(MAX_PACKET),

@@ -13,15 +13,15 @@ use crate::auth::NATIVE_PASSWORD;
 use crate::cluster::{BackendId, NoBackend, Route, RouteRequest};
 use crate::errors;
 use crate::forward::{Forward, Send, SessionStatus};
-use crate::kill::Kill;
+use crate::kill::{Kill, RemoteStatement};
 use crate::labels::parse_login_name;
 use crate::labels::LoginName;
 use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
 use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedClient};
 use crate::login::{err_frame, frame};
 use crate::packets::flags::command::{COM_CHANGE_USER, COM_QUIT};
-use crate::packets::ChangeUser;
 use crate::packets::ErrPacket;
+use crate::packets::{ChangeUser, OkPacket};
 use crate::users::UserDirectory;
 use crate::wire::{frame_header, FrameError, PacketDecoder, HEADER_LEN, MAX_FRAME_PAYLOAD};
 use crate::Timestamp;
@@ -75,6 +75,8 @@ pub enum Input {
     Shutdown,
     /// Where the session asked about with [`Output::Locate`] is (`None`: no such session).
     Located(Option<SessionLocation>),
+    /// How [`Output::RunElsewhere`] went: done, the backend's ERR, or why it could not be run.
+    RanElsewhere(Result<Result<(), ErrPacket>, String>),
 }
 
 /// Where a session lives: its backend and that backend's thread id for it.
@@ -84,6 +86,8 @@ pub struct SessionLocation {
     pub backend: BackendId,
     /// The backend's thread (connection) id.
     pub thread: u32,
+    /// The backend's address.
+    pub addr: std::net::SocketAddr,
 }
 
 /// Something for the driver to do.
@@ -99,6 +103,8 @@ pub enum Output {
     Connect(Route),
     /// Find the session with this ferry connection id; answer with [`Input::Located`].
     Locate(u32),
+    /// Run a statement on another backend as this client; answer with [`Input::RanElsewhere`].
+    RunElsewhere(RemoteStatement),
     /// The session is over: flush what was queued, close both sides, release the route.
     Close(CloseReason),
     /// Something worth logging or counting.
@@ -254,6 +260,7 @@ impl Session {
             Input::Timeout => self.on_timeout(now),
             Input::Shutdown => self.on_shutdown(),
             Input::Located(location) => self.on_located(location),
+            Input::RanElsewhere(result) => self.on_ran_elsewhere(result),
         }
     }
 
@@ -477,10 +484,44 @@ impl Session {
             Some(at) if at.backend == identity.route.backend => {
                 return self.forward_client(frame(&kill.payload_for(at.thread), 0));
             }
-            Some(at) => errors::kill_elsewhere(kill.target, &at.backend.0),
+            Some(at) => {
+                self.outputs
+                    .push_back(Output::RunElsewhere(RemoteStatement {
+                        backend: at.backend.0.clone(),
+                        addr: at.addr,
+                        user: identity.client.login.user.clone(),
+                        secret: identity.client.secret.clone(),
+                        sql: kill.sql_for(at.thread),
+                    }));
+                return;
+            }
         };
         // Answered here: the backend never sees the command.
         self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
+    }
+
+    fn on_ran_elsewhere(&mut self, result: Result<Result<(), ErrPacket>, String>) {
+        let State::Forwarding(f) = &self.state else {
+            return;
+        };
+        let reply = match result {
+            Ok(Ok(())) => {
+                let ok = OkPacket {
+                    status: f.server_status(),
+                    ..OkPacket::default()
+                };
+                let mut payload = BytesMut::new();
+                ok.write(&mut payload, self.client_caps());
+                frame(&payload, 1)
+            }
+            Ok(Err(err)) => err_frame(&err, 1),
+            Err(why) => err_frame(&errors::remote_failed(&why), 1),
+        };
+        self.outputs.push_back(Output::ToClient(reply));
+    }
+
+    fn client_caps(&self) -> u32 {
+        self.identity.as_ref().map_or(0, |i| i.client.capabilities)
     }
 
     /// COM_CHANGE_USER: ferry verifies the new user itself (the client

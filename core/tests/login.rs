@@ -118,6 +118,7 @@ impl Harness {
                 }
                 Output::Connect(r) => format!("connect          {} {}", r.backend, r.addr),
                 Output::Locate(id) => format!("locate           session {id}"),
+                Output::RunElsewhere(r) => format!("run elsewhere    {} {:?}", r.backend, r.sql),
                 Output::Close(reason) => {
                     self.closed = Some(reason.clone());
                     format!("close            {reason:?}")

@@ -11,5 +11,6 @@ pub mod probe;
 pub mod proxy;
 pub mod pump;
 pub mod registry;
+pub mod side;
 pub mod signals;
 pub mod usersync;

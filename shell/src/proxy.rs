@@ -239,9 +239,17 @@ impl Router for SessionHooks {
 
     fn locate(&self, conn_id: u32) -> Option<SessionLocation> {
         let info = self.shared.registry.get(conn_id)?.info()?;
+        let addr = self
+            .shared
+            .cluster
+            .lock()
+            .expect("cluster lock")
+            .backend(&info.backend)?
+            .addr;
         Some(SessionLocation {
             backend: info.backend,
             thread: info.backend_connection_id,
+            addr,
         })
     }
 

@@ -13,12 +13,16 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use ferry_core::cluster::{NoBackend, Route, RouteRequest};
+use ferry_core::kill::RemoteStatement;
+use ferry_core::packets::ErrPacket;
+use ferry_core::query::QueryClient;
 use ferry_core::session::{CloseReason, Input, Output, Session, SessionEvent, SessionLocation};
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::{AsyncWriteExt, FutureExt};
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
+use crate::side::SideConn;
 
 /// Opens connections to backends.
 pub trait Connector: Send + Sync + 'static {
@@ -216,6 +220,10 @@ where
                     };
                     session.handle(clock.now(), input);
                 }
+                Output::RunElsewhere(statement) => {
+                    let result = run_elsewhere(connector, clock, statement).await;
+                    session.handle(clock.now(), Input::RanElsewhere(result));
+                }
                 Output::Locate(id) => {
                     session.handle(clock.now(), Input::Located(router.locate(id)))
                 }
@@ -328,6 +336,38 @@ where
             }
         }
     }
+}
+
+/// How long a statement on another backend (a KILL) may take.
+const ELSEWHERE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Runs a client's statement on another backend over a side connection, logged in as the client.
+async fn run_elsewhere<K: Connector, T: Clock>(
+    connector: &K,
+    clock: &T,
+    statement: RemoteStatement,
+) -> Result<Result<(), ErrPacket>, String> {
+    let backend = statement.backend.clone();
+    let attempt = async {
+        let stream = connector
+            .connect(statement.addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let client = QueryClient::with_secret(&statement.user, statement.secret);
+        let mut conn = SideConn::login(stream, client).await?;
+        let answer = conn.query(&statement.sql).await?;
+        conn.quit().await;
+        Ok(answer.map(|_| ()))
+    };
+    let deadline = clock.now() + ELSEWHERE_TIMEOUT;
+    let sleep = clock.sleep_until(deadline);
+    attempt
+        .or(async {
+            sleep.await;
+            Err("timed out".to_string())
+        })
+        .await
+        .map_err(|why: String| format!("could not run the statement on backend {backend}: {why}"))
 }
 
 /// Connects to a backend, giving up at the session's deadline.

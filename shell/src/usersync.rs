@@ -5,12 +5,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_core::cluster::BackendId;
-use ferry_core::query::{QueryClient, QueryOutput, ResultSet};
+use ferry_core::query::{QueryClient, ResultSet};
 use ferry_core::usersync::{merge, users_from_rows, SyncedUsers, USERS_QUERY, USERS_QUERY_MYSQL};
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::FutureExt;
 use tracing::{info, warn};
 
 use crate::proxy::Shared;
+use crate::side::SideConn;
 
 /// Logs in to `addr` as `user` and runs the users query (MariaDB's, then MySQL's).
 pub async fn read_users(
@@ -20,48 +21,21 @@ pub async fn read_users(
     timeout: Duration,
 ) -> Result<ResultSet, String> {
     let attempt = async {
-        let mut stream = async_net::TcpStream::connect(addr)
+        let stream = async_net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
-        let mut client = QueryClient::new(user, password);
-        let mut queries = [USERS_QUERY, USERS_QUERY_MYSQL].into_iter();
-        let mut first_error = None;
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            while let Some(out) = client.poll_output() {
-                match out {
-                    QueryOutput::Send(bytes) => stream
-                        .write_all(&bytes)
-                        .await
-                        .map_err(|e| format!("write: {e}"))?,
-                    QueryOutput::Ready => client.query(queries.next().expect("two queries")),
-                    QueryOutput::Answer(Ok(rows)) => {
-                        client.quit();
-                        while let Some(QueryOutput::Send(bytes)) = client.poll_output() {
-                            let _ = stream.write_all(&bytes).await;
-                        }
-                        return Ok(rows);
-                    }
-                    QueryOutput::Answer(Err(err)) => {
-                        let message = format!("{} {}", err.code, err.message);
-                        let first = first_error.get_or_insert(message);
-                        match queries.next() {
-                            Some(sql) => client.query(sql),
-                            None => return Err(format!("reading mysql.user: {first}")),
-                        }
-                    }
-                    QueryOutput::Failed(why) => return Err(why),
-                }
+        let mut conn = SideConn::login(stream, QueryClient::new(user, password)).await?;
+        // MariaDB's query first, then MySQL's; report the first error if both fail.
+        let first_error = match conn.query(USERS_QUERY).await? {
+            Ok(rows) => {
+                conn.quit().await;
+                return Ok(rows);
             }
-            let n = stream
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("read: {e}"))?;
-            if n == 0 {
-                return Err("backend closed the connection".into());
-            }
-            client.handle(&buf[..n]);
-        }
+            Err(err) => format!("{} {}", err.code, err.message),
+        };
+        let answer = conn.query(USERS_QUERY_MYSQL).await?;
+        conn.quit().await;
+        answer.map_err(|_| format!("reading mysql.user: {first_error}"))
     };
     attempt
         .or(async {

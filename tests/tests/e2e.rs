@@ -719,3 +719,32 @@ fn sysbench_read_write_runs_through_the_tracker() {
     );
     admin.query_drop(format!("DROP DATABASE {db}")).unwrap();
 }
+
+/// A KILL of a session on another backend runs there, logged in as the
+/// client that asked (so the backend checks that client's privileges).
+#[test]
+fn kill_reaches_a_session_on_another_backend() {
+    let b = backends_n(2);
+    let ferry = ConfigBuilder::new()
+        .backend(Backend::new("cn1", b[0]).label("account", "acc1"))
+        .backend(Backend::new("cn2", b[1]).label("account", "acc2"))
+        .start();
+    let mut victim = ferry.connect("acc2:root", "111").expect("victim on cn2");
+    let mut killer = ferry.connect("acc1:root", "111").expect("killer on cn1");
+    assert_eq!(backend_port(&mut victim), b[1].port());
+    assert_eq!(backend_port(&mut killer), b[0].port());
+    let victim_id = victim.connection_id();
+
+    killer
+        .query_drop(format!("KILL QUERY {victim_id}"))
+        .expect("kill query elsewhere");
+    let one: Option<u32> = victim.query_first("SELECT 1").unwrap();
+    assert_eq!(one, Some(1), "KILL QUERY leaves the connection");
+
+    killer
+        .query_drop(format!("KILL {victim_id}"))
+        .expect("kill elsewhere");
+    assert!(victim.query_drop("SELECT 1").is_err(), "victim still alive");
+    let one: Option<u32> = killer.query_first("SELECT 1").unwrap();
+    assert_eq!(one, Some(1));
+}
