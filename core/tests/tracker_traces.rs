@@ -190,11 +190,16 @@ trace_test!(
     "other_commands-eof"
 );
 trace_test!(session_state_items, "state_items");
+trace_test!(
+    sysbench_read_only_with_ranges_that_wrap_sequence_ids,
+    "sysbench_read_only"
+);
 trace_test!(session_state_items_eof, "state_items-eof");
 
 #[test]
 fn every_recorded_chunking_also_replays_one_byte_at_a_time() {
     for name in [
+        "sysbench_read_only",
         "long_result",
         "cursor_fetch-eof",
         "local_infile",
