@@ -5,6 +5,8 @@
 //! the simulator) feed inputs with `handle` and drain outputs with
 //! `poll_output`, so any run can be replayed bit for bit.
 
+#![warn(missing_docs)]
+
 pub mod auth;
 pub mod cluster;
 pub mod config;

@@ -3,6 +3,8 @@
 //! The per-connection [`pump`] is generic over the streams, the connector, the
 //! router and the clock, so the simulator drives exactly the same code.
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod clock;
 pub mod health;
