@@ -380,9 +380,10 @@ impl Session {
     fn on_backend_data(&mut self, data: Bytes) {
         match &mut self.state {
             State::Forwarding(f) => {
+                let start = self.outputs.len();
                 let outputs = &mut self.outputs;
                 match f.from_server(data, &mut |s| outputs.push_back(s.into())) {
-                    Ok(()) => self.after_tracking(),
+                    Ok(()) => self.after_tracking(start),
                     Err(e) => self.close(CloseReason::BackendProtocolError(e.to_string())),
                 }
             }
@@ -455,9 +456,10 @@ impl Session {
         let State::Forwarding(f) = &mut self.state else {
             return;
         };
+        let start = self.outputs.len();
         let outputs = &mut self.outputs;
         match f.from_client(data, &mut |s| outputs.push_back(s.into())) {
-            Ok(()) => self.after_tracking(),
+            Ok(()) => self.after_tracking(start),
             Err(e) => self.close(CloseReason::ProtocolError(e.to_string())),
         }
     }
@@ -619,7 +621,10 @@ impl Session {
     }
 
     /// After tracked traffic: report a changed status, and close if shutting down at a safe point.
-    fn after_tracking(&mut self) {
+    ///
+    /// The status goes out before the bytes queued since `start`, so that by
+    /// the time a client has its reply, operators see the state it left.
+    fn after_tracking(&mut self, start: usize) {
         let State::Forwarding(f) = &mut self.state else {
             return;
         };
@@ -629,8 +634,8 @@ impl Session {
         let status = f.status();
         if status != self.last_status {
             self.last_status = status.clone();
-            self.outputs
-                .push_back(Output::Event(SessionEvent::Status(status.clone())));
+            let event = Output::Event(SessionEvent::Status(status.clone()));
+            self.outputs.insert(start.min(self.outputs.len()), event);
         }
         if self.shutting_down && status.safe {
             self.quit_backend_if_idle();

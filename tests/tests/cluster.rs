@@ -549,6 +549,10 @@ fn a_dead_backend_goes_down_within_the_health_window_and_comes_back_up() {
     f.wait_for("fake to come back up", Duration::from_secs(3), |f| {
         f.backends()["fake"]["health"] == "up"
     });
+    f.wait_for("both transitions in the log", Duration::from_secs(3), |f| {
+        let log = f.log();
+        log.contains("backend is down") && log.contains("backend is up again")
+    });
     let log = f.log();
     assert_eq!(
         log.matches("backend is down").count(),
