@@ -229,8 +229,21 @@ impl ConfigBuilder {
         s
     }
 
+    /// Starts ferry; if one of the free ports was taken in the meantime (by
+    /// another test's connection), tries again on fresh ports.
     pub fn start(&self) -> Ferry {
-        Ferry::start(&self.to_ron())
+        let mut config = self.clone();
+        for _ in 0..3 {
+            match Ferry::try_start(&config.to_ron()) {
+                Ok(ferry) => return ferry,
+                Err(log) if log.contains("binding") => {
+                    config.port = free_port();
+                    config.admin_port = free_port();
+                }
+                Err(log) => panic!("ferry did not start; log:\n{log}"),
+            }
+        }
+        Ferry::start(&config.to_ron())
     }
 }
 
@@ -273,6 +286,13 @@ impl Ferry {
     /// --log-level debug` with stderr in a log file, and wait (at most
     /// [`START_TIMEOUT`]) until its listen address accepts TCP.
     pub fn start(config_ron: &str) -> Ferry {
+        Ferry::try_start(config_ron).unwrap_or_else(|log| {
+            panic!("ferry exited before listening; log:\n{log}\nconfig:\n{config_ron}")
+        })
+    }
+
+    /// Like [`Ferry::start`], but an early exit is an error carrying ferry's log.
+    pub fn try_start(config_ron: &str) -> Result<Ferry, String> {
         let addr = listen_addr_of(config_ron);
         let dir = scratch_dir("ferry");
         let config_path = dir.join("ferry.ron");
@@ -299,13 +319,10 @@ impl Ferry {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Some(status) = ferry.child.try_wait().expect("try_wait") {
-                panic!(
-                    "ferry exited with {status} before listening on {addr}; log:\n{}\nconfig:\n{config_ron}",
-                    ferry.log()
-                );
+                return Err(format!("(exited with {status})\n{}", ferry.log()));
             }
             if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                return ferry;
+                return Ok(ferry);
             }
             if Instant::now() > deadline {
                 panic!(

@@ -63,8 +63,18 @@ fn backends_ron(list: &[BackendSpec]) -> String {
 }
 
 impl Ferry {
-    /// Starts ferry with these backends; `extra` is more RON fields.
+    /// Starts ferry with these backends; `extra` is more RON fields. If a
+    /// free port was taken meanwhile (ferry exits on bind), tries fresh ones.
     fn start(list: &[BackendSpec], extra: &str) -> Ferry {
+        for _ in 0..2 {
+            if let Some(ferry) = Ferry::try_start(list, extra) {
+                return ferry;
+            }
+        }
+        Ferry::try_start(list, extra).expect("ferry exited at start (see log above)")
+    }
+
+    fn try_start(list: &[BackendSpec], extra: &str) -> Option<Ferry> {
         let dir = std::env::temp_dir().join(format!(
             "ferry-cluster-{}-{}",
             std::process::id(),
@@ -93,11 +103,28 @@ impl Ferry {
             .spawn()
             .expect("spawn ferry");
         ferry.child = Some(child);
-        ferry.wait_for("ferry to answer /health", Duration::from_secs(10), |f| {
-            f.try_http("GET", "/health", None)
-                .is_some_and(|(status, _)| status == 200)
-        });
-        ferry
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let exited = ferry.child.as_mut().unwrap().try_wait().unwrap().is_some();
+            if exited {
+                let log = ferry.log();
+                eprintln!("ferry exited at start:\n{log}");
+                ferry.child = None;
+                return None;
+            }
+            let up = ferry
+                .try_http("GET", "/health", None)
+                .is_some_and(|(status, _)| status == 200);
+            if up {
+                return Some(ferry);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ferry did not answer /health within 10 s; log:\n{}",
+                ferry.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn write_config(&self, list: &[BackendSpec], extra: &str) {
