@@ -129,6 +129,25 @@ impl Harness {
         }
     }
 
+    /// The client answers ferry's handshake as `user` with `password` (mysql_native_password).
+    fn client_logs_in(&mut self, user: &str, password: &str) {
+        let salt = self.client_salt();
+        let response = client_response(user, password, &salt, "mysql_native_password");
+        self.feed(Input::ClientData(response));
+    }
+
+    /// The cluster routes to `id`, ferry connects, and the backend greets it.
+    fn backend_greets(&mut self, id: &str) {
+        route_to(self, id);
+        self.feed(Input::BackendData(backend_handshake()));
+    }
+
+    /// The backend accepts the login and ferry's tracker set-up.
+    fn backend_accepts(&mut self, ok_seq: u8) {
+        self.feed(Input::BackendData(backend_ok(ok_seq)));
+        self.feed(Input::BackendData(backend_tracker_setup()));
+    }
+
     /// The salt in ferry's handshake to the client.
     fn client_salt(&self) -> Vec<u8> {
         let mut d = PacketDecoder::new(1 << 20);
@@ -302,17 +321,9 @@ fn route_to(h: &mut Harness, id: &str) {
 #[test]
 fn a_tenant_user_logs_in_and_the_backend_sees_the_bare_user() {
     let mut h = Harness::new();
-    let salt = h.client_salt();
-    h.feed(Input::ClientData(client_response(
-        "acc1:app?region=eu",
-        "secret",
-        &salt,
-        "mysql_native_password",
-    )));
-    route_to(&mut h, "cn2");
-    h.feed(Input::BackendData(backend_handshake()));
-    h.feed(Input::BackendData(backend_ok(2)));
-    h.feed(Input::BackendData(backend_tracker_setup()));
+    h.client_logs_in("acc1:app?region=eu", "secret");
+    h.backend_greets("cn2");
+    h.backend_accepts(2);
 
     // The backend got a valid scramble of the same password for its own salt.
     let mut d = PacketDecoder::new(1 << 20);
@@ -337,13 +348,7 @@ fn a_tenant_user_logs_in_and_the_backend_sees_the_bare_user() {
 #[test]
 fn a_wrong_password_is_refused_by_ferry_with_mysqls_wording() {
     let mut h = Harness::new();
-    let salt = h.client_salt();
-    h.feed(Input::ClientData(client_response(
-        "root",
-        "nope",
-        &salt,
-        "mysql_native_password",
-    )));
+    h.client_logs_in("root", "nope");
     assert!(matches!(h.closed, Some(CloseReason::LoginRefused(_))));
     insta::assert_snapshot!(h.trace);
 }
@@ -351,13 +356,7 @@ fn a_wrong_password_is_refused_by_ferry_with_mysqls_wording() {
 #[test]
 fn an_unknown_user_gets_the_same_1045() {
     let mut h = Harness::new();
-    let salt = h.client_salt();
-    h.feed(Input::ClientData(client_response(
-        "nobody",
-        "111",
-        &salt,
-        "mysql_native_password",
-    )));
+    h.client_logs_in("nobody", "111");
     assert!(h.trace.contains(
         "ERR 1045 (28000) Access denied for user 'nobody'@'127.0.0.1' (using password: YES)"
     ));
@@ -374,10 +373,8 @@ fn a_client_asking_for_another_plugin_is_switched_to_native_password() {
     h.feed(Input::ClientData(first.freeze()));
     let reply = frame(3, |b| b.extend_from_slice(&scramble_native(&salt, b"111")));
     h.feed(Input::ClientData(reply));
-    route_to(&mut h, "cn1");
-    h.feed(Input::BackendData(backend_handshake()));
-    h.feed(Input::BackendData(backend_ok(2)));
-    h.feed(Input::BackendData(backend_tracker_setup()));
+    h.backend_greets("cn1");
+    h.backend_accepts(2);
     assert!(h.session.is_forwarding(), "{}", h.trace);
     insta::assert_snapshot!(h.trace);
 }
@@ -385,15 +382,8 @@ fn a_client_asking_for_another_plugin_is_switched_to_native_password() {
 #[test]
 fn a_backend_auth_switch_is_answered_with_the_recovered_secret() {
     let mut h = Harness::new();
-    let salt = h.client_salt();
-    h.feed(Input::ClientData(client_response(
-        "root",
-        "111",
-        &salt,
-        "mysql_native_password",
-    )));
-    route_to(&mut h, "cn1");
-    h.feed(Input::BackendData(backend_handshake()));
+    h.client_logs_in("root", "111");
+    h.backend_greets("cn1");
     let new_salt = b"another-salt-0123456";
     let switch = frame(2, |b| {
         AuthSwitchRequest {
@@ -407,8 +397,7 @@ fn a_backend_auth_switch_is_answered_with_the_recovered_secret() {
         &h.to_backend.last().unwrap()[4..],
         &scramble_native(new_salt, b"111")[..]
     );
-    h.feed(Input::BackendData(backend_ok(4)));
-    h.feed(Input::BackendData(backend_tracker_setup()));
+    h.backend_accepts(4);
     assert!(h.session.is_forwarding());
     insta::assert_snapshot!(h.trace);
 }
@@ -416,15 +405,8 @@ fn a_backend_auth_switch_is_answered_with_the_recovered_secret() {
 #[test]
 fn the_backends_err_reaches_the_client_unchanged_with_the_clients_sequence() {
     let mut h = Harness::new();
-    let salt = h.client_salt();
-    h.feed(Input::ClientData(client_response(
-        "root",
-        "111",
-        &salt,
-        "mysql_native_password",
-    )));
-    route_to(&mut h, "cn1");
-    h.feed(Input::BackendData(backend_handshake()));
+    h.client_logs_in("root", "111");
+    h.backend_greets("cn1");
     let err = ErrPacket::new(
         1044,
         "42000",
@@ -440,13 +422,7 @@ fn the_backends_err_reaches_the_client_unchanged_with_the_clients_sequence() {
 #[test]
 fn no_matching_backend_is_a_clear_error_naming_tenant_and_labels() {
     let mut h = Harness::new();
-    let salt = h.client_salt();
-    h.feed(Input::ClientData(client_response(
-        "acc9:root?region=us",
-        "111",
-        &salt,
-        "mysql_native_password",
-    )));
+    h.client_logs_in("acc9:root?region=us", "111");
     let mut labels = Labels::new();
     labels.insert("region", "us");
     h.feed(Input::RouteFailed(NoBackend {
@@ -483,13 +459,7 @@ fn a_client_that_never_answers_is_closed_at_the_login_timeout() {
 #[test]
 fn a_silent_backend_fails_the_login_at_the_backend_timeout() {
     let mut h = Harness::new();
-    let salt = h.client_salt();
-    h.feed(Input::ClientData(client_response(
-        "root",
-        "111",
-        &salt,
-        "mysql_native_password",
-    )));
+    h.client_logs_in("root", "111");
     route_to(&mut h, "cn1");
     h.advance(Duration::from_secs(5));
     insta::assert_snapshot!(h.trace);
@@ -526,15 +496,8 @@ fn a_login_split_into_single_bytes_still_works() {
 #[test]
 fn a_backend_that_refuses_session_tracking_still_serves_but_its_sessions_cannot_move() {
     let mut h = Harness::new();
-    let salt = h.client_salt();
-    h.feed(Input::ClientData(client_response(
-        "root",
-        "111",
-        &salt,
-        "mysql_native_password",
-    )));
-    route_to(&mut h, "cn1");
-    h.feed(Input::BackendData(backend_handshake()));
+    h.client_logs_in("root", "111");
+    h.backend_greets("cn1");
     h.feed(Input::BackendData(backend_ok(2)));
     let err = ErrPacket::new(
         1193,
