@@ -59,7 +59,7 @@ pub struct Config {
     /// A backend to read users and their hashes from (`mysql.user`), if any.
     #[serde(default)]
     pub user_source: Option<crate::usersync::UserSourceConfig>,
-    /// Executor threads; None = one per core.
+    /// Executor threads; None = half the cores, at least one.
     #[serde(default)]
     pub worker_threads: Option<usize>,
 }

@@ -81,9 +81,13 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
     let shared = Arc::new(Shared::from_config(&config, u64::from_le_bytes(seed))?);
     let signals = signals::install().context("installing signal handlers")?;
     let ex = Arc::new(Executor::new());
+    // Half the cores by default: a proxy shares its machine with clients or
+    // servers, and every extra executor thread adds cross-thread wake-ups. On
+    // the 2-core bench machine one thread gave 0.93-0.97 of HAProxy's QPS,
+    // two gave 0.84-0.90 (README, Figures).
     let threads = config
         .worker_threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() / 2))
         .max(1);
     for i in 1..threads {
         let ex = ex.clone();
