@@ -136,6 +136,16 @@ fn recognises_an_ssl_request() {
     assert!(!is_ssl_request(&their_response(caps, None, &[])));
 }
 
+/// An OK payload as mysql_common reads it.
+fn their_ok(bytes: &[u8], caps: u32) -> mysql_common::packets::OkPacket<'_> {
+    mysql_common::packets::OkPacketDeserializer::<mysql_common::packets::CommonOkPacket>::deserialize(
+        CapabilityFlags::from_bits_retain(caps),
+        &mut ParseBuf(bytes),
+    )
+    .unwrap()
+    .into_inner()
+}
+
 #[test]
 fn ok_packets_match_mysql_common() {
     let caps = CLIENT_PROTOCOL_41 | CLIENT_SESSION_TRACK;
@@ -149,12 +159,7 @@ fn ok_packets_match_mysql_common() {
         session_state: Some(b"\x01\x05\x04test".to_vec()),
     };
     let bytes = written(|b| ok.write(b, caps));
-    let theirs = mysql_common::packets::OkPacketDeserializer::<mysql_common::packets::CommonOkPacket>::deserialize(
-        CapabilityFlags::from_bits_retain(caps),
-        &mut ParseBuf(&bytes),
-    )
-    .unwrap()
-    .into_inner();
+    let theirs = their_ok(&bytes, caps);
     assert_eq!(theirs.affected_rows(), 3);
     assert_eq!(theirs.last_insert_id(), Some(70000));
     assert_eq!(theirs.warnings(), 1);
@@ -329,12 +334,7 @@ fn session_state_blocks_round_trip_and_match_mysql_common() {
         ..OkPacket::default()
     };
     let bytes = written(|b| ok.write(b, caps));
-    let theirs = mysql_common::packets::OkPacketDeserializer::<mysql_common::packets::CommonOkPacket>::deserialize(
-        CapabilityFlags::from_bits_retain(caps),
-        &mut ParseBuf(&bytes),
-    )
-    .unwrap()
-    .into_inner();
+    let theirs = their_ok(&bytes, caps);
     let infos = theirs.session_state_info().unwrap();
     let kinds: Vec<u8> = infos.iter().map(|i| i.data_type() as u8).collect();
     assert_eq!(kinds, vec![0, 1, 2, 5]);

@@ -122,28 +122,26 @@ fn mysql_crate_queries_tables_and_prepared_statements() {
 
 // (b) ------------------------------------------------------------------------
 
+/// Opens `n` sessions as `user` and checks each landed on one of `ports`; keeps them open.
+fn sessions_within(ferry: &Ferry, user: &str, pw: &str, n: usize, ports: &[u16]) -> Vec<Conn> {
+    let (conns, landed) = ports_of_sessions(ferry, user, pw, n);
+    assert!(
+        landed.iter().all(|p| ports.contains(p)),
+        "{user} on {landed:?}"
+    );
+    conns
+}
+
 #[test]
 fn tenant_sessions_land_on_their_backends() {
     let (cfg, [b1, b2, b3]) = tenant_config();
     let ferry = cfg.start();
     let acc1 = [b2.port(), b3.port()];
 
-    let (_c1, ports) = ports_of_sessions(&ferry, "acc1:app", "secret", 4);
-    assert!(
-        ports.iter().all(|p| acc1.contains(p)),
-        "acc1:app on {ports:?}"
-    );
-    let (_c2, ports) = ports_of_sessions(&ferry, "acc1#app", "secret", 4);
-    assert!(
-        ports.iter().all(|p| acc1.contains(p)),
-        "acc1#app on {ports:?}"
-    );
+    let _c1 = sessions_within(&ferry, "acc1:app", "secret", 4, &acc1);
+    let _c2 = sessions_within(&ferry, "acc1#app", "secret", 4, &acc1);
     // A tenant-less user may log in under any tenant.
-    let (_c3, ports) = ports_of_sessions(&ferry, "acc1:root", "111", 2);
-    assert!(
-        ports.iter().all(|p| acc1.contains(p)),
-        "acc1:root on {ports:?}"
-    );
+    let _c3 = sessions_within(&ferry, "acc1:root", "111", 2, &acc1);
     // No tenant: only the backend without an `account` label.
     let (_c4, ports) = ports_of_sessions(&ferry, "root", "111", 3);
     assert_eq!(ports, vec![b1.port(); 3], "root on {ports:?}");
