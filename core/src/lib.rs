@@ -17,6 +17,7 @@ pub mod injected;
 pub mod kill;
 pub mod labels;
 pub mod login;
+pub mod migrate;
 pub mod packets;
 pub mod query;
 pub mod restore;
