@@ -22,6 +22,15 @@ pub const DEFAULT_MAX_PACKET_SIZE: usize = 64 << 20;
 /// Smallest accepted [`Config::max_packet_size`]: below this a handshake may not fit.
 pub const MIN_MAX_PACKET_SIZE: usize = 1024;
 
+/// Default for [`HealthConfig::interval_ms`].
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 2_000;
+/// Default for [`HealthConfig::timeout_ms`].
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 1_000;
+/// Default for [`HealthConfig::fall`].
+pub const DEFAULT_HEALTH_FALL: u32 = 3;
+/// Default for [`HealthConfig::rise`].
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+
 /// The whole configuration of one ferry process.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +61,7 @@ pub struct Config {
     pub max_packet_size: usize,
     /// Health checks of the backends.
     #[serde(default)]
-    pub health: crate::health::HealthConfig,
+    pub health: HealthConfig,
     /// How long sessions get to reach a safe point after SIGTERM before they are cut (default 30_000).
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -88,6 +97,45 @@ fn default_backend_timeout_ms() -> u64 {
 
 fn default_max_packet_size() -> usize {
     DEFAULT_MAX_PACKET_SIZE
+}
+
+/// `health: (interval_ms: 2000, timeout_ms: 1000, fall: 3, rise: 2)`; every field optional.
+///
+/// The counting policy built from it is [`HealthConfig::policy`], in [`crate::health`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Time between two checks of a backend.
+    pub interval_ms: u64,
+    /// How long one check (connect + handshake) may take.
+    pub timeout_ms: u64,
+    /// Consecutive failed checks that make an `up` backend `down`.
+    pub fall: u32,
+    /// Consecutive good checks that make a `down` backend `up`.
+    pub rise: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
+            timeout_ms: DEFAULT_HEALTH_TIMEOUT_MS,
+            fall: DEFAULT_HEALTH_FALL,
+            rise: DEFAULT_HEALTH_RISE,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// [`HealthConfig::interval_ms`] as a duration (at least 10 ms).
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.max(10))
+    }
+
+    /// [`HealthConfig::timeout_ms`] as a duration (at least 1 ms).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.max(1))
+    }
 }
 
 /// One user ferry verifies logins for; give exactly one of `password` and `password_hash`.
