@@ -1,5 +1,7 @@
 //! The proxy's view of its backends: labels, work state, health, connection
-//! counts, and the routing decision for each new session.
+//! counts, the routing decision for each new session, and the accounting of
+//! sessions that move: [`Cluster::transfer`] when a move starts,
+//! [`Cluster::transfer_back`] when it fails.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +13,7 @@ use crate::config::{BackendConfig, WorkState};
 use crate::health::{HealthCounter, HealthPolicy};
 use crate::labels::{glob_match, Labels, ACCOUNT};
 use crate::rng::Rng;
+use crate::time::Timestamp;
 
 /// A backend's name, as configured (`cn1`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -82,6 +85,31 @@ pub struct RouteRequest {
     pub tenant: Option<String>,
     /// Requested labels.
     pub labels: Labels,
+}
+
+impl RouteRequest {
+    /// The tenant, given as a tenant or as the `account` label.
+    fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref().or_else(|| self.labels.get(ACCOUNT))
+    }
+}
+
+/// `tenant acc1 with labels region=eu` / `sessions without a tenant`, for messages.
+fn describe(tenant: Option<&str>, labels: &Labels) -> String {
+    let pairs: Vec<String> = labels
+        .iter()
+        .filter(|(k, _)| *k != ACCOUNT)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let who = match tenant {
+        Some(t) => format!("tenant {t}"),
+        None => "sessions without a tenant".to_string(),
+    };
+    match (pairs.is_empty(), tenant.is_some()) {
+        (true, _) => who,
+        (false, true) => format!("{who} with labels {}", pairs.join(",")),
+        (false, false) => format!("{who}, with labels {}", pairs.join(",")),
+    }
 }
 
 /// Where a session goes. The backend's count already includes it; release it with [`Cluster::release`].
@@ -174,6 +202,167 @@ pub struct Reconciled {
     /// Backends no longer configured (forgotten now, or once their sessions end).
     pub removed: Vec<BackendId>,
 }
+
+/// A ferry connection id: the one in ferry's handshake, stable across moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u32);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Why a session is asked to move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// An operator asked for it.
+    Admin,
+    /// Its backend holds more than its share of the session's label group.
+    Rebalance,
+    /// Its backend is draining or being removed.
+    Drain,
+    /// Health checks find its backend down.
+    Failover,
+}
+
+impl Trigger {
+    /// `admin`, `rebalance`, `drain` or `failover`: for metric labels and JSON.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Trigger::Admin => "admin",
+            Trigger::Rebalance => "rebalance",
+            Trigger::Drain => "drain",
+            Trigger::Failover => "failover",
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One session the cluster wants moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoveOrder {
+    /// Which session.
+    pub session: SessionId,
+    /// Why.
+    pub trigger: Trigger,
+    /// Where to; None = let [`Cluster::transfer`] choose when the move starts.
+    pub to: Option<BackendId>,
+}
+
+/// One session as the planners see it; the shell builds these from its registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionView {
+    /// Its id.
+    pub id: SessionId,
+    /// Where the cluster counts it now (after [`Cluster::transfer`], the target's route).
+    pub route: Route,
+    /// What it asked to be routed by.
+    pub request: RouteRequest,
+    /// It is at a safe point now, nothing blocks a move, and it is not waiting
+    /// out the backoff after a failed move.
+    pub movable: bool,
+    /// A move is pending or in progress.
+    pub moving: bool,
+    /// When it last moved, if ever.
+    pub last_moved: Option<Timestamp>,
+}
+
+/// The outcome of a [`Cluster::transfer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transferred {
+    /// Where the session is counted now; release this route when it ends.
+    pub route: Route,
+    /// What taking the count off the old backend changed (drained, forgotten).
+    pub change: Option<BackendChange>,
+}
+
+/// Why [`Cluster::transfer`] found no backend for a session; nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoTarget {
+    /// No backend has the requested id.
+    Unknown(BackendId),
+    /// The session is already counted there.
+    Same(BackendId),
+    /// The requested backend takes no sessions now; `why` is `draining`,
+    /// `drained`, `being removed` or `down`.
+    Closed {
+        /// The backend.
+        backend: BackendId,
+        /// Its condition.
+        why: &'static str,
+    },
+    /// The requested backend belongs to a tenant other than the session's.
+    OtherTenant(BackendId),
+    /// The requested backend is the shared pool, but backends of the
+    /// session's own tenant and labels are available.
+    PoolNotNeeded {
+        /// The backend.
+        backend: BackendId,
+        /// The session's tenant.
+        tenant: Option<String>,
+        /// The session's labels.
+        labels: Labels,
+    },
+    /// The requested backend lacks a label the session asked for.
+    Mismatch {
+        /// The backend.
+        backend: BackendId,
+        /// The session's tenant.
+        tenant: Option<String>,
+        /// The session's labels.
+        labels: Labels,
+    },
+    /// No backend other than the session's own can take it.
+    Nowhere {
+        /// The session's tenant.
+        tenant: Option<String>,
+        /// The session's labels.
+        labels: Labels,
+    },
+}
+
+impl fmt::Display for NoTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NoTarget::Unknown(b) => write!(f, "no backend '{b}'"),
+            NoTarget::Same(b) => write!(f, "the session is already on backend '{b}'"),
+            NoTarget::Closed { backend, why } => write!(f, "backend '{backend}' is {why}"),
+            NoTarget::OtherTenant(b) => write!(f, "backend '{b}' serves another tenant"),
+            NoTarget::PoolNotNeeded {
+                backend,
+                tenant,
+                labels,
+            } => write!(
+                f,
+                "backend '{backend}' is the shared pool, used only when no backend serves {}",
+                describe(tenant.as_deref(), labels)
+            ),
+            NoTarget::Mismatch {
+                backend,
+                tenant,
+                labels,
+            } => write!(
+                f,
+                "backend '{backend}' does not serve {}",
+                describe(tenant.as_deref(), labels)
+            ),
+            NoTarget::Nowhere { tenant, labels } => write!(
+                f,
+                "no other backend can take {}",
+                describe(tenant.as_deref(), labels)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NoTarget {}
 
 /// All backends of one proxy.
 #[derive(Clone, Debug)]
@@ -312,36 +501,170 @@ impl Cluster {
     /// every label; failing those, the unlabelled ones. Fewest connections
     /// wins; ties are broken at random so equal backends share evenly.
     pub fn route(&mut self, req: &RouteRequest) -> Result<Route, NoBackend> {
-        let tenant = req.tenant.as_deref().or_else(|| req.labels.get(ACCOUNT));
-        let open = || self.backends.values().filter(|b| b.takes_new_sessions());
-        let mut candidates: Vec<&Backend> =
-            open().filter(|b| b.serves(tenant, &req.labels)).collect();
-        if candidates.is_empty() {
-            candidates = open().filter(|b| b.labels.is_empty()).collect();
+        let tenant = req.tenant();
+        let group = LabelGroup::of(tenant, &req.labels);
+        let id = self.pick_fewest(req, None).ok_or_else(|| NoBackend {
+            tenant: tenant.map(str::to_string),
+            labels: req.labels.clone(),
+        })?;
+        Ok(self.count_on(&id, group))
+    }
+
+    /// The backends that may take a session asking for `req`, leaving out
+    /// `except`: the working, healthy ones that serve its tenant and labels;
+    /// failing those, the unlabelled ones.
+    fn candidates(&self, req: &RouteRequest, except: Option<&BackendId>) -> Vec<&Backend> {
+        let tenant = req.tenant();
+        let open = || {
+            self.backends
+                .values()
+                .filter(|b| b.takes_new_sessions() && Some(&b.id) != except)
+        };
+        let serving: Vec<&Backend> = open().filter(|b| b.serves(tenant, &req.labels)).collect();
+        if !serving.is_empty() {
+            return serving;
         }
-        let fewest = candidates
-            .iter()
-            .map(|b| b.connections)
-            .min()
-            .ok_or_else(|| NoBackend {
-                tenant: tenant.map(str::to_string),
-                labels: req.labels.clone(),
-            })?;
+        open().filter(|b| b.labels.is_empty()).collect()
+    }
+
+    /// The candidate with the fewest connections, ties broken at random.
+    fn pick_fewest(&mut self, req: &RouteRequest, except: Option<&BackendId>) -> Option<BackendId> {
+        let candidates = self.candidates(req, except);
+        let fewest = candidates.iter().map(|b| b.connections).min()?;
         let ties: Vec<BackendId> = candidates
             .into_iter()
             .filter(|b| b.connections == fewest)
             .map(|b| b.id.clone())
             .collect();
-        let id = &ties[self.rng.below(ties.len())];
-        let group = LabelGroup::of(tenant, &req.labels);
-        let backend = self.backends.get_mut(id).expect("candidate exists");
+        Some(ties[self.rng.below(ties.len())].clone())
+    }
+
+    /// Counts one session of `group` on `id`, which exists.
+    fn count_on(&mut self, id: &BackendId, group: LabelGroup) -> Route {
+        let backend = self.backends.get_mut(id).expect("counted backend exists");
         backend.connections += 1;
         *backend.groups.entry(group.clone()).or_default() += 1;
-        Ok(Route {
+        let route = Route {
             backend: backend.id.clone(),
             addr: backend.addr,
             group,
+        };
+        self.settle(id);
+        route
+    }
+
+    /// Moves the count of a session counted on `from` to another backend, as
+    /// its move starts: `to` if given, else the backend `route` would choose
+    /// with `from` left out. Nothing changes on error.
+    ///
+    /// `to` must take new sessions (working, healthy, not being removed), not
+    /// be `from`, and be a candidate for `req` by the rules of
+    /// [`Cluster::route`]: an operator cannot send a tenant's session to
+    /// another tenant's backend, nor to the shared pool while the tenant has
+    /// backends of its own.
+    ///
+    /// `from` may name a backend that is gone (forgotten after a removal while
+    /// the session's earlier move failed); then only the target is counted.
+    /// `from` is settled like [`Cluster::release`] settles: a draining backend
+    /// whose last session this was becomes drained (a removed one is
+    /// forgotten) at once, though the move may still fail; see
+    /// [`Cluster::transfer_back`].
+    pub fn transfer(
+        &mut self,
+        from: &Route,
+        req: &RouteRequest,
+        to: Option<&BackendId>,
+    ) -> Result<Transferred, NoTarget> {
+        let target = match to {
+            Some(to) => {
+                self.check_target(from, req, to)?;
+                to.clone()
+            }
+            None => {
+                self.pick_fewest(req, Some(&from.backend))
+                    .ok_or_else(|| NoTarget::Nowhere {
+                        tenant: req.tenant().map(str::to_string),
+                        labels: req.labels.clone(),
+                    })?
+            }
+        };
+        let route = self.count_on(&target, from.group.clone());
+        let change = self.release(from);
+        Ok(Transferred { route, change })
+    }
+
+    /// Why `to` cannot take a session counted on `from`, if it cannot.
+    fn check_target(
+        &self,
+        from: &Route,
+        req: &RouteRequest,
+        to: &BackendId,
+    ) -> Result<(), NoTarget> {
+        let b = self
+            .backends
+            .get(to)
+            .ok_or_else(|| NoTarget::Unknown(to.clone()))?;
+        if *to == from.backend {
+            return Err(NoTarget::Same(to.clone()));
+        }
+        let closed = |why| {
+            Err(NoTarget::Closed {
+                backend: to.clone(),
+                why,
+            })
+        };
+        if b.removing {
+            return closed("being removed");
+        }
+        match b.state {
+            WorkState::Working => {}
+            WorkState::Draining => return closed("draining"),
+            WorkState::Drained => return closed("drained"),
+        }
+        if b.health == Health::Down {
+            return closed("down");
+        }
+        if self
+            .candidates(req, Some(&from.backend))
+            .iter()
+            .any(|c| c.id == *to)
+        {
+            return Ok(());
+        }
+        let tenant = req.tenant().map(str::to_string);
+        let labels = req.labels.clone();
+        let backend = to.clone();
+        Err(match b.labels.get(ACCOUNT) {
+            Some(account) if !tenant.as_deref().is_some_and(|t| glob_match(account, t)) => {
+                NoTarget::OtherTenant(backend)
+            }
+            _ if b.labels.is_empty() => NoTarget::PoolNotNeeded {
+                backend,
+                tenant,
+                labels,
+            },
+            _ => NoTarget::Mismatch {
+                backend,
+                tenant,
+                labels,
+            },
         })
+    }
+
+    /// Counts a session back where it was because its move failed: off
+    /// `moved` (the route [`Cluster::transfer`] returned), onto `original`.
+    ///
+    /// If `original`'s backend has been forgotten meanwhile (it was removed
+    /// and the transfer took its last count), the session is counted nowhere:
+    /// [`Cluster::plan_drain`] orders every session on a forgotten backend
+    /// to move. A drained backend that gets a session back is draining again.
+    /// Returns what settling `moved`'s backend changed, as
+    /// [`Cluster::release`] does.
+    pub fn transfer_back(&mut self, moved: &Route, original: &Route) -> Option<BackendChange> {
+        if self.backends.contains_key(&original.backend) {
+            self.count_on(&original.backend, original.group.clone());
+        }
+        self.release(moved)
     }
 
     /// Stops counting one session routed by `route`; a draining backend left
