@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BackendConfig, WorkState};
+use crate::config::{BackendConfig, RebalanceConfig, WorkState};
 use crate::health::{HealthCounter, HealthPolicy};
 use crate::labels::{glob_match, Labels, ACCOUNT};
 use crate::rng::Rng;
@@ -60,6 +61,11 @@ pub struct Backend {
 impl Backend {
     fn takes_new_sessions(&self) -> bool {
         self.state == WorkState::Working && self.health == Health::Up
+    }
+
+    /// Sessions of `group` counted on it.
+    fn in_group(&self, group: &LabelGroup) -> u64 {
+        u64::from(self.groups.get(group).copied().unwrap_or(0))
     }
 
     /// True if this backend serves `tenant` (as its `account` label) and every requested label.
@@ -363,6 +369,46 @@ impl fmt::Display for NoTarget {
 }
 
 impl std::error::Error for NoTarget {}
+
+/// How rebalancing works: from the `rebalance` section of the config.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BalancePolicy {
+    /// Time between two rounds; zero disables rebalancing.
+    pub interval: Duration,
+    /// A backend above `ceil(average × (1 + tolerance))` sessions of a group gives some up.
+    pub tolerance: f64,
+    /// How many moves may start per second; see [`Pacer`].
+    pub moves_per_second: u32,
+    /// A session that moved less than this long ago is left alone by rebalancing.
+    pub cooldown: Duration,
+}
+
+impl Default for BalancePolicy {
+    /// 10 s, 0.3, 50 per second, 30 s.
+    fn default() -> Self {
+        RebalanceConfig::default().policy()
+    }
+}
+
+impl RebalanceConfig {
+    /// The policy [`Cluster::plan_rebalance`] follows.
+    pub fn policy(&self) -> BalancePolicy {
+        BalancePolicy {
+            interval: self.interval(),
+            tolerance: self.tolerance,
+            moves_per_second: self.moves_per_second,
+            cooldown: self.cooldown(),
+        }
+    }
+}
+
+/// The sessions of one label group, as [`Cluster::plan_rebalance`] sees them.
+struct Group<'a> {
+    /// What one of them asked to be routed by (all of them asked the same).
+    request: &'a RouteRequest,
+    /// Their views by the backend they are counted on, lowest id first.
+    on: BTreeMap<&'a BackendId, Vec<&'a SessionView>>,
+}
 
 /// All backends of one proxy.
 #[derive(Clone, Debug)]
@@ -679,6 +725,161 @@ impl Cluster {
             }
         }
         self.settle(&route.backend)
+    }
+
+    /// Which sessions should move to even out the label groups, and where to.
+    ///
+    /// Each label group is balanced on its own, over the backends a session
+    /// of the group may be routed to now (working, healthy, serving its tenant
+    /// and labels, or the shared pool failing those): with `avg` its sessions
+    /// on working, healthy backends divided by the number of such backends, a
+    /// backend holding more than `ceil(avg × (1 + tolerance))` of them gives
+    /// up all above `ceil(avg)` — it is asked to come down to the average, not
+    /// just under the limit, so one round ends the imbalance and a second
+    /// round finds nothing to do. A working, healthy backend that holds
+    /// sessions of the group but may no longer be routed to for it (the
+    /// shared pool once the tenant's own backend is back, a backend relabelled
+    /// for another tenant) gives up all of them. Sessions on draining, down or
+    /// removed backends are left to [`Cluster::plan_drain`].
+    ///
+    /// Counts are the cluster's; sessions already `moving` count as leaving
+    /// their backend, so a round never orders again what an earlier round
+    /// ordered. Of a backend's sessions, only those `movable`, not `moving`
+    /// and not moved within `policy.cooldown` are picked, lowest id first
+    /// (the oldest: deterministic, and the same sessions are not picked again
+    /// before the cooldown ends). Each order names its target: the eligible
+    /// backend with the fewest sessions of the group counting the orders so
+    /// far, then the fewest connections, ties at random; no target is filled
+    /// beyond `ceil(avg)`.
+    ///
+    /// Nothing is counted here: the shell calls [`Cluster::transfer`] as each
+    /// move starts. A zero `policy.interval` (rebalancing disabled) plans nothing.
+    pub fn plan_rebalance(
+        &mut self,
+        sessions: &[SessionView],
+        now: Timestamp,
+        policy: &BalancePolicy,
+    ) -> Vec<MoveOrder> {
+        let mut orders = Vec::new();
+        if policy.interval.is_zero() {
+            return orders;
+        }
+        // The sessions of each group on each backend, lowest id first.
+        let mut groups: BTreeMap<&LabelGroup, Group> = BTreeMap::new();
+        let mut sorted: Vec<&SessionView> = sessions.iter().collect();
+        sorted.sort_by_key(|s| s.id);
+        for s in sorted {
+            groups
+                .entry(&s.route.group)
+                .or_insert_with(|| Group {
+                    request: &s.request,
+                    on: BTreeMap::new(),
+                })
+                .on
+                .entry(&s.route.backend)
+                .or_default()
+                .push(s);
+        }
+        let mut totals: BTreeMap<BackendId, u64> = self
+            .backends
+            .values()
+            .map(|b| (b.id.clone(), u64::from(b.connections)))
+            .collect();
+        let tolerance = policy.tolerance.max(0.0);
+        let cooled =
+            |s: &SessionView| !matches!(s.last_moved, Some(t) if now.since(t) < policy.cooldown);
+        for (group, g) in groups {
+            let eligible: Vec<BackendId> = self
+                .candidates(g.request, None)
+                .into_iter()
+                .map(|b| b.id.clone())
+                .collect();
+            if eligible.is_empty() {
+                continue;
+            }
+            let holders: Vec<&Backend> = self
+                .backends
+                .values()
+                .filter(|b| b.takes_new_sessions() && b.in_group(group) > 0)
+                .collect();
+            let total: u64 = holders.iter().map(|b| b.in_group(group)).sum();
+            let n = eligible.len() as u64;
+            let share = total.div_ceil(n);
+            let limit = ((total as f64 / n as f64) * (1.0 + tolerance))
+                .ceil()
+                .max(1.0);
+            let mut load: BTreeMap<BackendId, u64> = eligible
+                .iter()
+                .map(|id| (id.clone(), self.backends[id].in_group(group)))
+                .collect();
+            let mut give: Vec<(BackendId, u64)> = Vec::new();
+            for b in &holders {
+                let on = g.on.get(&b.id).map(Vec::as_slice).unwrap_or_default();
+                let leaving = on.iter().filter(|s| s.moving).count() as u64;
+                let held = b.in_group(group).saturating_sub(leaving);
+                let excess = if !eligible.contains(&b.id) {
+                    held
+                } else if held as f64 > limit {
+                    held - share
+                } else {
+                    0
+                };
+                if excess > 0 {
+                    give.push((b.id.clone(), excess));
+                }
+            }
+            for (from, excess) in give {
+                let on = g.on.get(&from).map(Vec::as_slice).unwrap_or_default();
+                let picks = on.iter().filter(|s| s.movable && !s.moving && cooled(s));
+                for s in picks.take(excess as usize) {
+                    let Some(to) = self.least_loaded(&load, &totals, &from, share) else {
+                        break;
+                    };
+                    *load.get_mut(&to).expect("target is eligible") += 1;
+                    if let Some(l) = load.get_mut(&from) {
+                        *l -= 1;
+                    }
+                    *totals.get_mut(&to).expect("target exists") += 1;
+                    if let Some(t) = totals.get_mut(&from) {
+                        *t = t.saturating_sub(1);
+                    }
+                    orders.push(MoveOrder {
+                        session: s.id,
+                        trigger: Trigger::Rebalance,
+                        to: Some(to),
+                    });
+                }
+            }
+        }
+        orders
+    }
+
+    /// The backend in `load` other than `from` with the fewest sessions of the
+    /// group (below `share`), then the fewest connections, ties at random.
+    fn least_loaded(
+        &mut self,
+        load: &BTreeMap<BackendId, u64>,
+        totals: &BTreeMap<BackendId, u64>,
+        from: &BackendId,
+        share: u64,
+    ) -> Option<BackendId> {
+        let open: Vec<(&BackendId, (u64, u64))> = load
+            .iter()
+            .filter(|(id, &l)| *id != from && l < share)
+            .map(|(id, &l)| (id, (l, totals[id])))
+            .collect();
+        let least = open.iter().map(|(_, key)| *key).min()?;
+        let ties: Vec<&BackendId> = open
+            .iter()
+            .filter(|(_, key)| *key == least)
+            .map(|(id, _)| *id)
+            .collect();
+        let pick = if ties.len() == 1 {
+            0
+        } else {
+            self.rng.below(ties.len())
+        };
+        Some(ties[pick].clone())
     }
 
     /// The total number of sessions counted on all backends.

@@ -3,12 +3,14 @@
 //! the time given; no session machine involved.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use ferry_core::cluster::{
-    BackendChange, BackendId, Cluster, LabelGroup, NoTarget, Route, RouteRequest, Transferred,
+    BackendChange, BackendId, BalancePolicy, Cluster, LabelGroup, MoveOrder, NoTarget, Route,
+    RouteRequest, SessionId, SessionView, Transferred, Trigger,
 };
 use ferry_core::config::{BackendConfig, WorkState};
-use ferry_core::Rng;
+use ferry_core::{Rng, Timestamp};
 
 fn backend(id: &str, labels: &[(&str, &str)]) -> BackendConfig {
     BackendConfig {
@@ -400,4 +402,461 @@ fn counts_stay_exact_under_any_interleaving_of_moves() {
         moved > 1000 && moved_back > 300 && uncounted > 5,
         "{moved} {moved_back} {uncounted}"
     );
+}
+
+// ---------------------------------------------------------------- rebalance
+
+fn view(i: u32, route: &Route, request: &RouteRequest) -> SessionView {
+    SessionView {
+        id: SessionId(i),
+        route: route.clone(),
+        request: request.clone(),
+        movable: true,
+        moving: false,
+        last_moved: None,
+    }
+}
+
+/// Views of `routes`, all of `request`, with ids from 0.
+fn views(routes: &[Route], request: &RouteRequest) -> Vec<SessionView> {
+    (0..)
+        .zip(routes)
+        .map(|(i, r)| view(i, r, request))
+        .collect()
+}
+
+/// Puts exactly `n` sessions of `r` on each named backend (others draining meanwhile).
+fn place(c: &mut Cluster, r: &RouteRequest, layout: &[(&str, usize)]) -> Vec<Route> {
+    let all: Vec<BackendId> = c.backends().map(|b| b.id.clone()).collect();
+    let mut routes = Vec::new();
+    for (name, n) in layout {
+        for other in all.iter().filter(|o| o.0 != *name) {
+            c.set_state(other, WorkState::Draining).unwrap();
+        }
+        for _ in 0..*n {
+            let route = c.route(r).unwrap();
+            assert_eq!(route.backend.0, *name);
+            routes.push(route);
+        }
+        for other in &all {
+            c.set_state(other, WorkState::Working).unwrap();
+        }
+    }
+    routes
+}
+
+fn three() -> Cluster {
+    Cluster::new(
+        &[
+            backend("cn1", &[]),
+            backend("cn2", &[]),
+            backend("cn3", &[]),
+        ],
+        5,
+    )
+}
+
+const NOW: Timestamp = Timestamp::from_micros(1_000_000_000);
+
+/// How many orders go to each backend.
+fn targets(orders: &[MoveOrder]) -> BTreeMap<String, usize> {
+    let mut t = BTreeMap::new();
+    for o in orders {
+        *t.entry(o.to.as_ref().expect("rebalance names targets").0.clone())
+            .or_default() += 1;
+    }
+    t
+}
+
+/// Carries the orders out: transfers each session's count and updates its view.
+fn apply(c: &mut Cluster, sessions: &mut [SessionView], orders: &[MoveOrder], now: Timestamp) {
+    for o in orders {
+        let s = sessions.iter_mut().find(|s| s.id == o.session).unwrap();
+        let moved = c
+            .transfer(&s.route, &s.request, o.to.as_ref())
+            .unwrap_or_else(|e| panic!("order {o:?} refused: {e}"));
+        s.route = moved.route;
+        s.last_moved = Some(now);
+    }
+}
+
+#[test]
+fn thirty_on_one_backend_move_twenty_ten_to_each_and_then_stay() {
+    let (mut c, routes) = all_on_cn1(30);
+    let mut sessions = views(&routes, &plain());
+    let policy = BalancePolicy::default();
+    let orders = c.plan_rebalance(&sessions, NOW, &policy);
+    assert_eq!(orders.len(), 20, "{orders:?}");
+    assert_eq!(
+        targets(&orders),
+        BTreeMap::from([("cn2".into(), 10), ("cn3".into(), 10)])
+    );
+    assert!(orders.iter().all(|o| o.trigger == Trigger::Rebalance));
+    let picked: Vec<u32> = orders.iter().map(|o| o.session.0).collect();
+    assert_eq!(picked, (0..20).collect::<Vec<_>>(), "lowest ids first");
+    assert_eq!(c.total_connections(), 30, "planning counts nothing");
+    assert_eq!(c.backend(&id("cn1")).unwrap().connections, 30);
+    apply(&mut c, &mut sessions, &orders, NOW);
+    assert_eq!(
+        counts(&c),
+        [("cn1".into(), 10), ("cn2".into(), 10), ("cn3".into(), 10)]
+    );
+    // Balanced: the next round, cooldown or not, finds nothing to do.
+    for s in &mut sessions {
+        s.last_moved = None;
+    }
+    assert_eq!(c.plan_rebalance(&sessions, NOW, &policy), []);
+}
+
+#[test]
+fn within_the_tolerance_nothing_moves() {
+    let mut c = three();
+    let routes = place(&mut c, &plain(), &[("cn1", 11), ("cn2", 10), ("cn3", 9)]);
+    let sessions = views(&routes, &plain());
+    let policy = BalancePolicy::default();
+    assert_eq!(c.plan_rebalance(&sessions, NOW, &policy), []);
+    // 13 = ceil(10 × 1.3) is still fine; 14 is not, and comes down to the average.
+    let mut c = three();
+    let routes = place(&mut c, &plain(), &[("cn1", 13), ("cn2", 9), ("cn3", 8)]);
+    assert_eq!(
+        c.plan_rebalance(&views(&routes, &plain()), NOW, &policy),
+        []
+    );
+    let mut c = three();
+    let routes = place(&mut c, &plain(), &[("cn1", 14), ("cn2", 8), ("cn3", 8)]);
+    let orders = c.plan_rebalance(&views(&routes, &plain()), NOW, &policy);
+    assert_eq!(
+        targets(&orders),
+        BTreeMap::from([("cn2".into(), 2), ("cn3".into(), 2)])
+    );
+    // With no tolerance the one extra session moves to the emptiest backend.
+    let mut c = three();
+    let routes = place(&mut c, &plain(), &[("cn1", 11), ("cn2", 10), ("cn3", 9)]);
+    let strict = BalancePolicy {
+        tolerance: 0.0,
+        ..policy
+    };
+    let orders = c.plan_rebalance(&views(&routes, &plain()), NOW, &strict);
+    assert_eq!(targets(&orders), BTreeMap::from([("cn3".into(), 1)]));
+}
+
+#[test]
+fn a_zero_interval_disables_rebalancing() {
+    let (mut c, routes) = all_on_cn1(30);
+    let off = BalancePolicy {
+        interval: Duration::ZERO,
+        ..BalancePolicy::default()
+    };
+    assert_eq!(c.plan_rebalance(&views(&routes, &plain()), NOW, &off), []);
+}
+
+#[test]
+fn an_added_backend_gets_its_share() {
+    let mut c = Cluster::new(&[backend("cn1", &[]), backend("cn2", &[])], 5);
+    let routes = route_n(&mut c, &plain(), 20);
+    c.upsert(&backend("cn3", &[]));
+    let orders = c.plan_rebalance(&views(&routes, &plain()), NOW, &BalancePolicy::default());
+    // avg 6.67, limit 9: both give up 3 and come down to 7; cn3 gets 6.
+    assert_eq!(targets(&orders), BTreeMap::from([("cn3".into(), 6)]));
+}
+
+#[test]
+fn label_groups_are_balanced_independently() {
+    let mut c = three();
+    let acc3 = req(Some("acc3"), &[]); // no backend of its own: the pool serves it
+    let mut routes = place(&mut c, &plain(), &[("cn1", 12)]);
+    let tenant_routes = place(&mut c, &acc3, &[("cn3", 3)]);
+    routes.extend(tenant_routes.iter().cloned());
+    let mut sessions = views(&routes[..12], &plain());
+    sessions.extend((12..).zip(&tenant_routes).map(|(i, r)| view(i, r, &acc3)));
+    let orders = c.plan_rebalance(&sessions, NOW, &BalancePolicy::default());
+    let group_of = |o: &MoveOrder| {
+        let s = sessions.iter().find(|s| s.id == o.session).unwrap();
+        s.route.group.0.clone()
+    };
+    let plain_orders: Vec<MoveOrder> = orders
+        .iter()
+        .filter(|o| group_of(o).is_empty())
+        .cloned()
+        .collect();
+    let acc3_orders: Vec<MoveOrder> = orders
+        .iter()
+        .filter(|o| group_of(o) == "acc3")
+        .cloned()
+        .collect();
+    // The plain group: 12/0/0 → 4/4/4. The acc3 group: 0/0/3 → 1/1/1, although
+    // cn1 holds more sessions in all: each group is balanced over its own counts.
+    assert_eq!(
+        targets(&plain_orders),
+        BTreeMap::from([("cn2".into(), 4), ("cn3".into(), 4)])
+    );
+    assert_eq!(
+        targets(&acc3_orders),
+        BTreeMap::from([("cn1".into(), 1), ("cn2".into(), 1)])
+    );
+    // A balanced group is left alone while another one moves.
+    let mut c = three();
+    let balanced = place(&mut c, &acc3, &[("cn1", 2), ("cn2", 2), ("cn3", 2)]);
+    let lopsided = place(&mut c, &plain(), &[("cn1", 9)]);
+    let mut sessions = views(&balanced, &acc3);
+    sessions.extend((100..).zip(&lopsided).map(|(i, r)| view(i, r, &plain())));
+    let orders = c.plan_rebalance(&sessions, NOW, &BalancePolicy::default());
+    assert_eq!(orders.len(), 6);
+    assert!(orders.iter().all(|o| o.session.0 >= 100), "{orders:?}");
+}
+
+#[test]
+fn tenant_sessions_are_only_ordered_to_their_own_backends() {
+    let mut c = Cluster::new(
+        &[
+            backend("a1", &[("account", "acc1")]),
+            backend("a2", &[("account", "acc1")]),
+            backend("b1", &[("account", "acc2")]),
+            backend("pool", &[]),
+        ],
+        9,
+    );
+    let acc1 = req(Some("acc1"), &[]);
+    let acc2 = req(Some("acc2"), &[]);
+    let ones = place(&mut c, &acc1, &[("a1", 10)]);
+    let twos = place(&mut c, &acc2, &[("b1", 10)]);
+    let mut sessions = views(&ones, &acc1);
+    sessions.extend((10..).zip(&twos).map(|(i, r)| view(i, r, &acc2)));
+    let orders = c.plan_rebalance(&sessions, NOW, &BalancePolicy::default());
+    // acc1 evens out over a1 and a2; acc2 has one backend and stays; the pool gets nothing.
+    assert_eq!(targets(&orders), BTreeMap::from([("a2".into(), 5)]));
+    assert!(orders.iter().all(|o| o.session.0 < 10));
+}
+
+#[test]
+fn sessions_the_pool_took_in_go_back_to_their_tenant_backend() {
+    let mut c = Cluster::new(
+        &[
+            backend("a1", &[("account", "acc1")]),
+            backend("cn1", &[]),
+            backend("cn2", &[]),
+        ],
+        9,
+    );
+    let acc1 = req(Some("acc1"), &[]);
+    c.set_state(&id("a1"), WorkState::Draining).unwrap();
+    let routes = route_n(&mut c, &acc1, 4);
+    assert!(routes.iter().all(|r| r.backend != id("a1")));
+    let sessions = views(&routes, &acc1);
+    let policy = BalancePolicy::default();
+    // While a1 is out the pool is where acc1 belongs: nothing to do.
+    assert_eq!(c.plan_rebalance(&sessions, NOW, &policy), []);
+    c.set_state(&id("a1"), WorkState::Working).unwrap();
+    let orders = c.plan_rebalance(&sessions, NOW, &policy);
+    assert_eq!(targets(&orders), BTreeMap::from([("a1".into(), 4)]));
+}
+
+#[test]
+fn cooldown_movable_and_moving_are_respected() {
+    let (mut c, routes) = all_on_cn1(30);
+    let mut sessions = views(&routes, &plain());
+    let policy = BalancePolicy::default(); // cooldown 30 s
+    for s in &mut sessions[0..10] {
+        s.last_moved = Some(Timestamp::from_micros(NOW.as_micros() - 10_000_000));
+    }
+    for s in &mut sessions[10..15] {
+        s.movable = false;
+    }
+    for s in &mut sessions[15..17] {
+        s.moving = true;
+    }
+    let orders = c.plan_rebalance(&sessions, NOW, &policy);
+    // The two moving sessions already count as leaving: cn1 holds 28, gives 18,
+    // but only 17..29 may go.
+    let picked: Vec<u32> = orders.iter().map(|o| o.session.0).collect();
+    assert_eq!(picked, (17..30).collect::<Vec<_>>());
+    // Once the cooldown is over, the sessions moved 10 s ago may go again.
+    let later = NOW + Duration::from_secs(20);
+    let orders = c.plan_rebalance(&sessions, later, &policy);
+    let picked: Vec<u32> = orders.iter().map(|o| o.session.0).collect();
+    let expected: Vec<u32> = (0..10).chain(17..25).collect();
+    assert_eq!(picked, expected);
+}
+
+#[test]
+fn moving_sessions_are_not_ordered_twice() {
+    let (mut c, routes) = all_on_cn1(30);
+    let mut sessions = views(&routes, &plain());
+    let policy = BalancePolicy::default();
+    let orders = c.plan_rebalance(&sessions, NOW, &policy);
+    assert_eq!(orders.len(), 20);
+    // The orders are pending (sessions busy, not yet transferred): the next
+    // round orders nothing more.
+    for o in &orders {
+        sessions
+            .iter_mut()
+            .find(|s| s.id == o.session)
+            .unwrap()
+            .moving = true;
+    }
+    assert_eq!(c.plan_rebalance(&sessions, NOW, &policy), []);
+}
+
+#[test]
+fn draining_and_down_backends_are_not_rebalanced() {
+    let (mut c, routes) = all_on_cn1(30);
+    let sessions = views(&routes, &plain());
+    let policy = BalancePolicy::default();
+    c.set_state(&id("cn1"), WorkState::Draining).unwrap();
+    assert_eq!(c.plan_rebalance(&sessions, NOW, &policy), []);
+    c.set_state(&id("cn1"), WorkState::Working).unwrap();
+    for _ in 0..3 {
+        c.record_check(&id("cn1"), false);
+    }
+    assert_eq!(c.plan_rebalance(&sessions, NOW, &policy), []);
+    // A down target takes nothing: everything goes to cn3.
+    for _ in 0..2 {
+        c.record_check(&id("cn1"), true);
+    }
+    for _ in 0..3 {
+        c.record_check(&id("cn2"), false);
+    }
+    let orders = c.plan_rebalance(&sessions, NOW, &policy);
+    assert_eq!(targets(&orders), BTreeMap::from([("cn3".into(), 15)]));
+}
+
+/// The invariant every plan keeps, checked on random clusters: after the
+/// orders are carried out, each eligible backend's count of the group lies
+/// between its count before and `ceil(avg)` (targets are never filled past
+/// the average, sources never give up more than brings them down to it, so
+/// nothing overshoots and nothing moves back the next round); every order is
+/// one a transfer accepts; when every session may move, the next round finds
+/// nothing to do.
+#[test]
+fn rebalance_never_overshoots_and_settles_in_one_round() {
+    let configs = [
+        backend("cn1", &[]),
+        backend("cn2", &[]),
+        backend("cn3", &[]),
+        backend("cn4", &[("zone", "x")]),
+        backend("a1", &[("account", "acc1")]),
+        backend("a2", &[("account", "acc1")]),
+        backend("a3", &[("account", "acc1"), ("zone", "x")]),
+    ];
+    let requests = [
+        plain(),
+        req(None, &[("zone", "x")]),
+        req(Some("acc1"), &[]),
+        req(Some("acc1"), &[("zone", "x")]),
+        req(Some("acc2"), &[]),
+    ];
+    let ids: Vec<BackendId> = configs.iter().map(|b| id(&b.id)).collect();
+    let mut total_orders = 0;
+    for seed in 0..200 {
+        let mut c = Cluster::new(&configs, seed);
+        let mut rng = Rng::new(seed);
+        let mut sessions: Vec<SessionView> = Vec::new();
+        // Uneven placement: a few phases with random backends out of service.
+        for _ in 0..4 {
+            let out: Vec<&BackendId> = ids.iter().filter(|_| rng.below(3) == 0).collect();
+            for b in &out {
+                c.set_state(b, WorkState::Draining).unwrap();
+            }
+            for _ in 0..rng.below(40) {
+                let r = &requests[rng.below(requests.len())];
+                if let Ok(route) = c.route(r) {
+                    let i = sessions.len() as u32;
+                    sessions.push(view(i, &route, r));
+                }
+            }
+            for b in &out {
+                c.set_state(b, WorkState::Working).unwrap();
+            }
+        }
+        let policy = BalancePolicy {
+            tolerance: [0.0, 0.3, 1.0][rng.below(3)],
+            ..BalancePolicy::default()
+        };
+        let before: BTreeMap<(BackendId, LabelGroup), u64> = group_counts(&c);
+        let orders = c.plan_rebalance(&sessions, NOW, &policy);
+        total_orders += orders.len();
+        let mut seen = std::collections::BTreeSet::new();
+        for o in &orders {
+            assert!(seen.insert(o.session), "seed {seed}: ordered twice: {o:?}");
+            let s = &sessions[o.session.0 as usize];
+            assert_ne!(o.to.as_ref(), Some(&s.route.backend), "seed {seed}");
+        }
+        apply(&mut c, &mut sessions, &orders, NOW);
+        let after = group_counts(&c);
+        for group in sessions
+            .iter()
+            .map(|s| &s.route.group)
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let members: Vec<&SessionView> = sessions
+                .iter()
+                .filter(|s| &s.route.group == group)
+                .collect();
+            let total = members.len() as u64;
+            // The backends a member may be routed to (all members ask alike).
+            let eligible: Vec<BackendId> = eligible_by_the_rules(&configs, &members[0].request)
+                .into_iter()
+                .map(id)
+                .collect();
+            let share = total.div_ceil(eligible.len() as u64);
+            for b in &eligible {
+                let key = (b.clone(), group.clone());
+                let was = before.get(&key).copied().unwrap_or(0);
+                let is = after.get(&key).copied().unwrap_or(0);
+                assert!(
+                    is >= was.min(share) && is <= was.max(share),
+                    "seed {seed}: {b} group '{group}': {was} -> {is}, share {share}"
+                );
+            }
+            // Every session is where a transfer would have put it.
+            for m in &members {
+                if let Some(account) = c.backend(&m.route.backend).unwrap().labels.get("account") {
+                    assert_eq!(m.request.tenant.as_deref(), Some(account), "seed {seed}");
+                }
+            }
+        }
+        for s in &mut sessions {
+            s.last_moved = None;
+        }
+        assert_eq!(
+            c.plan_rebalance(&sessions, NOW, &policy),
+            [],
+            "seed {seed}: a second round found more to do"
+        );
+    }
+    assert!(total_orders > 500, "{total_orders}");
+}
+
+/// Sessions counted per backend and group.
+fn group_counts(c: &Cluster) -> BTreeMap<(BackendId, LabelGroup), u64> {
+    c.backends()
+        .flat_map(|b| {
+            b.groups
+                .iter()
+                .map(|(g, n)| ((b.id.clone(), g.clone()), u64::from(*n)))
+        })
+        .collect()
+}
+
+/// The routing rules again, written out for this test's configs (exact
+/// values, no globs): the backends serving tenant and labels, else the
+/// unlabelled ones.
+fn eligible_by_the_rules<'a>(configs: &'a [BackendConfig], r: &RouteRequest) -> Vec<&'a str> {
+    let serves = |b: &BackendConfig| {
+        b.labels.get("account") == r.tenant.as_deref()
+            && r.labels.iter().all(|(k, v)| b.labels.get(k) == Some(v))
+    };
+    let serving: Vec<&str> = configs
+        .iter()
+        .filter(|b| serves(b))
+        .map(|b| b.id.as_str())
+        .collect();
+    if !serving.is_empty() {
+        return serving;
+    }
+    configs
+        .iter()
+        .filter(|b| b.labels.is_empty())
+        .map(|b| b.id.as_str())
+        .collect()
 }
