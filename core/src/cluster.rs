@@ -1,7 +1,13 @@
 //! The proxy's view of its backends: labels, work state, health, connection
-//! counts, the routing decision for each new session, and the accounting of
-//! sessions that move: [`Cluster::transfer`] when a move starts,
-//! [`Cluster::transfer_back`] when it fails.
+//! counts, the routing decision for each new session, and the decisions to
+//! move sessions: which ones, where to, and how fast.
+//!
+//! Moving a session is split between three parties. The cluster decides
+//! ([`Cluster::plan_rebalance`], [`Cluster::plan_drain`]) and accounts
+//! ([`Cluster::transfer`] when a move starts, [`Cluster::transfer_back`] when
+//! it fails); the shell keeps the registry of sessions, describes them to the
+//! planners as [`SessionView`]s, and hands each [`MoveOrder`] to its session;
+//! the session machine does the move itself.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -56,11 +62,28 @@ pub struct Backend {
     /// Removed by an operator: forgotten as soon as its last session is gone.
     pub removing: bool,
     checks: HealthCounter,
+    /// When [`Cluster::plan_drain`] first saw it draining; None while working.
+    drain_since: Option<Timestamp>,
+    /// Why some of its sessions cannot leave, as of the last [`Cluster::plan_drain`].
+    drain_stuck: Option<String>,
 }
 
 impl Backend {
     fn takes_new_sessions(&self) -> bool {
         self.state == WorkState::Working && self.health == Health::Up
+    }
+
+    /// Its sessions should leave: it is draining, drained or being removed.
+    fn draining(&self) -> bool {
+        self.state != WorkState::Working || self.removing
+    }
+
+    /// Forgets when and how a drain went, once it is working again.
+    fn forget_drain(&mut self) {
+        if !self.draining() {
+            self.drain_since = None;
+            self.drain_stuck = None;
+        }
     }
 
     /// Sessions of `group` counted on it.
@@ -402,6 +425,27 @@ impl RebalanceConfig {
     }
 }
 
+/// What [`Cluster::plan_drain`] wants done.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrainPlan {
+    /// Sessions to move (trigger `Failover` or `Drain`, target chosen at
+    /// [`Cluster::transfer`]); failovers first, then by session id.
+    pub orders: Vec<MoveOrder>,
+    /// Backends whose sessions must leave but some cannot, and why, in id order.
+    pub stuck: Vec<(BackendId, String)>,
+    /// Sessions to close: their backend has been draining for the drain timeout.
+    pub expired: Vec<SessionId>,
+}
+
+/// How the drain of one backend is going, for the admin API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DrainStatus {
+    /// When the drain was first seen by [`Cluster::plan_drain`].
+    pub since: Timestamp,
+    /// Why some sessions cannot leave, e.g. `no other backend can take tenant acc1`.
+    pub stuck: Option<String>,
+}
+
 /// The sessions of one label group, as [`Cluster::plan_rebalance`] sees them.
 struct Group<'a> {
     /// What one of them asked to be routed by (all of them asked the same).
@@ -454,11 +498,14 @@ impl Cluster {
             groups: BTreeMap::new(),
             removing: false,
             checks: HealthCounter::default(),
+            drain_since: None,
+            drain_stuck: None,
         });
         entry.addr = config.addr;
         entry.labels = config.labels.clone();
         entry.state = config.state;
         entry.removing = false;
+        entry.forget_drain();
         self.settle(&id);
     }
 
@@ -472,6 +519,7 @@ impl Cluster {
         if state == WorkState::Working {
             b.removing = false;
         }
+        b.forget_drain();
         self.settle(id);
         Ok(())
     }
@@ -880,6 +928,119 @@ impl Cluster {
             self.rng.below(ties.len())
         };
         Some(ties[pick].clone())
+    }
+
+    /// Which sessions must leave their backend, and which have waited too long.
+    ///
+    /// One call serves drain and failover. A session gets an order when it is
+    /// `movable` and not `moving` and its backend
+    /// - is down by health checks, even while its own connection still looks
+    ///   alive: trigger `Failover` (also when the backend is draining);
+    /// - is draining, drained or being removed: trigger `Drain`;
+    /// - is gone (forgotten after a removal while the session's move failed,
+    ///   see [`Cluster::transfer_back`]): trigger `Drain`.
+    ///
+    /// Orders name no target: [`Cluster::transfer`] picks the least loaded
+    /// backend as each move starts, so moves spread over the targets as they
+    /// go. The cooldown of rebalancing does not apply. A session that no
+    /// other backend can take gets no order; its backend is listed in
+    /// `stuck` with the reason (one per label group that is stuck, `; `
+    /// between them).
+    ///
+    /// When a backend started draining is recorded lazily: at the first call
+    /// that sees it draining (so callers need no clock where states change;
+    /// call this often — every rebalance interval or second — and the time
+    /// is exact to that), and forgotten when it works again. Once
+    /// `drain_timeout` has passed since then, every session still counted on
+    /// it, moving or not, is listed in `expired` for the shell to close, and
+    /// gets no order; a zero `drain_timeout` never expires anything. Down
+    /// backends that are not draining never expire sessions. What this call
+    /// finds is kept for [`Cluster::drain_status`].
+    pub fn plan_drain(
+        &mut self,
+        sessions: &[SessionView],
+        now: Timestamp,
+        drain_timeout: Duration,
+    ) -> DrainPlan {
+        for b in self.backends.values_mut() {
+            if b.draining() {
+                b.drain_since.get_or_insert(now);
+            }
+        }
+        let mut sorted: Vec<&SessionView> = sessions.iter().collect();
+        sorted.sort_by_key(|s| s.id);
+        let mut plan = DrainPlan::default();
+        let (mut failovers, mut drains) = (Vec::new(), Vec::new());
+        let mut stuck: BTreeMap<BackendId, BTreeMap<LabelGroup, String>> = BTreeMap::new();
+        for s in sorted {
+            let from = &s.route.backend;
+            let backend = self.backends.get(from);
+            let trigger = match backend {
+                None => Trigger::Drain,
+                Some(b) if b.health == Health::Down => Trigger::Failover,
+                Some(b) if b.draining() => Trigger::Drain,
+                Some(_) => continue,
+            };
+            let expired = backend.is_some_and(|b| {
+                b.draining()
+                    && !drain_timeout.is_zero()
+                    && b.drain_since
+                        .is_some_and(|since| now.since(since) >= drain_timeout)
+            });
+            if expired {
+                plan.expired.push(s.id);
+                continue;
+            }
+            if self.candidates(&s.request, Some(from)).is_empty() {
+                let nowhere = NoTarget::Nowhere {
+                    tenant: s.request.tenant().map(str::to_string),
+                    labels: s.request.labels.clone(),
+                };
+                stuck
+                    .entry(from.clone())
+                    .or_default()
+                    .entry(s.route.group.clone())
+                    .or_insert_with(|| nowhere.to_string());
+                continue;
+            }
+            if s.movable && !s.moving {
+                let order = MoveOrder {
+                    session: s.id,
+                    trigger,
+                    to: None,
+                };
+                match trigger {
+                    Trigger::Failover => failovers.push(order),
+                    _ => drains.push(order),
+                }
+            }
+        }
+        plan.orders = failovers;
+        plan.orders.append(&mut drains);
+        plan.stuck = stuck
+            .into_iter()
+            .map(|(id, why)| (id, why.into_values().collect::<Vec<_>>().join("; ")))
+            .collect();
+        for b in self.backends.values_mut() {
+            if b.draining() {
+                b.drain_stuck = plan
+                    .stuck
+                    .iter()
+                    .find(|(id, _)| *id == b.id)
+                    .map(|(_, why)| why.clone());
+            }
+        }
+        plan
+    }
+
+    /// How the drain of `id` is going, as of the last [`Cluster::plan_drain`]:
+    /// None if it is working (or unknown, or no plan has seen it draining yet).
+    pub fn drain_status(&self, id: &BackendId) -> Option<DrainStatus> {
+        let b = self.backends.get(id)?;
+        Some(DrainStatus {
+            since: b.drain_since.filter(|_| b.draining())?,
+            stuck: b.drain_stuck.clone(),
+        })
     }
 
     /// The total number of sessions counted on all backends.

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_core::cluster::{
-    BackendChange, BackendId, BalancePolicy, Cluster, LabelGroup, MoveOrder, NoTarget, Route,
-    RouteRequest, SessionId, SessionView, Transferred, Trigger,
+    BackendChange, BackendId, BalancePolicy, Cluster, DrainPlan, DrainStatus, LabelGroup,
+    MoveOrder, NoTarget, Route, RouteRequest, SessionId, SessionView, Transferred, Trigger,
 };
 use ferry_core::config::{BackendConfig, WorkState};
 use ferry_core::{Rng, Timestamp};
@@ -859,4 +859,219 @@ fn eligible_by_the_rules<'a>(configs: &'a [BackendConfig], r: &RouteRequest) -> 
         .filter(|b| b.labels.is_empty())
         .map(|b| b.id.as_str())
         .collect()
+}
+
+// ---------------------------------------------------------------- drain
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn ordered(plan: &DrainPlan) -> Vec<(u32, Trigger)> {
+    assert!(plan.orders.iter().all(|o| o.to.is_none()), "{plan:?}");
+    plan.orders
+        .iter()
+        .map(|o| (o.session.0, o.trigger))
+        .collect()
+}
+
+#[test]
+fn every_movable_session_of_a_draining_backend_gets_one_order() {
+    let mut c = three();
+    let mut routes = place(&mut c, &plain(), &[("cn1", 4)]);
+    routes.extend(place(&mut c, &plain(), &[("cn2", 2)]));
+    let mut sessions = views(&routes, &plain());
+    sessions[1].movable = false;
+    sessions[2].moving = true;
+    assert_eq!(c.plan_drain(&sessions, NOW, MINUTE), DrainPlan::default());
+    assert_eq!(c.drain_status(&id("cn1")), None);
+    c.set_state(&id("cn1"), WorkState::Draining).unwrap();
+    let plan = c.plan_drain(&sessions, NOW, MINUTE);
+    assert_eq!(
+        ordered(&plan),
+        [(0, Trigger::Drain), (3, Trigger::Drain)],
+        "busy and already moving sessions are not ordered"
+    );
+    assert!(plan.stuck.is_empty() && plan.expired.is_empty());
+    assert_eq!(
+        c.drain_status(&id("cn1")),
+        Some(DrainStatus {
+            since: NOW,
+            stuck: None
+        })
+    );
+    assert_eq!(c.drain_status(&id("cn2")), None);
+    // Moving them counts them on the others; a drained backend reports how it went.
+    for o in &plan.orders {
+        let s = &sessions[o.session.0 as usize];
+        c.transfer(&s.route, &s.request, None).unwrap();
+    }
+    assert_eq!(c.backend(&id("cn1")).unwrap().connections, 2);
+    assert_eq!(c.total_connections(), 6);
+}
+
+#[test]
+fn a_removed_backend_is_drained_too() {
+    let (mut c, routes) = all_on_cn1(3);
+    c.remove(&id("cn1")).unwrap();
+    let plan = c.plan_drain(&views(&routes, &plain()), NOW, MINUTE);
+    assert_eq!(
+        ordered(&plan),
+        [
+            (0, Trigger::Drain),
+            (1, Trigger::Drain),
+            (2, Trigger::Drain)
+        ]
+    );
+    assert!(c.drain_status(&id("cn1")).is_some());
+}
+
+#[test]
+fn sessions_of_a_down_backend_fail_over_first() {
+    let mut c = three();
+    let mut routes = place(&mut c, &plain(), &[("cn1", 2)]);
+    routes.extend(place(&mut c, &plain(), &[("cn2", 2)]));
+    let sessions = views(&routes, &plain());
+    c.set_state(&id("cn1"), WorkState::Draining).unwrap();
+    for _ in 0..3 {
+        c.record_check(&id("cn2"), false);
+    }
+    let plan = c.plan_drain(&sessions, NOW, MINUTE);
+    assert_eq!(
+        ordered(&plan),
+        [
+            (2, Trigger::Failover),
+            (3, Trigger::Failover),
+            (0, Trigger::Drain),
+            (1, Trigger::Drain)
+        ]
+    );
+    // Down is not draining: no drain status, and no expiry however long it lasts.
+    assert_eq!(c.drain_status(&id("cn2")), None);
+    let much_later = c.plan_drain(&sessions, NOW + 10 * MINUTE, MINUTE);
+    assert_eq!(much_later.expired, [SessionId(0), SessionId(1)]);
+    assert_eq!(
+        ordered(&much_later),
+        [(2, Trigger::Failover), (3, Trigger::Failover)]
+    );
+    // Down and draining: failover.
+    for _ in 0..3 {
+        c.record_check(&id("cn1"), false);
+    }
+    c.set_state(&id("cn1"), WorkState::Working).unwrap();
+    c.set_state(&id("cn1"), WorkState::Draining).unwrap();
+    let plan = c.plan_drain(&sessions, NOW + 11 * MINUTE, MINUTE);
+    assert!(plan.orders.iter().all(|o| o.trigger == Trigger::Failover));
+    assert_eq!(plan.orders.len(), 4);
+}
+
+#[test]
+fn sessions_still_there_after_the_drain_timeout_expire() {
+    let (mut c, routes) = all_on_cn1(3);
+    let mut sessions = views(&routes, &plain());
+    sessions[0].moving = true;
+    sessions[1].movable = false;
+    c.set_state(&id("cn1"), WorkState::Draining).unwrap();
+    let first = c.plan_drain(&sessions, NOW, MINUTE);
+    assert_eq!(ordered(&first), [(2, Trigger::Drain)]);
+    let just_before = c.plan_drain(&sessions, NOW + Duration::from_secs(59), MINUTE);
+    assert!(just_before.expired.is_empty());
+    let due = c.plan_drain(&sessions, NOW + MINUTE, MINUTE);
+    assert_eq!(due.expired, [SessionId(0), SessionId(1), SessionId(2)]);
+    assert!(due.orders.is_empty());
+    // A zero timeout never closes anything.
+    let patient = c.plan_drain(&sessions, NOW + 100 * MINUTE, Duration::ZERO);
+    assert!(patient.expired.is_empty());
+    assert_eq!(ordered(&patient), [(2, Trigger::Drain)]);
+}
+
+#[test]
+fn resuming_a_backend_forgets_when_its_drain_started() {
+    let (mut c, routes) = all_on_cn1(2);
+    let sessions = views(&routes, &plain());
+    c.set_state(&id("cn1"), WorkState::Draining).unwrap();
+    c.plan_drain(&sessions, NOW, MINUTE);
+    // Draining again (a reload, a repeated admin call) keeps the start.
+    c.set_state(&id("cn1"), WorkState::Draining).unwrap();
+    c.plan_drain(&sessions, NOW + MINUTE / 2, MINUTE);
+    assert_eq!(c.drain_status(&id("cn1")).unwrap().since, NOW);
+    c.set_state(&id("cn1"), WorkState::Working).unwrap();
+    assert_eq!(c.drain_status(&id("cn1")), None);
+    assert_eq!(
+        c.plan_drain(&sessions, NOW + MINUTE, MINUTE),
+        DrainPlan::default()
+    );
+    c.set_state(&id("cn1"), WorkState::Draining).unwrap();
+    let later = NOW + 2 * MINUTE;
+    let plan = c.plan_drain(&sessions, later, MINUTE);
+    assert!(
+        plan.expired.is_empty(),
+        "the clock restarts with the new drain"
+    );
+    assert_eq!(c.drain_status(&id("cn1")).unwrap().since, later);
+    // A reload that lists it as working again resumes it too.
+    c.upsert(&backend("cn1", &[]));
+    assert_eq!(c.drain_status(&id("cn1")), None);
+}
+
+#[test]
+fn a_drain_with_nowhere_to_go_is_stuck_and_says_why() {
+    let mut c = Cluster::new(
+        &[
+            backend("a1", &[("account", "acc1")]),
+            backend("b1", &[("account", "acc2")]),
+        ],
+        3,
+    );
+    let acc1 = req(Some("acc1"), &[]);
+    let eu = req(Some("acc1"), &[("region", "eu")]);
+    let plain_routes = route_n(&mut c, &acc1, 2);
+    let eu_routes = {
+        c.upsert(&backend("a1", &[("account", "acc1"), ("region", "eu")]));
+        route_n(&mut c, &eu, 1)
+    };
+    let mut sessions = views(&plain_routes, &acc1);
+    sessions.push(view(2, &eu_routes[0], &eu));
+    sessions[1].movable = false; // stuck is about targets, not about being busy
+    c.set_state(&id("a1"), WorkState::Draining).unwrap();
+    let plan = c.plan_drain(&sessions, NOW, MINUTE);
+    let why = "no other backend can take tenant acc1; \
+               no other backend can take tenant acc1 with labels region=eu";
+    assert_eq!(plan.stuck, [(id("a1"), why.to_string())]);
+    assert!(plan.orders.is_empty());
+    assert_eq!(
+        c.drain_status(&id("a1")),
+        Some(DrainStatus {
+            since: NOW,
+            stuck: Some(why.into())
+        })
+    );
+    // A second backend for the tenant: the plain sessions can go, the eu one cannot.
+    c.upsert(&backend("a2", &[("account", "acc1")]));
+    let plan = c.plan_drain(&sessions, NOW, MINUTE);
+    assert_eq!(ordered(&plan), [(0, Trigger::Drain)]);
+    let why = "no other backend can take tenant acc1 with labels region=eu";
+    assert_eq!(plan.stuck, [(id("a1"), why.to_string())]);
+    assert_eq!(
+        c.drain_status(&id("a1")).unwrap().stuck.as_deref(),
+        Some(why)
+    );
+    c.upsert(&backend("a3", &[("account", "acc1"), ("region", "eu*")]));
+    let plan = c.plan_drain(&sessions, NOW, MINUTE);
+    assert_eq!(ordered(&plan), [(0, Trigger::Drain), (2, Trigger::Drain)]);
+    assert!(plan.stuck.is_empty());
+    assert_eq!(c.drain_status(&id("a1")).unwrap().stuck, None);
+}
+
+#[test]
+fn a_session_left_on_a_forgotten_backend_is_ordered_away() {
+    let (mut c, routes) = all_on_cn1(1);
+    c.remove(&id("cn1")).unwrap();
+    let moved = c.transfer(&routes[0], &plain(), None).unwrap();
+    assert_eq!(moved.change, Some(BackendChange::Forgotten(id("cn1"))));
+    c.transfer_back(&moved.route, &routes[0]); // the move failed: it is still on cn1
+    let sessions = views(&routes, &plain());
+    let plan = c.plan_drain(&sessions, NOW, MINUTE);
+    assert_eq!(ordered(&plan), [(0, Trigger::Drain)]);
+    let again = c.transfer(&sessions[0].route, &plain(), None).unwrap();
+    assert_ne!(again.route.backend, id("cn1"));
+    assert_eq!(c.total_connections(), 1);
 }
