@@ -3,7 +3,8 @@
 //! move sessions: which ones, where to, and how fast.
 //!
 //! Moving a session is split between three parties. The cluster decides
-//! ([`Cluster::plan_rebalance`], [`Cluster::plan_drain`]) and accounts
+//! ([`Cluster::plan_rebalance`], [`Cluster::plan_drain`], paced by a
+//! [`Pacer`]) and accounts
 //! ([`Cluster::transfer`] when a move starts, [`Cluster::transfer_back`] when
 //! it fails); the shell keeps the registry of sessions, describes them to the
 //! planners as [`SessionView`]s, and hands each [`MoveOrder`] to its session;
@@ -444,6 +445,70 @@ pub struct DrainStatus {
     pub since: Timestamp,
     /// Why some sessions cannot leave, e.g. `no other backend can take tenant acc1`.
     pub stuck: Option<String>,
+}
+
+/// A token bucket that paces moves: `per_second` may start each second, in
+/// bursts of at most `per_second / 10` (at least 1), so a drain or a
+/// rebalance round never starts all its moves at once.
+///
+/// Time is the caller's [`Timestamp`]; a timestamp earlier than one seen
+/// before counts as no time passing. The bucket starts full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pacer {
+    per_second: u64,
+    /// Capacity, in millionths of a move.
+    burst: u64,
+    /// Available, in millionths of a move.
+    tokens: u64,
+    last: Option<Timestamp>,
+}
+
+/// Millionths of a move in one move: one per second is one per microsecond.
+const MOVE: u64 = 1_000_000;
+
+impl Pacer {
+    /// A pacer that lets `per_second` moves start per second (0 is read as 1).
+    pub fn new(per_second: u32) -> Self {
+        let per_second = u64::from(per_second.max(1));
+        let burst = (per_second / 10).max(1) * MOVE;
+        Pacer {
+            per_second,
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    /// How many of `wanted` moves may start at `now`; those are taken.
+    pub fn take(&mut self, now: Timestamp, wanted: usize) -> usize {
+        self.refill(now);
+        let n = (self.tokens / MOVE).min(wanted as u64);
+        self.tokens -= n * MOVE;
+        n as usize
+    }
+
+    /// When the next move may start, if one is wanted at `now` (`now` if one may already).
+    pub fn next_at(&self, now: Timestamp) -> Timestamp {
+        let mut ahead = self.clone();
+        ahead.refill(now);
+        let missing = MOVE.saturating_sub(ahead.tokens);
+        if missing == 0 {
+            return now;
+        }
+        let from = ahead.last.unwrap_or(now).max(now);
+        from + Duration::from_micros(missing.div_ceil(self.per_second))
+    }
+
+    fn refill(&mut self, now: Timestamp) {
+        if let Some(last) = self.last {
+            let elapsed = u64::try_from(now.since(last).as_micros()).unwrap_or(u64::MAX);
+            let earned = elapsed.saturating_mul(self.per_second);
+            self.tokens = self.tokens.saturating_add(earned).min(self.burst);
+        }
+        if !matches!(self.last, Some(last) if now <= last) {
+            self.last = Some(now);
+        }
+    }
 }
 
 /// The sessions of one label group, as [`Cluster::plan_rebalance`] sees them.

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ferry_core::cluster::{
     BackendChange, BackendId, BalancePolicy, Cluster, DrainPlan, DrainStatus, LabelGroup,
-    MoveOrder, NoTarget, Route, RouteRequest, SessionId, SessionView, Transferred, Trigger,
+    MoveOrder, NoTarget, Pacer, Route, RouteRequest, SessionId, SessionView, Transferred, Trigger,
 };
 use ferry_core::config::{BackendConfig, WorkState};
 use ferry_core::{Rng, Timestamp};
@@ -1074,4 +1074,46 @@ fn a_session_left_on_a_forgotten_backend_is_ordered_away() {
     let again = c.transfer(&sessions[0].route, &plain(), None).unwrap();
     assert_ne!(again.route.backend, id("cn1"));
     assert_eq!(c.total_connections(), 1);
+}
+
+// ---------------------------------------------------------------- pacing
+
+fn at_ms(ms: u64) -> Timestamp {
+    Timestamp::from_micros(ms * 1000)
+}
+
+#[test]
+fn the_pacer_allows_a_tenth_of_a_second_at_once_then_the_rate() {
+    let mut p = Pacer::new(50);
+    assert_eq!(p.take(at_ms(0), 100), 5, "burst: 50 / 10");
+    assert_eq!(p.take(at_ms(0), 100), 0);
+    assert_eq!(p.next_at(at_ms(0)), at_ms(20));
+    assert_eq!(p.take(at_ms(19), 100), 0);
+    assert_eq!(p.take(at_ms(20), 100), 1, "one per 20 ms");
+    assert_eq!(p.take(at_ms(60), 100), 2);
+    // Never more than asked for; unused allowance accumulates up to the burst only.
+    assert_eq!(p.take(at_ms(100), 1), 1);
+    assert_eq!(p.take(at_ms(10_000), 100), 5);
+    // Over a long run the rate holds: 50 per second plus the first burst.
+    let mut p = Pacer::new(50);
+    let started: usize = (0..=10_000).map(|ms| p.take(at_ms(ms), 1000)).sum();
+    assert_eq!(started, 5 + 500);
+}
+
+#[test]
+fn the_pacer_handles_small_rates_and_odd_clocks() {
+    let mut p = Pacer::new(1);
+    assert_eq!(p.take(at_ms(5_000), 3), 1, "burst of at least one");
+    assert_eq!(p.take(at_ms(5_999), 3), 0);
+    assert_eq!(p.next_at(at_ms(5_999)), at_ms(6_000));
+    // Time going backwards earns nothing and loses nothing.
+    assert_eq!(p.take(at_ms(1_000), 3), 0);
+    assert_eq!(p.take(at_ms(6_000), 3), 1);
+    let mut zero = Pacer::new(0);
+    assert_eq!(zero.take(at_ms(0), 3), 1, "0 per second is read as 1");
+    let mut fast = Pacer::new(1000);
+    assert_eq!(fast.take(at_ms(0), 1000), 100);
+    assert_eq!(fast.take(at_ms(1), 1000), 1);
+    assert_eq!(fast.next_at(at_ms(1)), at_ms(2));
+    assert_eq!(fast.take(at_ms(1), 0), 0);
 }
