@@ -119,7 +119,7 @@ pub struct RouteRequest {
 
 impl RouteRequest {
     /// The tenant, given as a tenant or as the `account` label.
-    fn tenant(&self) -> Option<&str> {
+    pub fn tenant(&self) -> Option<&str> {
         self.tenant.as_deref().or_else(|| self.labels.get(ACCOUNT))
     }
 }
@@ -243,37 +243,7 @@ impl fmt::Display for SessionId {
     }
 }
 
-/// Why a session is asked to move.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Trigger {
-    /// An operator asked for it.
-    Admin,
-    /// Its backend holds more than its share of the session's label group.
-    Rebalance,
-    /// Its backend is draining or being removed.
-    Drain,
-    /// Health checks find its backend down.
-    Failover,
-}
-
-impl Trigger {
-    /// `admin`, `rebalance`, `drain` or `failover`: for metric labels and JSON.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Trigger::Admin => "admin",
-            Trigger::Rebalance => "rebalance",
-            Trigger::Drain => "drain",
-            Trigger::Failover => "failover",
-        }
-    }
-}
-
-impl fmt::Display for Trigger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::migrate::Trigger;
 
 /// One session the cluster wants moved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -635,6 +605,15 @@ impl Cluster {
         report
     }
 
+    /// A new connection to `id` was refused or reset: it takes no new
+    /// sessions until its health checks pass `rise` times (passive health).
+    pub fn mark_unreachable(&mut self, id: &BackendId) -> Option<BackendChange> {
+        let b = self.backends.get_mut(id)?;
+        let health = b.checks.force_down()?;
+        b.health = health;
+        Some(BackendChange::Health(id.clone(), health))
+    }
+
     /// Records one health check of `id`; returns the change if its health flipped.
     pub fn record_check(&mut self, id: &BackendId, ok: bool) -> Option<BackendChange> {
         let policy = self.policy;
@@ -752,8 +731,9 @@ impl Cluster {
         Ok(Transferred { route, change })
     }
 
-    /// Why `to` cannot take a session counted on `from`, if it cannot.
-    fn check_target(
+    /// Why `to` cannot take a session counted on `from`, if it cannot
+    /// (the admin API asks before it sends a move).
+    pub fn check_target(
         &self,
         from: &Route,
         req: &RouteRequest,

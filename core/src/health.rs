@@ -54,6 +54,14 @@ impl HealthCounter {
         self.health
     }
 
+    /// A connection to the backend was refused or reset: down at once
+    /// (passive health); `rise` successful checks bring it back.
+    pub fn force_down(&mut self) -> Option<Health> {
+        self.failures = 0;
+        self.successes = 0;
+        (std::mem::replace(&mut self.health, Health::Down) == Health::Up).then_some(Health::Down)
+    }
+
     /// Records one check result; returns the new health if it changed.
     pub fn record(&mut self, ok: bool, policy: HealthPolicy) -> Option<Health> {
         if ok {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
-use ferry_core::cluster::{Backend, BackendId, Health, Removal, RouteRequest};
+use ferry_core::cluster::{Backend, BackendId, Health, LabelGroup, Removal, Route, RouteRequest};
 use ferry_core::session::{Control, MoveRequest, Trigger};
 use ferry_core::config::{BackendConfig, WorkState};
 use ferry_core::labels::Labels;
@@ -455,7 +455,12 @@ fn migrate(shared: &Shared, id: &str, body: &[u8]) -> Reply {
                     labels: info.labels.clone(),
                 };
                 // Refused now with the reason, rather than failing later in the session.
-                cluster.eligible(&target.id, &request).map_err(|why| {
+                let from = Route {
+                    backend: info.backend.clone(),
+                    addr: target.addr,
+                    group: LabelGroup::of(request.tenant(), &request.labels),
+                };
+                cluster.check_target(&from, &request, &target.id).map_err(|why| {
                     Reply::error(409, format!("session {id} cannot move to '{to}': {why}"))
                 })?;
                 Some(target.id.clone())

@@ -267,12 +267,15 @@ impl<T: Clock> Router for SessionHooks<T> {
     }
 
     fn transfer(&self, t: &Transfer) -> Result<Route, String> {
-        self.shared
+        let moved = self
+            .shared
             .cluster
             .lock()
             .expect("cluster lock")
             .transfer(&t.from, &t.request, t.to.as_ref())
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        log_change(moved.change);
+        Ok(moved.route)
     }
 
     fn transfer_back(&self, moved: &Route, original: &Route) {
