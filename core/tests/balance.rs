@@ -1117,3 +1117,26 @@ fn the_pacer_handles_small_rates_and_odd_clocks() {
     assert_eq!(fast.next_at(at_ms(1)), at_ms(2));
     assert_eq!(fast.take(at_ms(1), 0), 0);
 }
+
+#[test]
+fn triggers_and_ids_read_as_metric_labels() {
+    let names: Vec<String> = [
+        Trigger::Admin,
+        Trigger::Rebalance,
+        Trigger::Drain,
+        Trigger::Failover,
+    ]
+    .iter()
+    .map(|t| {
+        assert_eq!(t.to_string(), t.as_str());
+        assert_eq!(
+            ron::to_string(t).unwrap(),
+            t.as_str(),
+            "serialised as in metrics"
+        );
+        t.as_str().to_string()
+    })
+    .collect();
+    assert_eq!(names, ["admin", "rebalance", "drain", "failover"]);
+    assert_eq!(SessionId(42).to_string(), "42");
+}
