@@ -330,8 +330,8 @@ pub enum NoTarget {
     },
     /// The requested backend belongs to a tenant other than the session's.
     OtherTenant(BackendId),
-    /// The requested backend is the shared pool, but backends of the
-    /// session's own tenant and labels are available.
+    /// The requested backend is the shared pool, but a backend of the
+    /// session's own tenant and labels takes sessions (its own one included).
     PoolNotNeeded {
         /// The backend.
         backend: BackendId,
@@ -669,21 +669,19 @@ impl Cluster {
         Ok(self.count_on(&id, group))
     }
 
-    /// The backends that may take a session asking for `req`, leaving out
-    /// `except`: the working, healthy ones that serve its tenant and labels;
-    /// failing those, the unlabelled ones.
+    /// The backends that may take a session asking for `req`: the working,
+    /// healthy ones that serve its tenant and labels; failing those, the
+    /// unlabelled ones. `except` is left out afterwards, so a session on its
+    /// tenant's only backend has no candidate, rather than the shared pool.
     fn candidates(&self, req: &RouteRequest, except: Option<&BackendId>) -> Vec<&Backend> {
         let tenant = req.tenant();
-        let open = || {
-            self.backends
-                .values()
-                .filter(|b| b.takes_new_sessions() && Some(&b.id) != except)
-        };
-        let serving: Vec<&Backend> = open().filter(|b| b.serves(tenant, &req.labels)).collect();
-        if !serving.is_empty() {
-            return serving;
+        let open = || self.backends.values().filter(|b| b.takes_new_sessions());
+        let mut list: Vec<&Backend> = open().filter(|b| b.serves(tenant, &req.labels)).collect();
+        if list.is_empty() {
+            list = open().filter(|b| b.labels.is_empty()).collect();
         }
-        open().filter(|b| b.labels.is_empty()).collect()
+        list.retain(|b| Some(&b.id) != except);
+        list
     }
 
     /// The candidate with the fewest connections, ties broken at random.
@@ -714,13 +712,14 @@ impl Cluster {
 
     /// Moves the count of a session counted on `from` to another backend, as
     /// its move starts: `to` if given, else the backend `route` would choose
-    /// with `from` left out. Nothing changes on error.
+    /// for the session, other than `from`. Nothing changes on error.
     ///
-    /// `to` must take new sessions (working, healthy, not being removed), not
-    /// be `from`, and be a candidate for `req` by the rules of
-    /// [`Cluster::route`]: an operator cannot send a tenant's session to
-    /// another tenant's backend, nor to the shared pool while the tenant has
-    /// backends of its own.
+    /// `to` must not be `from` and must pass [`Cluster::eligible`]: an
+    /// operator cannot send a tenant's session to another tenant's backend,
+    /// nor to the shared pool while a backend of its own takes sessions.
+    /// Without `to`, a session whose own backend is the only one serving it
+    /// (and still takes sessions) has nowhere to go: it is not pushed into
+    /// the pool, which rebalancing would only undo.
     ///
     /// `from` may name a backend that is gone (forgotten after a removal while
     /// the session's earlier move failed); then only the target is counted.
@@ -735,8 +734,9 @@ impl Cluster {
         to: Option<&BackendId>,
     ) -> Result<Transferred, NoTarget> {
         let target = match to {
+            Some(to) if *to == from.backend => return Err(NoTarget::Same(to.clone())),
             Some(to) => {
-                self.check_target(from, req, to)?;
+                self.eligible(to, req)?;
                 to.clone()
             }
             None => {
@@ -752,20 +752,17 @@ impl Cluster {
         Ok(Transferred { route, change })
     }
 
-    /// Why `to` cannot take a session counted on `from`, if it cannot.
-    fn check_target(
-        &self,
-        from: &Route,
-        req: &RouteRequest,
-        to: &BackendId,
-    ) -> Result<(), NoTarget> {
+    /// Whether `to` may take a session asking for `req`, by the rules of
+    /// [`Cluster::route`]: it exists, works, is healthy and not being
+    /// removed, and is where routing could send the session now (serving its
+    /// tenant and labels, or the shared pool when no backend does). Does not
+    /// look at where the session is; [`Cluster::transfer`] refuses its own
+    /// backend.
+    pub fn eligible(&self, to: &BackendId, req: &RouteRequest) -> Result<(), NoTarget> {
         let b = self
             .backends
             .get(to)
             .ok_or_else(|| NoTarget::Unknown(to.clone()))?;
-        if *to == from.backend {
-            return Err(NoTarget::Same(to.clone()));
-        }
         let closed = |why| {
             Err(NoTarget::Closed {
                 backend: to.clone(),
@@ -783,11 +780,7 @@ impl Cluster {
         if b.health == Health::Down {
             return closed("down");
         }
-        if self
-            .candidates(req, Some(&from.backend))
-            .iter()
-            .any(|c| c.id == *to)
-        {
+        if self.candidates(req, None).iter().any(|c| c.id == *to) {
             return Ok(());
         }
         let tenant = req.tenant().map(str::to_string);

@@ -222,7 +222,7 @@ fn without_a_target_the_refusal_names_tenant_and_labels() {
 }
 
 #[test]
-fn a_tenant_without_other_own_backends_falls_back_to_the_pool_like_routing() {
+fn the_pool_takes_a_tenant_session_only_when_routing_would_send_it_there() {
     let mut c = Cluster::new(
         &[backend("a1", &[("account", "acc1")]), backend("pool", &[])],
         1,
@@ -230,13 +230,29 @@ fn a_tenant_without_other_own_backends_falls_back_to_the_pool_like_routing() {
     let acc1 = req(Some("acc1"), &[]);
     let from = c.route(&acc1).unwrap();
     assert_eq!(from.backend, id("a1"));
-    // a1 itself is left out, so the tenant has no other own backend: the pool takes it,
-    // just as routing would if a1 could not take sessions.
+    // While a1 takes sessions, routing sends acc1 there, not to the pool: a
+    // move has nowhere to go, and the pool may not be named.
+    assert_eq!(
+        c.transfer(&from, &acc1, None).unwrap_err().to_string(),
+        "no other backend can take tenant acc1"
+    );
+    assert_eq!(
+        c.eligible(&id("pool"), &acc1).unwrap_err().to_string(),
+        "backend 'pool' is the shared pool, used only when no backend serves tenant acc1"
+    );
+    assert_eq!(c.eligible(&id("a1"), &acc1), Ok(()));
+    // a1 draining: routing would use the pool, and so does the move.
+    c.set_state(&id("a1"), WorkState::Draining).unwrap();
+    assert_eq!(c.eligible(&id("pool"), &acc1), Ok(()));
     let moved = c.transfer(&from, &acc1, None).unwrap();
     assert_eq!(moved.route.backend, id("pool"));
     assert_eq!(moved.route.group, LabelGroup("acc1".into()));
+    assert_eq!(moved.change, Some(BackendChange::Drained(id("a1"))));
+    // Back to work: the session may go home, by name.
+    c.set_state(&id("a1"), WorkState::Working).unwrap();
     let back = c.transfer(&moved.route, &acc1, Some(&id("a1"))).unwrap();
     assert_eq!(back.route.backend, id("a1"));
+    assert_eq!(c.backend(&id("pool")).unwrap().connections, 0);
 }
 
 #[test]
