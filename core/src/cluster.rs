@@ -258,6 +258,14 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// Every trigger, for metrics.
+    pub const ALL: [Trigger; 4] = [
+        Trigger::Admin,
+        Trigger::Rebalance,
+        Trigger::Drain,
+        Trigger::Failover,
+    ];
+
     /// `admin`, `rebalance`, `drain` or `failover`: for metric labels and JSON.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -640,6 +648,19 @@ impl Cluster {
         let policy = self.policy;
         let b = self.backends.get_mut(id)?;
         let health = b.checks.record(ok, policy)?;
+        b.health = health;
+        Some(BackendChange::Health(id.clone(), health))
+    }
+
+    /// Takes a backend out of routing at once because connecting to it failed
+    /// (passive health), without waiting for `fall` failed checks; `rise`
+    /// good checks bring it back. Returns the change if its health flipped.
+    ///
+    /// While it is down, [`Cluster::plan_drain`] orders its sessions away
+    /// (trigger `Failover`), including those whose connections still work.
+    pub fn mark_unreachable(&mut self, id: &BackendId) -> Option<BackendChange> {
+        let b = self.backends.get_mut(id)?;
+        let health = b.checks.force_down()?;
         b.health = health;
         Some(BackendChange::Health(id.clone(), health))
     }

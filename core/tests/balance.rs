@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_core::cluster::{
-    BackendChange, BackendId, BalancePolicy, Cluster, DrainPlan, DrainStatus, LabelGroup,
+    BackendChange, BackendId, BalancePolicy, Cluster, DrainPlan, DrainStatus, Health, LabelGroup,
     MoveOrder, NoTarget, Pacer, Route, RouteRequest, SessionId, SessionView, Transferred, Trigger,
 };
 use ferry_core::config::{BackendConfig, WorkState};
@@ -1136,23 +1136,44 @@ fn the_pacer_handles_small_rates_and_odd_clocks() {
 
 #[test]
 fn triggers_and_ids_read_as_metric_labels() {
-    let names: Vec<String> = [
-        Trigger::Admin,
-        Trigger::Rebalance,
-        Trigger::Drain,
-        Trigger::Failover,
-    ]
-    .iter()
-    .map(|t| {
-        assert_eq!(t.to_string(), t.as_str());
-        assert_eq!(
-            ron::to_string(t).unwrap(),
-            t.as_str(),
-            "serialised as in metrics"
-        );
-        t.as_str().to_string()
-    })
-    .collect();
+    let names: Vec<String> = Trigger::ALL
+        .iter()
+        .map(|t| {
+            assert_eq!(t.to_string(), t.as_str());
+            assert_eq!(
+                ron::to_string(t).unwrap(),
+                t.as_str(),
+                "serialised as in metrics"
+            );
+            t.as_str().to_string()
+        })
+        .collect();
     assert_eq!(names, ["admin", "rebalance", "drain", "failover"]);
     assert_eq!(SessionId(42).to_string(), "42");
+}
+
+#[test]
+fn an_unreachable_backend_is_down_at_once_and_its_sessions_fail_over() {
+    let mut c = three();
+    c.set_health_policy(ferry_core::health::HealthPolicy { fall: 3, rise: 2 });
+    let routes = place(&mut c, &plain(), &[("cn1", 2)]);
+    assert_eq!(
+        c.mark_unreachable(&id("cn1")),
+        Some(BackendChange::Health(id("cn1"), Health::Down))
+    );
+    assert_eq!(c.mark_unreachable(&id("cn1")), None, "reported once");
+    assert_eq!(c.mark_unreachable(&id("nope")), None);
+    for _ in 0..6 {
+        assert_ne!(c.route(&plain()).unwrap().backend, id("cn1"));
+    }
+    let plan = c.plan_drain(&views(&routes, &plain()), NOW, MINUTE);
+    assert_eq!(
+        ordered(&plan),
+        [(0, Trigger::Failover), (1, Trigger::Failover)]
+    );
+    assert_eq!(c.record_check(&id("cn1"), true), None);
+    assert_eq!(
+        c.record_check(&id("cn1"), true),
+        Some(BackendChange::Health(id("cn1"), Health::Up))
+    );
 }
