@@ -1,9 +1,6 @@
 //! ferry-sim: replays `scenarios/*.ron` against ferry under turmoil.
-//!
-//! Not built yet: the simulator arrives with the migration work. This binary
-//! exists so the workspace has its final shape from the first day.
 
 fn main() {
-    eprintln!("ferry-sim: the simulator is not implemented yet");
+    eprintln!("ferry-sim: not wired yet");
     std::process::exit(2);
 }
