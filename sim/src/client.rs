@@ -1004,6 +1004,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
         }
         self.follow_txn(stmt.as_ref(), &params, &answer);
         if let Some(expected) = expected {
+            let expected = match expected {
+                Expected::Value(v) => Expected::Value(self.expand(&v, loops)),
+                Expected::Rows(rows) => Expected::Rows(
+                    rows.iter()
+                        .map(|r| {
+                            r.iter()
+                                .map(|c| c.as_ref().map(|c| self.expand(c, loops)))
+                                .collect()
+                        })
+                        .collect(),
+                ),
+                other => other,
+            };
             if let Some(why) = mismatch(&expected, &answer) {
                 self.violation(format!("{label}: {why}"));
             }

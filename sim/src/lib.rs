@@ -6,6 +6,10 @@
 
 pub mod backend;
 pub mod client;
+pub mod clock;
+pub mod proxy_host;
+pub mod runner;
+pub mod scenario;
 pub mod sql;
 pub mod store;
 pub mod trace;

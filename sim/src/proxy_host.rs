@@ -1,0 +1,175 @@
+//! The simulated proxy host: ferry's own shell code (`proxy::Shared`, the
+//! per-connection `pump::run`, `SessionHooks`) on turmoil's TCP, bridged to
+//! futures-io with `tokio_util::compat`. Everything that touches the shell's
+//! API lives here, so API changes in the shell are absorbed in this file.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use ferry_core::cluster::{NoBackend, Route, RouteRequest};
+use ferry_core::config::Config;
+use ferry_core::login::client::Greeting;
+use ferry_core::session::{CloseReason, Session, SessionEvent, SessionLocation};
+use ferry_core::Rng;
+use ferry_shell::clock::Clock;
+use ferry_shell::proxy::{SessionHooks, Shared};
+use ferry_shell::pump::{self, Connector, Router};
+use futures_lite::FutureExt;
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+
+use crate::clock::SimClock;
+use crate::trace::Trace;
+
+/// The port ferry and the backends listen on in the simulation.
+pub const PORT: u16 = 3306;
+
+/// Where the runner finds the proxy's shared state (replaced when the host restarts).
+pub type ProxySlot = Arc<Mutex<Option<Arc<Shared>>>>;
+
+/// Connects to backends over turmoil's TCP.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimConnector;
+
+impl Connector for SimConnector {
+    type Stream = Compat<turmoil::net::TcpStream>;
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Stream> {
+        let stream = turmoil::net::TcpStream::connect(addr).await?;
+        Ok(stream.compat())
+    }
+}
+
+/// A router that writes the session's milestones to the trace, then does what ferry does.
+struct Traced<R> {
+    inner: R,
+    conn_id: u32,
+    trace: Trace,
+}
+
+impl<R: Router> Router for Traced<R> {
+    fn route(&self, req: &RouteRequest) -> Result<Route, NoBackend> {
+        let routed = self.inner.route(req);
+        match &routed {
+            Ok(route) => self.trace.log(
+                "ferry",
+                format!("s{} route → {}", self.conn_id, route.backend),
+            ),
+            Err(_) => self
+                .trace
+                .log("ferry", format!("s{} route: no backend", self.conn_id)),
+        }
+        routed
+    }
+
+    fn release(&self, route: &Route) {
+        self.trace.log(
+            "ferry",
+            format!("s{} release {}", self.conn_id, route.backend),
+        );
+        self.inner.release(route)
+    }
+
+    fn on_event(&self, event: &SessionEvent) {
+        if let SessionEvent::LoggedIn {
+            login,
+            route,
+            backend_connection_id,
+        } = event
+        {
+            let tenant = login
+                .tenant
+                .as_deref()
+                .map_or(String::new(), |t| format!("{t}:"));
+            self.trace.log(
+                "ferry",
+                format!(
+                    "s{} logged in {tenant}{} on {} t{backend_connection_id}",
+                    self.conn_id, login.user, route.backend
+                ),
+            );
+        }
+        self.inner.on_event(event)
+    }
+
+    fn on_read(&self, from_client: bool, n: usize) {
+        self.inner.on_read(from_client, n)
+    }
+
+    fn on_close(&self, reason: &CloseReason) {
+        self.trace
+            .log("ferry", format!("s{} closed: {reason:?}", self.conn_id));
+        self.inner.on_close(reason)
+    }
+
+    fn locate(&self, conn_id: u32) -> Option<SessionLocation> {
+        self.inner.locate(conn_id)
+    }
+}
+
+/// Runs the proxy host until it is crashed: builds the shared state from
+/// `config`, publishes it in `slot`, and serves every client with the pump.
+pub async fn serve(config: Config, seed: u64, trace: Trace, slot: ProxySlot) -> turmoil::Result {
+    let shared = Arc::new(Shared::from_config(&config, seed)?);
+    *slot.lock().expect("proxy slot") = Some(shared.clone());
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
+    let clock = SimClock::new();
+    let mut rng = Rng::new(seed ^ 0x5A17);
+    let mut next_id = 1u32;
+    trace.log("ferry", "up");
+    loop {
+        let (stream, peer) = listener.accept().await?;
+        let conn_id = next_id;
+        next_id += 1;
+        let mut salt = [0u8; 20];
+        for b in &mut salt {
+            *b = 33 + rng.below(94) as u8;
+        }
+        let shared = shared.clone();
+        let trace = trace.clone();
+        tokio::task::spawn_local(async move {
+            let registration = shared.registry.register(conn_id);
+            let identity = shared.identity.read().expect("identity lock").clone();
+            let greeting = Greeting {
+                server_version: identity.version,
+                connection_id: conn_id,
+                salt,
+                collation: 45,
+                capabilities: identity.capabilities,
+            };
+            let users = shared.users.read().expect("users lock").clone();
+            let session_config = shared.session_config.read().expect("config lock").clone();
+            let session = Session::new(
+                clock.now(),
+                session_config,
+                greeting,
+                users,
+                peer.ip().to_string(),
+            );
+            let hooks = Traced {
+                inner: SessionHooks::new(shared.clone(), registration.entry.clone()),
+                conn_id,
+                trace: trace.clone(),
+            };
+            let shutdown = shared.shutdown_requested();
+            let pump = pump::run(
+                conn_id,
+                session,
+                stream.compat(),
+                &SimConnector,
+                &hooks,
+                &clock,
+                shutdown,
+            );
+            if let Err(panic) = std::panic::AssertUnwindSafe(pump).catch_unwind().await {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                trace.log("ferry", format!("s{conn_id} PANIC {what}"));
+            }
+            drop(hooks);
+            drop(registration);
+        });
+    }
+}
