@@ -75,6 +75,8 @@ pub enum Expected {
     Rows(Vec<Vec<Option<String>>>),
     /// One row whose first value is this.
     Value(String),
+    /// One row whose first value is one of these.
+    OneOf(Vec<String>),
     /// An ERR with this code.
     Err(u16),
 }
@@ -1112,6 +1114,14 @@ fn mismatch(expected: &Expected, answer: &Answer) -> Option<String> {
         (Expected::Rows(rows), Answer::Rows(_, got, _)) => rows == got,
         (Expected::Value(v), Answer::Rows(_, got, _)) => {
             got.len() == 1 && got[0].first().cloned().flatten().as_deref() == Some(v.as_str())
+        }
+        (Expected::OneOf(vs), Answer::Rows(_, got, _)) => {
+            got.len() == 1
+                && got[0]
+                    .first()
+                    .cloned()
+                    .flatten()
+                    .is_some_and(|v| vs.contains(&v))
         }
         (Expected::Err(code), Answer::Err(e)) => e.code == *code,
         _ => false,

@@ -366,6 +366,22 @@ fn apply(
                 violations.push(format!("fault {action:?}: {e}"));
             }
         }
+        Action::Relabel(id, labels) => {
+            let Some(def) = scenario.backends.iter().find(|b| &b.id == id) else {
+                violations.push(format!("fault {action:?}: no such backend in the scenario"));
+                return;
+            };
+            if let Some(shared) = cluster() {
+                let mut c = shared.cluster.lock().expect("cluster lock");
+                let state = c
+                    .backend(&BackendId(id.clone()))
+                    .map_or(def.state, |b| b.state);
+                let mut config = backend_config(def, addrs);
+                config.labels = Labels(labels.clone());
+                config.state = state;
+                c.upsert(&config);
+            }
+        }
         Action::AddBackend(id) => {
             let Some(def) = scenario.backends.iter().find(|b| &b.id == id) else {
                 violations.push(format!("fault {action:?}: no such backend in the scenario"));

@@ -210,6 +210,8 @@ pub enum Action {
     AddBackend(String),
     /// Remove a backend from ferry's cluster.
     RemoveBackend(String),
+    /// Give a backend new labels (as a config reload does).
+    Relabel(String, BTreeMap<String, String>),
 }
 
 /// What the run must show.
