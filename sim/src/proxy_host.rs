@@ -6,14 +6,13 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use ferry_core::cluster::{NoBackend, Route, RouteRequest};
 use ferry_core::config::Config;
 use ferry_core::login::client::Greeting;
-use ferry_core::session::{CloseReason, Session, SessionEvent, SessionLocation};
+use ferry_core::session::Session;
 use ferry_core::Rng;
 use ferry_shell::clock::Clock;
 use ferry_shell::proxy::{SessionHooks, Shared};
-use ferry_shell::pump::{self, Connector, Router};
+use ferry_shell::pump::{self, Connector};
 use futures_lite::FutureExt;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
@@ -36,73 +35,6 @@ impl Connector for SimConnector {
     async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Stream> {
         let stream = turmoil::net::TcpStream::connect(addr).await?;
         Ok(stream.compat())
-    }
-}
-
-/// A router that writes the session's milestones to the trace, then does what ferry does.
-struct Traced<R> {
-    inner: R,
-    conn_id: u32,
-    trace: Trace,
-}
-
-impl<R: Router> Router for Traced<R> {
-    fn route(&self, req: &RouteRequest) -> Result<Route, NoBackend> {
-        let routed = self.inner.route(req);
-        match &routed {
-            Ok(route) => self.trace.log(
-                "ferry",
-                format!("s{} route → {}", self.conn_id, route.backend),
-            ),
-            Err(_) => self
-                .trace
-                .log("ferry", format!("s{} route: no backend", self.conn_id)),
-        }
-        routed
-    }
-
-    fn release(&self, route: &Route) {
-        self.trace.log(
-            "ferry",
-            format!("s{} release {}", self.conn_id, route.backend),
-        );
-        self.inner.release(route)
-    }
-
-    fn on_event(&self, event: &SessionEvent) {
-        if let SessionEvent::LoggedIn {
-            login,
-            route,
-            backend_connection_id,
-        } = event
-        {
-            let tenant = login
-                .tenant
-                .as_deref()
-                .map_or(String::new(), |t| format!("{t}:"));
-            self.trace.log(
-                "ferry",
-                format!(
-                    "s{} logged in {tenant}{} on {} t{backend_connection_id}",
-                    self.conn_id, login.user, route.backend
-                ),
-            );
-        }
-        self.inner.on_event(event)
-    }
-
-    fn on_read(&self, from_client: bool, n: usize) {
-        self.inner.on_read(from_client, n)
-    }
-
-    fn on_close(&self, reason: &CloseReason) {
-        self.trace
-            .log("ferry", format!("s{} closed: {reason:?}", self.conn_id));
-        self.inner.on_close(reason)
-    }
-
-    fn locate(&self, conn_id: u32) -> Option<SessionLocation> {
-        self.inner.locate(conn_id)
     }
 }
 
@@ -145,11 +77,7 @@ pub async fn serve(config: Config, seed: u64, trace: Trace, slot: ProxySlot) -> 
                 users,
                 peer.ip().to_string(),
             );
-            let hooks = Traced {
-                inner: SessionHooks::new(shared.clone(), registration.entry.clone()),
-                conn_id,
-                trace: trace.clone(),
-            };
+            let hooks = SessionHooks::new(shared.clone(), registration.entry.clone());
             let shutdown = shared.shutdown_requested();
             let pump = pump::run(
                 conn_id,

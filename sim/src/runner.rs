@@ -41,6 +41,11 @@ const SETTLE_MS: u64 = 300;
 /// Runs `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> RunResult {
     let trace = Trace::new();
+    let subscriber = crate::trace::subscriber(trace.clone());
+    tracing::subscriber::with_default(subscriber, || run_traced(scenario, seed, trace))
+}
+
+fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunResult {
     let mut violations = Vec::new();
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
