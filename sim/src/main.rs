@@ -131,17 +131,22 @@ fn real_main() -> Result<bool, String> {
             .file_stem()
             .map_or(String::new(), |s| s.to_string_lossy().into_owned());
         let shown: Vec<String> = failing.iter().map(|s| s.to_string()).collect();
+        let known = scenarios[i]
+            .1
+            .known_issue
+            .as_ref()
+            .map_or(String::new(), |k| format!("  (known issue: {k})"));
         println!(
-            "{:<40} {:>4}/{:<3}  {}",
+            "{:<40} {:>4}/{:<3}  {}{known}",
             name,
             mine.len() - failing.len(),
             mine.len(),
             shown.join(" ")
         );
-        all_ok &= failing.is_empty();
+        all_ok &= failing.is_empty() || !known.is_empty();
     }
     for (i, r) in &results {
-        if !r.passed() {
+        if !r.passed() && scenarios[*i].1.known_issue.is_none() {
             let file = &scenarios[*i].0;
             println!("\n{} seed {}:", file.display(), r.seed);
             for v in r.violations.iter().take(5) {

@@ -16,6 +16,9 @@ use crate::client::Step;
 pub struct Scenario {
     /// What it shows.
     pub description: String,
+    /// A known ferry bug this scenario shows: the run is expected to fail until it is fixed.
+    #[serde(default)]
+    pub known_issue: Option<String>,
     /// Simulated time the run may take at most, milliseconds.
     #[serde(default = "default_limit")]
     pub limit_ms: u64,
