@@ -60,6 +60,10 @@ pub enum Step {
     WaitFor(String),
     /// Log in again on a new connection (after the old one was lost).
     Reconnect,
+    /// Check that the session's state answers as the client left it: user
+    /// and system variables it set, its database, `LAST_INSERT_ID()`, and its
+    /// prepared statements (COM_STMT_RESET on each).
+    CheckState,
     /// Say goodbye (COM_QUIT) and end.
     Quit,
 }
@@ -106,6 +110,8 @@ pub struct ClientSpec {
     pub quiet: bool,
     /// How long any one command may take before the session counts as stuck.
     pub stuck_ms: u64,
+    /// Run [`Step::CheckState`] after every `Sleep` (sessions move while idle).
+    pub check_after_sleep: bool,
 }
 
 /// An error a client got.
@@ -582,6 +588,7 @@ where
         stmts: BTreeMap::new(),
         txn: TxnTracker::default(),
         saved: BTreeMap::new(),
+        model: Model::default(),
     };
     runner.connect(&connect).await;
     let script = runner.spec.script.clone();
@@ -621,6 +628,89 @@ struct Runner<S> {
     stmts: BTreeMap<String, (u32, String)>,
     txn: TxnTracker,
     saved: BTreeMap<String, String>,
+    model: Model,
+}
+
+/// What the client knows its session's state to be, from its own successful statements.
+#[derive(Clone, Debug, Default)]
+struct Model {
+    user_vars: BTreeMap<String, Option<String>>,
+    sys_vars: BTreeMap<String, String>,
+    last_insert_id: u64,
+}
+
+impl Model {
+    fn follow(&mut self, stmt: &Stmt, params: &[Value], ok: &OkPacket) {
+        let lit = |e: &Expr| -> Option<Value> {
+            match e {
+                Expr::Lit(v) => Some(v.clone()),
+                Expr::Param(i) => params.get(*i).cloned(),
+                _ => None,
+            }
+        };
+        match stmt {
+            Stmt::Set(assigns) => {
+                for (target, e) in assigns {
+                    match (target, lit(e)) {
+                        (sql::Target::User(u), Some(v)) => {
+                            self.user_vars.insert(u.clone(), v.text());
+                        }
+                        (sql::Target::User(u), None) => {
+                            self.user_vars.remove(u);
+                        }
+                        (sql::Target::Sys(name), Some(v)) => {
+                            let text = v.text().unwrap_or_default();
+                            let text = match (name.as_str(), text.to_ascii_uppercase().as_str()) {
+                                ("autocommit", "ON" | "1" | "TRUE") => "1".to_string(),
+                                ("autocommit", "OFF" | "0" | "FALSE") => "0".to_string(),
+                                (_, "ON" | "OFF" | "DEFAULT" | "TRUE" | "FALSE") => {
+                                    self.sys_vars.remove(name);
+                                    continue;
+                                }
+                                _ => text,
+                            };
+                            self.sys_vars.insert(name.clone(), text);
+                        }
+                        (sql::Target::Sys(name), None) => {
+                            self.sys_vars.remove(name);
+                        }
+                        (sql::Target::Names(collation), Some(v)) => {
+                            let cs = v.text().unwrap_or_default();
+                            for n in [
+                                "character_set_client",
+                                "character_set_connection",
+                                "character_set_results",
+                            ] {
+                                self.sys_vars.insert(n.into(), cs.clone());
+                            }
+                            match collation {
+                                Some(c) => self
+                                    .sys_vars
+                                    .insert("collation_connection".into(), c.clone()),
+                                None => self.sys_vars.remove("collation_connection"),
+                            };
+                        }
+                        (sql::Target::Names(_), None) => {}
+                    }
+                }
+            }
+            Stmt::Do(exprs) => {
+                for e in exprs {
+                    if let Expr::Func(f, args) = e {
+                        if f == "LAST_INSERT_ID" && args.len() == 1 {
+                            if let Some(n) = lit(&args[0]).and_then(|v| v.as_int()) {
+                                self.last_insert_id = n as u64;
+                            }
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+        if ok.last_insert_id > 0 {
+            self.last_insert_id = ok.last_insert_id;
+        }
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
@@ -761,13 +851,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
                 }
                 Step::Sleep(ms) => {
                     tokio::time::sleep(Duration::from_millis(*ms)).await;
-                    true
+                    !self.spec.check_after_sleep || self.check_state().await
                 }
+                Step::CheckState => self.check_state().await,
                 Step::Reconnect => {
                     if let Some(conn) = self.conn.take() {
                         conn.quit().await;
                     }
                     self.stmts.clear();
+                    self.model = Model::default();
                     self.connect(connect).await
                 }
                 Step::Publish(name) => {
@@ -1004,6 +1096,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
             }
             _ => {}
         }
+        if let (Some(stmt), Answer::Ok(ok)) = (stmt.as_ref(), &answer) {
+            self.model.follow(stmt, &params, ok);
+        }
+        if let Answer::Ok(ok) = &answer {
+            if ok.last_insert_id > 0 {
+                self.model.last_insert_id = ok.last_insert_id;
+            }
+        }
         self.follow_txn(stmt.as_ref(), &params, &answer);
         if let Some(expected) = expected {
             let expected = match expected {
@@ -1023,6 +1123,97 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Runner<S> {
                 self.violation(format!("{label}: {why}"));
             }
         }
+        true
+    }
+
+    /// Runs one command outside the script (for checks); `None` when the connection is gone.
+    async fn probe(&mut self, payload: &[u8], label: &str) -> Option<Answer> {
+        let limit = Duration::from_millis(self.spec.stuck_ms);
+        let conn = self.conn.as_mut()?;
+        let answer = tokio::time::timeout(limit, conn.command(payload, None))
+            .await
+            .unwrap_or(Err(Failure::Stuck));
+        match answer {
+            Ok(a) => Some(a),
+            Err(Failure::Lost) => {
+                self.log("← ferry lost connection");
+                self.error(2013, "Lost connection to server during query", label);
+                self.conn = None;
+                let name = self.spec.name.clone();
+                self.txn.end(&name, TxnStatus::Failed);
+                None
+            }
+            Err(Failure::Stuck) => {
+                self.violation(format!(
+                    "stuck: {label} got no answer within {}ms",
+                    self.spec.stuck_ms
+                ));
+                self.conn = None;
+                None
+            }
+            Err(Failure::Protocol(why)) => {
+                self.violation(format!("{label}: {why}"));
+                self.conn = None;
+                None
+            }
+        }
+    }
+
+    /// Compares the session's state with the model; false once the connection is gone.
+    async fn check_state(&mut self) -> bool {
+        let Some(db) = self.conn.as_ref().map(|c| c.db.clone()) else {
+            return false;
+        };
+        let mut items = vec!["DATABASE()".to_string(), "LAST_INSERT_ID()".to_string()];
+        let mut want = vec![db, Some(self.model.last_insert_id.to_string())];
+        for (u, v) in &self.model.user_vars {
+            items.push(format!("@`{u}`"));
+            want.push(v.clone());
+        }
+        for (name, v) in &self.model.sys_vars {
+            items.push(format!("@@{name}"));
+            want.push(Some(v.clone()));
+        }
+        let sql = format!("SELECT {}", items.join(", "));
+        let mut payload = vec![COM_QUERY];
+        payload.extend_from_slice(sql.as_bytes());
+        let Some(answer) = self.probe(&payload, "state check").await else {
+            return false;
+        };
+        match &answer {
+            Answer::Rows(_, rows, _) if rows.len() == 1 && rows[0] == want => {}
+            other => {
+                let got = describe(other);
+                let shown: Vec<String> = items
+                    .iter()
+                    .zip(&want)
+                    .map(|(i, w)| format!("{i}={}", w.as_deref().unwrap_or("NULL")))
+                    .collect();
+                self.violation(format!(
+                    "session state changed: expected {}, got {got}",
+                    shown.join(" ")
+                ));
+            }
+        }
+        let stmts: Vec<(String, u32)> = self
+            .stmts
+            .iter()
+            .map(|(n, (id, _))| (n.clone(), *id))
+            .collect();
+        for (name, id) in stmts {
+            let mut p = vec![COM_STMT_RESET];
+            p.extend_from_slice(&id.to_le_bytes());
+            let Some(answer) = self.probe(&p, "state check").await else {
+                return false;
+            };
+            if !matches!(answer, Answer::Ok(_)) {
+                self.violation(format!(
+                    "prepared statement {name} (id {id}) is gone: COM_STMT_RESET got {}",
+                    describe(&answer)
+                ));
+            }
+        }
+        self.log("state check ok");
         true
     }
 

@@ -154,6 +154,7 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunResult {
                 script: def.script.clone(),
                 quiet: def.quiet,
                 stuck_ms: def.stuck_ms,
+                check_after_sleep: def.check_after_sleep,
             };
             next_id += 1;
             members.push(name);

@@ -161,6 +161,9 @@ pub struct ClientDef {
     /// A command without an answer for this long is a stuck session.
     #[serde(default = "default_stuck")]
     pub stuck_ms: u64,
+    /// Check the session's state after every `Sleep` (see `CheckState`).
+    #[serde(default)]
+    pub check_after_sleep: bool,
     /// The script.
     pub script: Vec<Step>,
 }

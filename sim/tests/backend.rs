@@ -36,6 +36,7 @@ fn client(track: bool, deprecate_eof: bool) -> ClientSpec {
         script: Vec::new(),
         quiet: false,
         stuck_ms: 10_000,
+        check_after_sleep: false,
     }
 }
 
