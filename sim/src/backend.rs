@@ -271,6 +271,8 @@ struct Conn {
     db: Option<String>,
     vars: BTreeMap<String, String>,
     user_vars: BTreeMap<String, Value>,
+    /// `information_schema.USER_VARIABLES.VARIABLE_TYPE` of each user variable.
+    user_types: BTreeMap<String, &'static str>,
     /// An open transaction: explicit (BEGIN) or implicit (autocommit off).
     txn: Option<Txn>,
     temp: BTreeMap<String, BTreeMap<i64, String>>,
@@ -315,6 +317,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(server: Arc<Server>, mut s
         db: None,
         vars: defaults(),
         user_vars: BTreeMap::new(),
+        user_types: BTreeMap::new(),
         txn: None,
         temp: BTreeMap::new(),
         stmts: BTreeMap::new(),
@@ -796,6 +799,7 @@ impl Conn {
     fn reset(&mut self) {
         self.vars = defaults();
         self.user_vars.clear();
+        self.user_types.clear();
         self.txn = None;
         self.temp.clear();
         self.stmts.clear();
@@ -939,8 +943,30 @@ impl Conn {
             Expr::Neg(inner) => match self.eval(inner, params)? {
                 Value::Int(i) => Value::Int(-i),
                 Value::Null => Value::Null,
+                Value::Double(d) => Value::Double(format!("-{d}")),
                 other => Value::Dec(format!("-{other}")),
             },
+            Expr::IsNull(inner, not) => {
+                let null = self.eval(inner, params)? == Value::Null;
+                Value::Int((null != *not) as i64)
+            }
+            Expr::Cast(inner, ty) => {
+                let v = self.eval(inner, params)?;
+                if v == Value::Null {
+                    return Ok(Value::Null);
+                }
+                match ty.as_str() {
+                    "SIGNED" | "UNSIGNED" | "INTEGER" | "INT" => {
+                        Value::Int(v.as_int().unwrap_or(0))
+                    }
+                    "DECIMAL" => Value::Dec(v.to_string()),
+                    "DOUBLE" | "REAL" | "FLOAT" => {
+                        Value::Double(v.as_secs().map_or_else(|| v.to_string(), |f| f.to_string()))
+                    }
+                    "CHAR" | "VARCHAR" | "BINARY" => Value::Str(v.to_string()),
+                    _ => return Err(err(1064, "42000", format!("unsupported CAST to {ty}"))),
+                }
+            }
             Expr::Column(c) => {
                 return Err(err(
                     1054,
@@ -962,6 +988,21 @@ impl Conn {
                     }
                     ("DATABASE" | "SCHEMA", []) => self.db.clone().map_or(Value::Null, Value::Str),
                     ("VERSION", []) => Value::Str(VERSION.trim_start_matches("5.5.5-").into()),
+                    ("HEX", [v]) => match v {
+                        Value::Null => Value::Null,
+                        Value::Int(i) => Value::Str(format!("{i:X}")),
+                        other => Value::Str(
+                            other
+                                .to_string()
+                                .bytes()
+                                .map(|b| format!("{b:02X}"))
+                                .collect(),
+                        ),
+                    },
+                    ("COLLATION", [v]) => match v {
+                        Value::Str(_) => Value::Str(self.var("collation_connection").to_string()),
+                        _ => Value::Str("binary".into()),
+                    },
                     ("CONCAT", vs) => {
                         if vs.contains(&Value::Null) {
                             Value::Null
@@ -1195,6 +1236,17 @@ impl Conn {
                     };
                     let result = match target {
                         Target::User(u) => {
+                            let ty = match (&value, expr) {
+                                (Value::Null, Expr::Cast(_, t)) => match t.as_str() {
+                                    "SIGNED" | "INTEGER" | "INT" => "INT",
+                                    "UNSIGNED" => "INT UNSIGNED",
+                                    "DECIMAL" => "DECIMAL",
+                                    "DOUBLE" | "REAL" | "FLOAT" => "DOUBLE",
+                                    _ => "VARCHAR",
+                                },
+                                (v, _) => v.type_name(),
+                            };
+                            self.user_types.insert(u.clone(), ty);
                             self.user_vars.insert(u.clone(), value);
                             self.state_changed = true;
                             Ok(())
@@ -1447,13 +1499,18 @@ impl Conn {
                 }
                 let charset = self.var("character_set_connection").to_string();
                 for (name, value) in &self.user_vars {
-                    let (ty, cs) = match value {
-                        Value::Int(_) => ("INT", Some("latin1".to_string())),
-                        Value::Dec(_) => ("DECIMAL", Some("latin1".to_string())),
-                        Value::Str(_) => ("VARCHAR", Some(charset.clone())),
-                        Value::Null => ("VARCHAR", Some("binary".to_string())),
+                    let ty = self.user_types.get(name).copied().unwrap_or("VARCHAR");
+                    let cs = match value {
+                        Value::Str(_) => charset.clone(),
+                        Value::Null if ty == "VARCHAR" => "binary".to_string(),
+                        _ => "latin1".to_string(),
                     };
-                    let all = [Some(name.clone()), value.text(), Some(ty.to_string()), cs];
+                    let all = [
+                        Some(name.clone()),
+                        value.text(),
+                        Some(ty.to_string()),
+                        Some(cs),
+                    ];
                     rows.rows
                         .push(pick.iter().map(|&i| all[i].clone()).collect());
                 }

@@ -15,6 +15,8 @@ pub enum Value {
     Int(i64),
     /// A decimal number, kept as written.
     Dec(String),
+    /// A floating-point number, as MariaDB prints it.
+    Double(String),
     /// A string.
     Str(String),
 }
@@ -25,8 +27,18 @@ impl Value {
         match self {
             Value::Null => None,
             Value::Int(i) => Some(i.to_string()),
-            Value::Dec(d) => Some(d.clone()),
+            Value::Dec(d) | Value::Double(d) => Some(d.clone()),
             Value::Str(s) => Some(s.clone()),
+        }
+    }
+
+    /// The type `information_schema.USER_VARIABLES` gives a variable holding this value.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Int(_) => "INT",
+            Value::Dec(_) => "DECIMAL",
+            Value::Double(_) => "DOUBLE",
+            Value::Str(_) | Value::Null => "VARCHAR",
         }
     }
 
@@ -34,7 +46,7 @@ impl Value {
     pub fn as_int(&self) -> Option<i64> {
         match self {
             Value::Int(i) => Some(*i),
-            Value::Dec(d) => d.parse::<f64>().ok().map(|f| f as i64),
+            Value::Dec(d) | Value::Double(d) => d.parse::<f64>().ok().map(|f| f as i64),
             Value::Str(s) => s.trim().parse().ok(),
             Value::Null => None,
         }
@@ -44,7 +56,7 @@ impl Value {
     pub fn as_secs(&self) -> Option<f64> {
         match self {
             Value::Int(i) => Some(*i as f64),
-            Value::Dec(d) | Value::Str(d) => d.trim().parse().ok(),
+            Value::Dec(d) | Value::Double(d) | Value::Str(d) => d.trim().parse().ok(),
             Value::Null => None,
         }
     }
@@ -79,6 +91,8 @@ pub enum Kind {
     Num(String),
     /// A string literal's content.
     Str(String),
+    /// A hex literal `X'..'`, decoded.
+    Hex(Vec<u8>),
     /// `@name`.
     UserVar(String),
     /// `@@[session.|global.|local.]name`, lower-cased; the bool is "global".
@@ -195,10 +209,35 @@ pub fn tokenize(sql: &str) -> Result<Vec<Tok>, String> {
                 };
                 Kind::UserVar(name.to_ascii_lowercase())
             }
+        } else if (c == b'x' || c == b'X') && b.get(i + 1) == Some(&b'\'') {
+            i += 2;
+            let s = i;
+            while i < b.len() && b[i] != b'\'' {
+                i += 1;
+            }
+            let hex = &sql[s..i];
+            i += 1;
+            let bytes = (0..hex.len() / 2)
+                .map(|k| u8::from_str_radix(&hex[2 * k..2 * k + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map_err(|_| "bad hex literal".to_string())?;
+            Kind::Hex(bytes)
         } else if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit))
         {
             while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
                 i += 1;
+            }
+            if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+                let mut j = i + 1;
+                if j < b.len() && (b[j] == b'+' || b[j] == b'-') {
+                    j += 1;
+                }
+                if j < b.len() && b[j].is_ascii_digit() {
+                    i = j;
+                    while i < b.len() && b[i].is_ascii_digit() {
+                        i += 1;
+                    }
+                }
             }
             Kind::Num(sql[start..i].to_string())
         } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
@@ -242,6 +281,10 @@ pub enum Expr {
     Column(String),
     /// `-expr`.
     Neg(Box<Expr>),
+    /// `CAST(expr AS type)`, type upper-cased without its size.
+    Cast(Box<Expr>, String),
+    /// `expr IS [NOT] NULL` (true: NOT).
+    IsNull(Box<Expr>, bool),
 }
 
 /// One item of a SELECT list.
@@ -489,18 +532,74 @@ impl Parser<'_> {
         Ok(out)
     }
 
-    /// One expression.
+    /// One expression: a primary, then `COLLATE x` (ignored) and `IS [NOT] NULL`.
     pub fn expr(&mut self) -> Result<Expr, String> {
+        let mut e = self.primary()?;
+        loop {
+            if self.eat("COLLATE") {
+                self.ident()?;
+            } else if self.is("IS") {
+                self.at += 1;
+                let not = self.eat("NOT");
+                self.expect("NULL")?;
+                e = Expr::IsNull(Box::new(e), not);
+            } else {
+                return Ok(e);
+            }
+        }
+    }
+
+    fn primary(&mut self) -> Result<Expr, String> {
         let Some(tok) = self.toks.get(self.at) else {
             return Err(self.near());
         };
         self.at += 1;
         Ok(match &tok.kind {
+            Kind::Num(n) if n.contains(['e', 'E']) => Expr::Lit(Value::Double(
+                n.parse::<f64>().map_or(n.clone(), |f| f.to_string()),
+            )),
             Kind::Num(n) => match n.parse::<i64>() {
                 Ok(i) => Expr::Lit(Value::Int(i)),
                 Err(_) => Expr::Lit(Value::Dec(n.clone())),
             },
             Kind::Str(s) => Expr::Lit(Value::Str(s.clone())),
+            Kind::Hex(h) => Expr::Lit(Value::Str(String::from_utf8_lossy(h).into_owned())),
+            // A character set introducer: `_utf8mb4 'x'`, `_latin1 X'41'`.
+            Kind::Word(w)
+                if w.starts_with('_')
+                    && matches!(
+                        self.toks.get(self.at).map(|t| &t.kind),
+                        Some(Kind::Str(_) | Kind::Hex(_))
+                    ) =>
+            {
+                self.primary()?
+            }
+            Kind::Word(w)
+                if (w.eq_ignore_ascii_case("CAST") || w.eq_ignore_ascii_case("CONVERT"))
+                    && self.peek() == Some(&Kind::Punct('(')) =>
+            {
+                self.at += 1;
+                let inner = self.expr()?;
+                let out = if self.eat("AS") {
+                    let ty = self.ident()?.to_ascii_uppercase();
+                    if self.eat_punct('(') {
+                        while !self.eat_punct(')') {
+                            if self.at >= self.toks.len() {
+                                return Err(self.near());
+                            }
+                            self.at += 1;
+                        }
+                    }
+                    Expr::Cast(Box::new(inner), ty)
+                } else if self.eat("USING") || self.eat_punct(',') {
+                    self.ident()?;
+                    inner
+                } else {
+                    return Err(self.near());
+                };
+                self.expect_punct(')')?;
+                out
+            }
             Kind::UserVar(u) => Expr::UserVar(u.clone()),
             Kind::SysVar(s, _) => Expr::SysVar(s.clone()),
             Kind::Param => {

@@ -293,3 +293,69 @@ fn kill_sleep_and_locks() {
         assert_eq!(e.code, 1094);
     });
 }
+
+#[test]
+fn what_a_migration_runs_to_read_and_restore_user_variables() {
+    rt().block_on(async {
+        let cn1 = Server::new(spec("cn1"), Store::new(), Trace::new());
+        let mut a = Conn::login(connect(&cn1), &client(false, true))
+            .await
+            .unwrap()
+            .unwrap();
+        let Answer::Ok(_) = query(
+            &mut a,
+            "SET @`s` = _utf8mb4 X'6162' COLLATE utf8mb4_general_ci, @`n` = CAST(NULL AS SIGNED), \
+             @`d` = 1.5e0, @`e` = CONVERT('' USING utf8mb4) COLLATE utf8mb4_general_ci, \
+             @`x` = CAST(3 AS DECIMAL(65,0)), @`i` = -4",
+        )
+        .await
+        else {
+            panic!()
+        };
+        let types = query(
+            &mut a,
+            "SELECT VARIABLE_NAME, VARIABLE_TYPE, CHARACTER_SET_NAME FROM information_schema.USER_VARIABLES ORDER BY VARIABLE_NAME",
+        )
+        .await;
+        let got: Vec<(String, String)> = rows(&types)
+            .into_iter()
+            .map(|r| (r[0].clone().unwrap(), r[1].clone().unwrap()))
+            .collect();
+        let want: Vec<(String, String)> = [
+            ("d", "DOUBLE"),
+            ("e", "VARCHAR"),
+            ("i", "INT"),
+            ("n", "INT"),
+            ("s", "VARCHAR"),
+            ("x", "DECIMAL"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(got, want);
+        let values = query(
+            &mut a,
+            "SELECT HEX(@`s`), COLLATION(@`s`), @`s` IS NULL, @`d`, @`n`, @`i`, HEX(@`e`), @`e` IS NULL",
+        )
+        .await;
+        assert_eq!(
+            rows(&values),
+            vec![vec![
+                Some("6162".into()),
+                Some("utf8mb4_general_ci".into()),
+                Some("0".into()),
+                Some("1.5".into()),
+                None,
+                Some("-4".into()),
+                Some("".into()),
+                Some("0".into()),
+            ]]
+        );
+        let Answer::Ok(_) = query(&mut a, "SET SESSION character_set_results = NULL").await else {
+            panic!()
+        };
+        let Answer::Ok(_) = query(&mut a, "SET SESSION sql_mode = DEFAULT").await else {
+            panic!()
+        };
+    });
+}
