@@ -668,7 +668,7 @@ impl Parser<'_> {
 }
 
 fn set_names(p: &mut Parser) -> Result<Stmt, String> {
-    let charset = match p.expr()? {
+    let charset = match p.primary()? {
         Expr::Column(w) => Expr::Lit(Value::Str(w)),
         e => e,
     };
