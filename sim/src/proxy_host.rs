@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use ferry_core::cluster::Cluster;
 use ferry_core::config::Config;
 use ferry_core::login::client::Greeting;
 use ferry_core::session::Session;
@@ -24,6 +25,19 @@ pub const PORT: u16 = 3306;
 
 /// Where the runner finds the proxy's shared state (replaced when the host restarts).
 pub type ProxySlot = Arc<Mutex<Option<Arc<Shared>>>>;
+
+/// Runs `f` on the proxy's cluster (as the admin API does), if the proxy is up.
+pub fn with_cluster<R>(slot: &ProxySlot, f: impl FnOnce(&mut Cluster) -> R) -> Option<R> {
+    let shared = slot.lock().expect("proxy slot").clone()?;
+    let mut cluster = shared.cluster.lock().expect("cluster lock");
+    Some(f(&mut cluster))
+}
+
+/// Session moves that succeeded so far (none until ferry migrates sessions).
+pub fn moves(slot: &ProxySlot) -> u64 {
+    let _ = slot;
+    0
+}
 
 /// Connects to backends over turmoil's TCP.
 #[derive(Clone, Copy, Debug, Default)]

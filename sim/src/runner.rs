@@ -212,6 +212,17 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunResult {
                         "final check",
                         &mut violations,
                     );
+                    if let Some(spread) = scenario.expect.balanced {
+                        let open: Vec<u32> = counts.values().copied().collect();
+                        let (lo, hi) = (open.iter().min(), open.iter().max());
+                        if let (Some(lo), Some(hi)) = (lo, hi) {
+                            if hi - lo > spread {
+                                violations.push(format!(
+                                    "not balanced: sessions per backend {counts:?} differ by more than {spread}"
+                                ));
+                            }
+                        }
+                    }
                     if let Some(expected) = &scenario.expect.placement {
                         if &counts != expected {
                             violations.push(format!(
@@ -277,6 +288,13 @@ fn run_traced(scenario: &Scenario, seed: u64, trace: Trace) -> RunResult {
         if !seen_errors.iter().any(|e| req.allows(&e.client, e.code)) {
             violations.push(format!("expected error {req:?} never happened"));
         }
+    }
+    let moves = proxy_host::moves(&slot);
+    if moves < scenario.expect.moves_at_least {
+        violations.push(format!(
+            "{moves} sessions moved, the scenario expects at least {}",
+            scenario.expect.moves_at_least
+        ));
     }
     let txns: Vec<_> = reports
         .iter()
@@ -348,59 +366,71 @@ fn apply(
 ) {
     let ms = sim.elapsed().as_millis();
     trace.log_at(ms, "fault", format!("{action:?}"));
-    let cluster = || slot.lock().expect("proxy slot").clone();
-    match action {
-        Action::Partition(a, b) => sim.partition(a.as_str(), b.as_str()),
-        Action::Repair(a, b) => sim.repair(a.as_str(), b.as_str()),
-        Action::Hold(a, b) => sim.hold(a.as_str(), b.as_str()),
-        Action::Release(a, b) => sim.release(a.as_str(), b.as_str()),
-        Action::Latency(a, b, ms) => {
-            sim.set_link_latency(a.as_str(), b.as_str(), Duration::from_millis(*ms))
+    let def = |id: &str| scenario.backends.iter().find(|b| b.id == id);
+    let result: Result<(), String> = match action {
+        Action::Partition(a, b) => {
+            sim.partition(a.as_str(), b.as_str());
+            Ok(())
         }
-        Action::Crash(h) => sim.crash(h.as_str()),
-        Action::Restart(h) => sim.bounce(h.as_str()),
+        Action::Repair(a, b) => {
+            sim.repair(a.as_str(), b.as_str());
+            Ok(())
+        }
+        Action::Hold(a, b) => {
+            sim.hold(a.as_str(), b.as_str());
+            Ok(())
+        }
+        Action::Release(a, b) => {
+            sim.release(a.as_str(), b.as_str());
+            Ok(())
+        }
+        Action::Latency(a, b, ms) => {
+            sim.set_link_latency(a.as_str(), b.as_str(), Duration::from_millis(*ms));
+            Ok(())
+        }
+        Action::Crash(h) => {
+            sim.crash(h.as_str());
+            Ok(())
+        }
+        Action::Restart(h) => {
+            sim.bounce(h.as_str());
+            Ok(())
+        }
         Action::Drain(id) | Action::Resume(id) | Action::RemoveBackend(id) => {
-            let Some(shared) = cluster() else { return };
-            let mut c = shared.cluster.lock().expect("cluster lock");
             let id = BackendId(id.clone());
-            let result = match action {
+            proxy_host::with_cluster(slot, |c| match action {
                 Action::Drain(_) => c.set_state(&id, WorkState::Draining).map(|_| ()),
                 Action::Resume(_) => c.set_state(&id, WorkState::Working).map(|_| ()),
                 _ => c.remove(&id).map(|_| ()),
-            };
-            if let Err(e) = result {
-                violations.push(format!("fault {action:?}: {e}"));
-            }
+            })
+            .unwrap_or(Ok(()))
+            .map_err(|e| e.to_string())
         }
-        Action::Relabel(id, labels) => {
-            let Some(def) = scenario.backends.iter().find(|b| &b.id == id) else {
-                violations.push(format!("fault {action:?}: no such backend in the scenario"));
-                return;
-            };
-            if let Some(shared) = cluster() {
-                let mut c = shared.cluster.lock().expect("cluster lock");
-                let state = c
-                    .backend(&BackendId(id.clone()))
-                    .map_or(def.state, |b| b.state);
+        Action::Relabel(id, labels) => match def(id) {
+            None => Err("no such backend in the scenario".into()),
+            Some(def) => {
                 let mut config = backend_config(def, addrs);
                 config.labels = Labels(labels.clone());
-                config.state = state;
-                c.upsert(&config);
+                proxy_host::with_cluster(slot, |c| {
+                    if let Some(b) = c.backend(&BackendId(id.clone())) {
+                        config.state = b.state;
+                    }
+                    c.upsert(&config)
+                });
+                Ok(())
             }
-        }
-        Action::AddBackend(id) => {
-            let Some(def) = scenario.backends.iter().find(|b| &b.id == id) else {
-                violations.push(format!("fault {action:?}: no such backend in the scenario"));
-                return;
-            };
-            if let Some(shared) = cluster() {
-                shared
-                    .cluster
-                    .lock()
-                    .expect("cluster lock")
-                    .upsert(&backend_config(def, addrs));
+        },
+        Action::AddBackend(id) => match def(id) {
+            None => Err("no such backend in the scenario".into()),
+            Some(def) => {
+                let config = backend_config(def, addrs);
+                proxy_host::with_cluster(slot, |c| c.upsert(&config));
+                Ok(())
             }
-        }
+        },
+    };
+    if let Err(e) = result {
+        violations.push(format!("fault {action:?}: {e}"));
     }
 }
 
@@ -414,14 +444,14 @@ fn compare_counts(
     violations: &mut Vec<String>,
 ) -> BTreeMap<String, u32> {
     let mut counts = BTreeMap::new();
-    let Some(shared) = slot.lock().expect("proxy slot").clone() else {
-        return counts;
-    };
-    let cluster = shared.cluster.lock().expect("cluster lock");
+    let ferry: BTreeMap<String, u32> = proxy_host::with_cluster(slot, |c| {
+        c.backends()
+            .map(|b| (b.id.0.clone(), b.connections))
+            .collect()
+    })
+    .unwrap_or_default();
     for (id, server) in servers {
-        let ferry = cluster
-            .backend(&BackendId(id.clone()))
-            .map_or(0, |b| b.connections);
+        let ferry = ferry.get(id).copied().unwrap_or(0);
         let real = server.live_connections() as u32;
         counts.insert(id.clone(), ferry);
         if ferry != real {

@@ -235,7 +235,10 @@ pub struct Expect {
     pub placement: Option<BTreeMap<String, u32>>,
     /// Session moves at least (once migration exists).
     #[serde(default)]
-    pub moves_at_least: u32,
+    pub moves_at_least: u64,
+    /// At the final check, the busiest and the idlest backend differ by at most this many sessions.
+    #[serde(default)]
+    pub balanced: Option<u32>,
 }
 
 /// An error a client may get.
