@@ -130,7 +130,10 @@ fn real_main() -> Result<bool, String> {
         let name = file
             .file_stem()
             .map_or(String::new(), |s| s.to_string_lossy().into_owned());
-        let shown: Vec<String> = failing.iter().map(|s| s.to_string()).collect();
+        let mut shown: Vec<String> = failing.iter().take(10).map(|s| s.to_string()).collect();
+        if failing.len() > 10 {
+            shown.push("…".into());
+        }
         let known = scenarios[i]
             .1
             .known_issue
