@@ -1,6 +1,6 @@
-//! The simulated proxy host: ferry's own shell code (`proxy::Shared`, the
-//! per-connection `pump::run`, `SessionHooks`) on turmoil's TCP, bridged to
-//! futures-io with `tokio_util::compat`. Everything that touches the shell's
+//! The simulated proxy host: ferry's own shell code (`proxy::Shared`,
+//! `proxy::run_session` for each client, `control::run` for the cluster) on
+//! turmoil's TCP, bridged to futures-io with `tokio_util::compat`. Everything that touches the shell's
 //! API lives here, so API changes in the shell are absorbed in this file.
 
 use std::net::SocketAddr;
@@ -8,13 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use ferry_core::cluster::Cluster;
 use ferry_core::config::Config;
-use ferry_core::login::client::Greeting;
-use ferry_core::session::Session;
 use ferry_core::Rng;
-use ferry_shell::clock::Clock;
-use ferry_shell::proxy::{SessionHooks, Shared};
-use ferry_shell::pump::{self, Connector};
-use futures_lite::FutureExt;
+use ferry_shell::control;
+use ferry_shell::proxy::{self, Shared};
+use ferry_shell::pump::Connector;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 
 use crate::clock::SimClock;
@@ -33,10 +30,12 @@ pub fn with_cluster<R>(slot: &ProxySlot, f: impl FnOnce(&mut Cluster) -> R) -> O
     Some(f(&mut cluster))
 }
 
-/// Session moves that succeeded so far (none until ferry migrates sessions).
+/// Session moves that succeeded so far (ferry's own metric).
 pub fn moves(slot: &ProxySlot) -> u64 {
-    let _ = slot;
-    0
+    slot.lock()
+        .expect("proxy slot")
+        .as_ref()
+        .map_or(0, |shared| shared.metrics.migrations_succeeded())
 }
 
 /// Connects to backends over turmoil's TCP.
@@ -53,65 +52,25 @@ impl Connector for SimConnector {
 }
 
 /// Runs the proxy host until it is crashed: builds the shared state from
-/// `config`, publishes it in `slot`, and serves every client with the pump.
+/// `config`, publishes it in `slot`, runs ferry's cluster control loop, and
+/// serves every client with ferry's own `proxy::run_session`.
 pub async fn serve(config: Config, seed: u64, trace: Trace, slot: ProxySlot) -> turmoil::Result {
     let shared = Arc::new(Shared::from_config(&config, seed)?);
     *slot.lock().expect("proxy slot") = Some(shared.clone());
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     let clock = SimClock::new();
+    tokio::task::spawn_local(control::run(shared.clone(), clock));
     let mut rng = Rng::new(seed ^ 0x5A17);
-    let mut next_id = 1u32;
     trace.log("ferry", "up");
     loop {
         let (stream, peer) = listener.accept().await?;
-        let conn_id = next_id;
-        next_id += 1;
         let mut salt = [0u8; 20];
         for b in &mut salt {
             *b = 33 + rng.below(94) as u8;
         }
         let shared = shared.clone();
-        let trace = trace.clone();
         tokio::task::spawn_local(async move {
-            let registration = shared.registry.register(conn_id);
-            let identity = shared.identity.read().expect("identity lock").clone();
-            let greeting = Greeting {
-                server_version: identity.version,
-                connection_id: conn_id,
-                salt,
-                collation: 45,
-                capabilities: identity.capabilities,
-            };
-            let users = shared.users.read().expect("users lock").clone();
-            let session_config = shared.session_config.read().expect("config lock").clone();
-            let session = Session::new(
-                clock.now(),
-                session_config,
-                greeting,
-                users,
-                peer.ip().to_string(),
-            );
-            let hooks = SessionHooks::new(shared.clone(), registration.entry.clone());
-            let shutdown = shared.shutdown_requested();
-            let pump = pump::run(
-                conn_id,
-                session,
-                stream.compat(),
-                &SimConnector,
-                &hooks,
-                &clock,
-                shutdown,
-            );
-            if let Err(panic) = std::panic::AssertUnwindSafe(pump).catch_unwind().await {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                trace.log("ferry", format!("s{conn_id} PANIC {what}"));
-            }
-            drop(hooks);
-            drop(registration);
+            proxy::run_session(shared, stream.compat(), peer, &SimConnector, &clock, salt).await;
         });
     }
 }
