@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use crate::cluster::{BackendId, Route};
-use crate::injected::Injected;
+use crate::injected::{Injected, Reply, Request};
 use crate::login::backend::{BackendLogin, BackendSession};
-use crate::restore::{Step, UserVariable, UserVariableType};
+use crate::restore::{self, Step, UserVariable, UserVariableType};
 use crate::wire::PacketDecoder;
 use crate::Timestamp;
 
@@ -139,14 +139,6 @@ impl Move {
             held_since: None,
         }
     }
-
-    /// The user variables once known.
-    pub fn user_values(&self) -> Option<&[UserVariable]> {
-        match &self.source {
-            SourceRead::Done(v) => Some(v),
-            _ => None,
-        }
-    }
 }
 
 /// The target connection of a move.
@@ -179,13 +171,99 @@ pub(crate) struct Restoring {
     pub skipped: Vec<String>,
 }
 
-/// Reading the user variables on the source.
+/// What the source must still tell before the restore can start.
 #[derive(Debug)]
 pub(crate) enum SourceRead {
     NotStarted,
-    /// Names and types asked for.
-    Types(Injected),
-    /// Values asked for.
-    Values(Injected, Vec<UserVariableType>),
-    Done(Vec<UserVariable>),
+    Reading(StateRead),
+    /// The session state holds everything (read now, or known without the source).
+    Done,
+}
+
+/// What a [`StateRead`] wants next.
+#[derive(Debug)]
+pub(crate) enum ReadStep {
+    /// Wait for more bytes.
+    Pending,
+    /// Send these and wait.
+    Send(Bytes),
+    /// The user variables and `LAST_INSERT_ID()`.
+    Done(Vec<UserVariable>, u64),
+}
+
+/// Reading from a backend what only it knows: user variables (names, types,
+/// exact values) and `LAST_INSERT_ID()`. At most two round trips.
+#[derive(Debug)]
+pub(crate) struct StateRead {
+    q: Injected,
+    types: Option<Vec<UserVariableType>>,
+    last_insert_id: Option<u64>,
+}
+
+impl StateRead {
+    /// Starts a read on a connection with `caps`; returns the bytes to send.
+    pub fn start(caps: u32, max_packet: usize) -> (Self, Bytes) {
+        let mut q = Injected::new(caps, max_packet);
+        let mut out = BytesMut::new();
+        q.write(
+            &Request::Query(restore::USER_VARIABLES_QUERY.into()),
+            &mut out,
+        );
+        q.write(
+            &Request::Query(restore::LAST_INSERT_ID_QUERY.into()),
+            &mut out,
+        );
+        let read = StateRead {
+            q,
+            types: None,
+            last_insert_id: None,
+        };
+        (read, out.freeze())
+    }
+
+    /// Requests not yet answered.
+    pub fn outstanding(&self) -> usize {
+        self.q.outstanding()
+    }
+
+    /// Gives up: the replies still to come are the queue's to swallow.
+    pub fn into_queue(self) -> Injected {
+        self.q
+    }
+
+    /// Feeds bytes from the backend.
+    pub fn feed(&mut self, data: &[u8]) -> Result<ReadStep, String> {
+        self.q.feed(data)?;
+        while let Some(reply) = self.q.poll_reply() {
+            let rows = match reply {
+                Reply::Rows(rows) => rows,
+                Reply::Err(e) => return Err(format!("{} {}", e.code, e.message)),
+                other => return Err(format!("unexpected {other:?}")),
+            };
+            if self.types.is_none() {
+                self.types = Some(restore::parse_user_variable_types(&rows)?);
+                continue;
+            }
+            if self.last_insert_id.is_none() {
+                let id = rows
+                    .first()
+                    .and_then(|r| r.first().cloned().flatten())
+                    .and_then(|v| String::from_utf8_lossy(&v).parse::<u64>().ok())
+                    .unwrap_or(0);
+                self.last_insert_id = Some(id);
+                let types = self.types.as_deref().unwrap_or_default();
+                if let Some(sql) = restore::user_values_query(types) {
+                    return Ok(ReadStep::Send(self.q.request(&Request::Query(sql))));
+                }
+                return Ok(ReadStep::Done(Vec::new(), id));
+            }
+            let types = self.types.take().unwrap_or_default();
+            let row = rows
+                .first()
+                .ok_or("the user variables query returned no row")?;
+            let values = restore::parse_user_values(&types, row)?;
+            return Ok(ReadStep::Done(values, self.last_insert_id.unwrap_or(0)));
+        }
+        Ok(ReadStep::Pending)
+    }
 }

@@ -44,6 +44,9 @@ pub const SKIPPABLE_VARIABLE_ERRORS: [u16; 4] = [
 /// `ER_BAD_DB_ERROR`: the database was dropped meanwhile.
 pub const UNKNOWN_DATABASE: u16 = 1049;
 
+/// Reads `LAST_INSERT_ID()` (sent with [`USER_VARIABLES_QUERY`]: `LAST_INSERT_ID(expr)` is in no OK packet).
+pub const LAST_INSERT_ID_QUERY: &str = "SELECT LAST_INSERT_ID()";
+
 /// Reads the names and types of the session's user variables (MariaDB 10.2+).
 pub const USER_VARIABLES_QUERY: &str = "SELECT VARIABLE_NAME, VARIABLE_TYPE, CHARACTER_SET_NAME \
 FROM information_schema.USER_VARIABLES ORDER BY VARIABLE_NAME";

@@ -22,7 +22,9 @@ use crate::labels::LoginName;
 use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
 use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedClient};
 use crate::login::{err_frame, frame};
-use crate::migrate::{Move, Restoring, SourceRead, Target, TargetPhase, HELD_LIMIT};
+use crate::migrate::{
+    Move, ReadStep, Restoring, SourceRead, StateRead, Target, TargetPhase, HELD_LIMIT,
+};
 use crate::packets::flags::caps::CLIENT_CONNECT_WITH_DB;
 use crate::packets::flags::command::{COM_CHANGE_USER, COM_QUIT};
 use crate::packets::ErrPacket;
@@ -247,6 +249,8 @@ struct Forwarding {
     identity: Identity,
     /// The backend connection in use.
     backend: BackendHandle,
+    /// Its thread id on the backend.
+    backend_thread: u32,
     /// A move asked for and not yet started (it waits for a safe point).
     request: Option<MoveRequest>,
     /// No move starts before this (after a failed one).
@@ -258,6 +262,9 @@ struct Forwarding {
     /// Replies to ferry's own commands still to come on the backend in use
     /// (a move was abandoned while it read from there): consumed before the client's.
     stale: Option<Injected>,
+    /// ferry reads back user variables a `SET` changed, so that it knows them
+    /// if the backend dies; client bytes wait meanwhile.
+    refresh: Option<(StateRead, BytesMut)>,
 }
 
 /// A logged-in client, its route and its backend's salt (for COM_CHANGE_USER, KILL and moves).
@@ -423,6 +430,10 @@ impl Session {
                 self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
                 self.close(CloseReason::BackendClosed);
             }
+            State::Forwarding(f) if f.refresh.is_some() => {
+                let (_, held) = f.refresh.as_mut().expect("checked");
+                held.extend_from_slice(&data);
+            }
             State::Forwarding(f) if f.moving.is_some() => {
                 // The command waits for the move (never longer than the move itself).
                 let m = f.moving.as_mut().expect("checked");
@@ -577,12 +588,11 @@ impl Session {
                     phase: TargetPhase::Connecting(Box::new(login)),
                 });
                 self.outputs.push_back(Output::Connect(handle, route));
-                if m.source_alive {
-                    // Read the user variables meanwhile: the client is idle, the source too.
-                    let mut q =
-                        Injected::new(f.forward.backend_caps(), self.config.max_packet_size);
-                    let bytes = q.request(&Request::Query(restore::USER_VARIABLES_QUERY.into()));
-                    m.source = SourceRead::Types(q);
+                if matches!(m.source, SourceRead::NotStarted) {
+                    // Read what only the source knows meanwhile: the client is idle, the source too.
+                    let (read, bytes) =
+                        StateRead::start(f.forward.backend_caps(), self.config.max_packet_size);
+                    m.source = SourceRead::Reading(read);
                     self.outputs.push_back(Output::ToBackend(f.backend, bytes));
                 }
             }
@@ -624,14 +634,37 @@ impl Session {
                     if m.target.as_ref().is_some_and(|t| t.handle == h) {
                         return self.on_target_data(now, data);
                     }
-                    if h == f.backend
-                        && !matches!(m.source, SourceRead::NotStarted | SourceRead::Done(_))
-                    {
+                    if h == f.backend && matches!(m.source, SourceRead::Reading(_)) {
                         return self.on_source_data(now, data);
                     }
                 }
                 if h != f.backend {
                     // A connection the session already left.
+                    return;
+                }
+                if let Some((read, _)) = f.refresh.as_mut() {
+                    match read.feed(&data) {
+                        Err(e) => {
+                            return self.close(CloseReason::BackendProtocolError(format!(
+                                "reading user variables back: {e}"
+                            )))
+                        }
+                        Ok(ReadStep::Pending) => {}
+                        Ok(ReadStep::Send(bytes)) => {
+                            self.outputs.push_back(Output::ToBackend(h, bytes))
+                        }
+                        Ok(ReadStep::Done(values, last_insert_id)) => {
+                            let (_, held) = f.refresh.take().expect("checked");
+                            f.forward
+                                .state_mut()
+                                .set_server_values(values, last_insert_id);
+                            if !held.is_empty() {
+                                self.on_client_data(now, held.freeze());
+                            } else {
+                                self.try_move(now);
+                            }
+                        }
+                    }
                     return;
                 }
                 let mut data = data;
@@ -719,11 +752,13 @@ impl Session {
                 pending_kill: None,
             },
             backend: handle,
+            backend_thread: backend.handshake.connection_id,
             request: None,
             retry_after: None,
             moving: None,
             lost: None,
             stale: None,
+            refresh: None,
         }));
         self.backend_deadline = None;
         // Nothing should follow a login OK before the client's first command, but never drop bytes.
@@ -771,7 +806,9 @@ impl Session {
         let err = match location {
             None => errors::no_such_thread(kill.target),
             // Tenants never reach each other's sessions, whatever the backend would allow.
-            Some(at) if at.tenant != identity.client.login.tenant => errors::not_owner(kill.target),
+            Some(at) if at.tenant != identity.client.login.tenant => {
+                errors::no_such_thread(kill.target)
+            }
             Some(_) if !kill.query_only && kill.target == self.id => {
                 let err = errors::connection_closed("the session killed itself");
                 self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
@@ -1015,10 +1052,9 @@ impl Session {
                     if h == f.backend {
                         // The source died mid-move: carry on from what ferry knows, if it knows enough.
                         m.source_alive = false;
-                        if !matches!(m.source, SourceRead::Done(_)) {
-                            let state = f.forward.state();
-                            if state.user_values_known() {
-                                m.source = SourceRead::Done(state.user_values().to_vec());
+                        if !matches!(m.source, SourceRead::Done) {
+                            if f.forward.state().server_values_known() {
+                                m.source = SourceRead::Done;
                                 return self.maybe_restore(now);
                             }
                             return self.fail_move(
@@ -1046,9 +1082,17 @@ impl Session {
         let State::Forwarding(f) = &mut self.state else {
             return;
         };
+        if let Some((_, held)) = f.refresh.take() {
+            // The read-back died with it: what the client sent meanwhile follows the verdict.
+            self.backend_died(now);
+            if !held.is_empty() {
+                self.on_client_data(now, held.freeze());
+            }
+            return;
+        }
         let status = f.forward.status();
         let backend = f.identity.route.backend.clone();
-        let known = f.forward.state().user_values_known();
+        let known = f.forward.state().server_values_known();
         if f.forward.is_idle() && status.safe && known && !self.shutting_down {
             // Failover: nothing in flight, nothing that cannot move; the client never notices.
             let request = MoveRequest {
@@ -1116,6 +1160,18 @@ impl Session {
             let err = errors::connection_closed(&why);
             self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
         }
+        if !f.forward.is_idle() {
+            // Closing the socket does not stop a running statement: stop it as KILL would.
+            let identity = &f.identity;
+            self.outputs
+                .push_back(Output::RunElsewhere(RemoteStatement {
+                    backend: identity.route.backend.0.clone(),
+                    addr: identity.route.addr,
+                    user: identity.client.login.user.clone(),
+                    secret: identity.client.secret.clone(),
+                    sql: format!("KILL CONNECTION {}", f.backend_thread),
+                }));
+        }
         self.quit_backend_if_idle();
         self.close(CloseReason::Closed(why));
     }
@@ -1125,7 +1181,7 @@ impl Session {
         let State::Forwarding(f) = &mut self.state else {
             return;
         };
-        if f.moving.is_some() || f.lost.is_some() || self.shutting_down {
+        if f.moving.is_some() || f.lost.is_some() || f.refresh.is_some() || self.shutting_down {
             return;
         }
         if f.retry_after.is_some_and(|t| now < t) {
@@ -1150,8 +1206,9 @@ impl Session {
             from.clone(),
         );
         m.source_alive = source_alive;
-        if !source_alive {
-            m.source = SourceRead::Done(f.forward.state().user_values().to_vec());
+        if f.forward.state().server_values_known() {
+            // Known without asking: no round trip to the source.
+            m.source = SourceRead::Done;
         }
         f.moving = Some(Box::new(m));
         self.outputs
@@ -1166,7 +1223,7 @@ impl Session {
         }));
     }
 
-    /// Bytes from the source while ferry reads its user variables.
+    /// Bytes from the source while ferry reads what only it knows.
     fn on_source_data(&mut self, now: Timestamp, data: Bytes) {
         let State::Forwarding(f) = &mut self.state else {
             return;
@@ -1174,70 +1231,27 @@ impl Session {
         let Some(m) = f.moving.as_mut() else {
             return;
         };
-        let injected = match &mut m.source {
-            SourceRead::Types(q) | SourceRead::Values(q, _) => q,
-            _ => return,
+        let SourceRead::Reading(read) = &mut m.source else {
+            return;
         };
-        if let Err(e) = injected.feed(&data) {
-            return self.fail_move(
+        match read.feed(&data) {
+            Err(e) => self.fail_move(
                 now,
                 MoveFailure::Source,
                 format!("reading the user variables: {e}"),
-            );
+            ),
+            Ok(ReadStep::Pending) => {}
+            Ok(ReadStep::Send(bytes)) => {
+                self.outputs.push_back(Output::ToBackend(f.backend, bytes))
+            }
+            Ok(ReadStep::Done(values, last_insert_id)) => {
+                f.forward
+                    .state_mut()
+                    .set_server_values(values, last_insert_id);
+                m.source = SourceRead::Done;
+                self.maybe_restore(now);
+            }
         }
-        let Some(reply) = injected.poll_reply() else {
-            return;
-        };
-        let rows = match reply {
-            Reply::Rows(rows) => rows,
-            Reply::Err(e) => {
-                return self.fail_move(
-                    now,
-                    MoveFailure::Source,
-                    format!("reading the user variables: {}", e.message),
-                )
-            }
-            other => {
-                return self.fail_move(
-                    now,
-                    MoveFailure::Source,
-                    format!("reading the user variables: unexpected {other:?}"),
-                )
-            }
-        };
-        match std::mem::replace(&mut m.source, SourceRead::NotStarted) {
-            SourceRead::Types(mut q) => {
-                let types = match restore::parse_user_variable_types(&rows) {
-                    Ok(t) => t,
-                    Err(e) => return self.fail_move(now, MoveFailure::Source, e),
-                };
-                match restore::user_values_query(&types) {
-                    None => m.source = SourceRead::Done(Vec::new()),
-                    Some(sql) => {
-                        let bytes = q.request(&Request::Query(sql));
-                        m.source = SourceRead::Values(q, types);
-                        self.outputs.push_back(Output::ToBackend(f.backend, bytes));
-                        return;
-                    }
-                }
-            }
-            SourceRead::Values(_, types) => {
-                let values = match rows.first().map(|r| restore::parse_user_values(&types, r)) {
-                    Some(Ok(v)) => v,
-                    Some(Err(e)) => return self.fail_move(now, MoveFailure::Source, e),
-                    None => {
-                        return self.fail_move(
-                            now,
-                            MoveFailure::Source,
-                            "the user variables query returned no row".into(),
-                        )
-                    }
-                };
-                m.source = SourceRead::Done(values);
-            }
-            other => m.source = other,
-        }
-        self.maybe_restore(now);
     }
 
     /// Bytes from the target: its login, then the replies to the restore.
@@ -1326,9 +1340,10 @@ impl Session {
         let Some(m) = f.moving.as_mut() else {
             return;
         };
-        let Some(values) = m.user_values().map(<[_]>::to_vec) else {
+        if !matches!(m.source, SourceRead::Done) {
             return;
-        };
+        }
+        let values = f.forward.state().user_values().to_vec();
         let Some(t) = m.target.as_mut() else {
             return;
         };
@@ -1458,7 +1473,6 @@ impl Session {
             started,
             from,
             target,
-            source,
             source_alive,
             held,
             held_since,
@@ -1481,10 +1495,8 @@ impl Session {
         } = *r;
         let old = f.backend;
         f.forward.replace_backend(&session, ids);
-        if let SourceRead::Done(values) = source {
-            f.forward.state_mut().set_user_values(values);
-        }
         f.backend = handle;
+        f.backend_thread = session.handshake.connection_id;
         f.identity.route = route.clone();
         f.identity.backend_salt = session.handshake.auth_data.clone();
         if source_alive {
@@ -1529,9 +1541,9 @@ impl Session {
             held_since,
             ..
         } = *m;
-        if let SourceRead::Types(q) | SourceRead::Values(q, _) = source {
-            if q.outstanding() > 0 && source_alive {
-                f.stale = Some(q);
+        if let SourceRead::Reading(read) = source {
+            if read.outstanding() > 0 && source_alive {
+                f.stale = Some(read.into_queue());
             }
         }
         let mut to = None;
@@ -1598,6 +1610,19 @@ impl Session {
         if self.shutting_down && status.safe && f.moving.is_none() {
             self.quit_backend_if_idle();
             return self.close(CloseReason::Shutdown);
+        }
+        if status.safe
+            && f.moving.is_none()
+            && f.refresh.is_none()
+            && f.stale.is_none()
+            && f.forward.is_idle()
+            && f.forward.state().wants_server_values()
+        {
+            let (read, bytes) =
+                StateRead::start(f.forward.backend_caps(), self.config.max_packet_size);
+            f.refresh = Some((read, BytesMut::new()));
+            self.outputs.push_back(Output::ToBackend(f.backend, bytes));
+            return;
         }
         if f.request.is_some() {
             self.try_move(now);

@@ -159,6 +159,11 @@ pub struct SessionState {
     /// may have changed them since (then only the server knows them).
     user_values: Vec<UserVariable>,
     user_values_stale: bool,
+    /// `LAST_INSERT_ID(expr)` ran: only the server knows the value now.
+    last_insert_id_stale: bool,
+    /// Only `SET` statements made the values stale: ferry may read them back
+    /// right away (nothing a client reads afterwards, such as `ROW_COUNT()`, changes).
+    stale_by_set_only: bool,
     pending: Pending,
 }
 
@@ -232,16 +237,25 @@ impl SessionState {
         &self.user_values
     }
 
-    /// True when [`SessionState::user_values`] are still what the server has
-    /// (no statement touched a user variable since they were read).
-    pub fn user_values_known(&self) -> bool {
-        !self.user_values_stale
+    /// True when [`SessionState::user_values`] and [`SessionState::last_insert_id`]
+    /// are still what the server has (no statement changed them behind ferry's back
+    /// since they were read).
+    pub fn server_values_known(&self) -> bool {
+        !self.user_values_stale && !self.last_insert_id_stale
     }
 
-    /// Records user variables just read from the server.
-    pub fn set_user_values(&mut self, values: Vec<UserVariable>) {
+    /// True when ferry should read the server's values back now, so that it knows
+    /// them should the backend die (only after `SET`s: see the field).
+    pub fn wants_server_values(&self) -> bool {
+        !self.server_values_known() && self.stale_by_set_only
+    }
+
+    /// Records what was just read from the server: user variables and `LAST_INSERT_ID()`.
+    pub fn set_server_values(&mut self, values: Vec<UserVariable>, last_insert_id: u64) {
         self.user_values = values;
         self.user_values_stale = false;
+        self.last_insert_id = last_insert_id;
+        self.last_insert_id_stale = false;
     }
 
     /// The last non-zero insert id an OK packet reported.
@@ -529,7 +543,13 @@ impl SessionState {
         self.xa |= e.xa_start;
         self.calc_found_rows |= e.calc_found_rows;
         self.user_variables.extend(e.user_vars.iter().cloned());
+        let stales = !e.user_vars.is_empty() || e.sets_last_insert_id;
+        if stales {
+            let first = self.server_values_known();
+            self.stale_by_set_only = e.is_set && (first || self.stale_by_set_only);
+        }
         self.user_values_stale |= !e.user_vars.is_empty();
+        self.last_insert_id_stale |= e.sets_last_insert_id;
         if !certain {
             if e.set_transaction {
                 self.set_transaction = true;

@@ -2,19 +2,23 @@
 //! its MySQL handshake within the timeout. The counting (how many failures
 //! make a backend `down`) is core's; this module only does the I/O.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::Poll;
 
 use ferry_core::cluster::{BackendChange, BackendId, Health};
-use smol::Executor;
+use futures_lite::FutureExt;
 use tracing::{debug, info, warn};
 
-use crate::probe::read_handshake;
-use crate::proxy::Shared;
+use crate::clock::{Clock, SystemClock};
+use crate::probe::probe;
+use crate::proxy::{Shared, TcpConnector};
+use crate::pump::Connector;
 
 /// Checks every backend once, concurrently, and records the results.
-pub async fn check_all(ex: &Executor<'static>, shared: &Arc<Shared>) {
+pub async fn check_all<K: Connector, T: Clock>(shared: &Arc<Shared>, connector: &K, clock: &T) {
     let health = shared.config.read().expect("config lock").health;
     let targets: Vec<(BackendId, SocketAddr)> = {
         let mut cluster = shared.cluster.lock().expect("cluster lock");
@@ -22,15 +26,43 @@ pub async fn check_all(ex: &Executor<'static>, shared: &Arc<Shared>) {
         cluster.backends().map(|b| (b.id.clone(), b.addr)).collect()
     };
     let timeout = health.timeout();
-    let probes: Vec<_> = targets
+    type Probe<'a> =
+        Pin<Box<dyn Future<Output = Result<ferry_core::packets::Handshake, String>> + Send + 'a>>;
+    let mut probes: Vec<(
+        BackendId,
+        SocketAddr,
+        Option<Probe<'_>>,
+        Option<Result<(), String>>,
+    )> = targets
         .into_iter()
         .map(|(id, addr)| {
-            let task = ex.spawn(read_handshake(addr, timeout));
-            (id, addr, task)
+            let p: Probe<'_> = Box::pin(probe(connector, clock, addr, timeout));
+            (id, addr, Some(p), None)
         })
         .collect();
-    for (id, addr, task) in probes {
-        let result = task.await;
+    // All at once: one slow backend must not delay the verdict on the others.
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (_, _, p, result) in probes.iter_mut() {
+            if let Some(fut) = p.as_mut() {
+                match fut.poll(cx) {
+                    Poll::Ready(r) => {
+                        *result = Some(r.map(|_| ()));
+                        *p = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    for (id, addr, _, result) in probes {
+        let result = result.unwrap_or_else(|| Err("not checked".into()));
         if let Err(e) = &result {
             debug!(backend = %id, %addr, error = %e, "health check failed");
         }
@@ -51,12 +83,27 @@ pub async fn check_all(ex: &Executor<'static>, shared: &Arc<Shared>) {
 }
 
 /// Checks all backends every interval until shutdown.
-pub async fn run(ex: Arc<Executor<'static>>, shared: Arc<Shared>) {
+pub async fn run(shared: Arc<Shared>) {
+    run_with(shared, TcpConnector, SystemClock::new()).await
+}
+
+/// [`run`] over any connector and clock (the simulator's too).
+pub async fn run_with<K: Connector, T: Clock>(shared: Arc<Shared>, connector: K, clock: T) {
     loop {
-        let started = Instant::now();
-        check_all(&ex, &shared).await;
+        let started = clock.now();
+        check_all(&shared, &connector, &clock).await;
         let interval = shared.config.read().expect("config lock").health.interval();
-        let next = started + interval;
-        async_io::Timer::at(next.max(Instant::now())).await;
+        let stop = async {
+            clock.sleep_until(started + interval).await;
+            false
+        }
+        .or(async {
+            shared.shutdown_requested().await;
+            true
+        })
+        .await;
+        if stop {
+            return;
+        }
     }
 }

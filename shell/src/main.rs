@@ -112,7 +112,7 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
             }
         }
         ex.spawn(usersync::run(shared.clone())).detach();
-        ex.spawn(health::run(ex.clone(), shared.clone())).detach();
+        ex.spawn(health::run(shared.clone())).detach();
         ex.spawn(ferry_shell::control::run(
             shared.clone(),
             ferry_shell::clock::SystemClock::new(),

@@ -7,10 +7,25 @@ use ferry_core::packets::Handshake;
 use ferry_core::wire::PacketDecoder;
 use futures_lite::{AsyncReadExt, FutureExt};
 
+use crate::clock::Clock;
+use crate::pump::Connector;
+
 /// Connects to `addr` and parses its handshake, within `timeout`.
 pub async fn read_handshake(addr: SocketAddr, timeout: Duration) -> Result<Handshake, String> {
+    let clock = crate::clock::SystemClock::new();
+    probe(&crate::proxy::TcpConnector, &clock, addr, timeout).await
+}
+
+/// [`read_handshake`] over any connector and clock (the simulator's too).
+pub async fn probe<K: Connector, T: Clock>(
+    connector: &K,
+    clock: &T,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Handshake, String> {
     let attempt = async {
-        let mut stream = async_net::TcpStream::connect(addr)
+        let mut stream = connector
+            .connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         let mut decoder = PacketDecoder::new(64 * 1024);
@@ -34,9 +49,10 @@ pub async fn read_handshake(addr: SocketAddr, timeout: Duration) -> Result<Hands
             decoder.extend(&buf[..n]);
         }
     };
+    let deadline = clock.now() + timeout;
     attempt
         .or(async {
-            async_io::Timer::after(timeout).await;
+            clock.sleep_until(deadline).await;
             Err(format!("no handshake within {timeout:?}"))
         })
         .await

@@ -60,6 +60,11 @@ pub async fn serve(config: Config, seed: u64, trace: Trace, slot: ProxySlot) -> 
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
     let clock = SimClock::new();
     tokio::task::spawn_local(control::run(shared.clone(), clock));
+    tokio::task::spawn_local(ferry_shell::health::run_with(
+        shared.clone(),
+        SimConnector,
+        clock,
+    ));
     let mut rng = Rng::new(seed ^ 0x5A17);
     trace.log("ferry", "up");
     loop {

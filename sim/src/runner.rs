@@ -339,6 +339,16 @@ fn ferry_config(
     if let Some(ms) = scenario.ferry.backend_timeout_ms {
         config.backend_timeout_ms = ms;
     }
+    config.rebalance.interval_ms = scenario.ferry.rebalance_interval_ms.unwrap_or(1000);
+    // Scenarios last seconds: checks every 200 ms (fall 3, rise 2 as configured by default).
+    config.health.interval_ms = 200;
+    config.health.timeout_ms = 100;
+    if let Some(ms) = scenario.ferry.drain_timeout_ms {
+        config.drain_timeout_ms = ms;
+    }
+    if let Some(ms) = scenario.ferry.migration_backoff_ms {
+        config.migration_backoff_ms = ms;
+    }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
 }

@@ -82,6 +82,15 @@ pub struct FerrySettings {
     /// `backend_timeout_ms`.
     #[serde(default)]
     pub backend_timeout_ms: Option<u64>,
+    /// `rebalance.interval_ms` (the simulator's default: 1000, so runs stay short).
+    #[serde(default)]
+    pub rebalance_interval_ms: Option<u64>,
+    /// `drain_timeout_ms`.
+    #[serde(default)]
+    pub drain_timeout_ms: Option<u64>,
+    /// `migration_backoff_ms`.
+    #[serde(default)]
+    pub migration_backoff_ms: Option<u64>,
 }
 
 /// A backend.

@@ -265,6 +265,10 @@ pub(crate) struct Effects {
     pub calc_found_rows: bool,
     /// User variables assigned.
     pub user_vars: Vec<String>,
+    /// `LAST_INSERT_ID(expr)`: sets the value no OK packet reports.
+    pub sets_last_insert_id: bool,
+    /// A `SET` statement (reading its effects back leaves no diagnostics a client could miss).
+    pub is_set: bool,
     /// `PREPARE name FROM ...`.
     pub prepare: Option<(String, PrepareSource)>,
     /// `DEALLOCATE PREPARE name` / `DROP PREPARE name`.
@@ -440,6 +444,8 @@ pub(crate) fn classify(tokens: &[Token]) -> Effects {
             }
         } else if call("RELEASE_ALL_LOCKS") {
             e.release_all_locks = true;
+        } else if call("LAST_INSERT_ID") && !matches!(t.get(j + 2), Some(Token::Punct(b')'))) {
+            e.sets_last_insert_id = true;
         } else if w.is("SQL_CALC_FOUND_ROWS") {
             e.calc_found_rows = true;
         } else if let Token::UserVar(name) = w {
@@ -454,6 +460,7 @@ pub(crate) fn classify(tokens: &[Token]) -> Effects {
         }
     }
     e.user_vars.dedup();
+    e.is_set = first.as_deref() == Some("SET");
     e.changes_state = e.use_db.is_some()
         || first.as_deref() == Some("SET")
         || !e.temp_created.is_empty()
