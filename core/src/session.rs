@@ -23,6 +23,7 @@ use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
 use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedClient};
 use crate::login::{err_frame, frame};
 use crate::migrate::{Move, Restoring, SourceRead, Target, TargetPhase, HELD_LIMIT};
+use crate::packets::flags::caps::CLIENT_CONNECT_WITH_DB;
 use crate::packets::flags::command::{COM_CHANGE_USER, COM_QUIT};
 use crate::packets::ErrPacket;
 use crate::packets::{ChangeUser, OkPacket};
@@ -1138,7 +1139,9 @@ impl Session {
                 BackendStep::Send(bytes) => self.outputs.push_back(Output::ToBackend(t.handle, bytes)),
                 BackendStep::Wait => {}
                 BackendStep::Done(session) => {
-                    if session.capabilities != source_caps {
+                    // CONNECT_WITH_DB only shapes the login packet: the target logs in
+                    // without a database (COM_INIT_DB restores it), the source may have had one.
+                    if (session.capabilities ^ source_caps) & !CLIENT_CONNECT_WITH_DB != 0 {
                         let why = format!(
                             "backend {backend} offers other capabilities (0x{:08x}, the session has 0x{source_caps:08x})",
                             session.capabilities
