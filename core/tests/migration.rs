@@ -1,0 +1,547 @@
+//! Moving a session between backends, as a specification: given these
+//! packets and events, the session sends these, and ends up here.
+//!
+//! Backends are named by their connection handle: b0 is the one the session
+//! logged in on, b1 the target of the first move, b2 of the second.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use ferry_core::cluster::BackendId;
+use ferry_core::migrate::{MoveFailure, MoveReport, MoveRequest, Trigger};
+use ferry_core::packets::codec::{put_lenenc_bytes, put_lenenc_int};
+use ferry_core::packets::flags::caps::*;
+use ferry_core::packets::flags::command::*;
+use ferry_core::packets::flags::status::*;
+use ferry_core::packets::{ErrPacket, OkPacket, TrackItem};
+use ferry_core::restore::{self, UserType, UserValue, UserVariable};
+use ferry_core::session::{
+    BackendHandle, CloseReason, Control, Input, Output, SessionConfig, SessionEvent,
+};
+use ferry_core::state::SessionState;
+use ferry_core::wire::{write_packet, PacketDecoder};
+use support::*;
+
+const B1: BackendHandle = BackendHandle(1);
+const B2: BackendHandle = BackendHandle(2);
+
+/// What the test backends negotiate with ferry (they answer as such a server would).
+const SERVER_CAPS: u32 = CLIENT_PROTOCOL_41 | CLIENT_SESSION_TRACK | CLIENT_DEPRECATE_EOF;
+
+const BACKOFF: Duration = Duration::from_secs(3);
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        move_backoff: BACKOFF,
+        ..test_config()
+    }
+}
+
+/// A session logged in as root on backend cn1 (connection b0), database `test`.
+fn logged_in() -> Harness {
+    let mut h = Harness::with(config(), TraceStyle::Handles);
+    h.client_logs_in("root", "111");
+    h.backend_greets("cn1");
+    h.backend_accepts(2);
+    assert!(h.session.is_forwarding(), "{}", h.trace);
+    h
+}
+
+// ---------------------------------------------------------------- client packets
+
+fn command(payload: &[u8]) -> Bytes {
+    frame(0, |b| b.extend_from_slice(payload))
+}
+
+fn query(sql: &str) -> Bytes {
+    command(&[&[COM_QUERY], sql.as_bytes()].concat())
+}
+
+fn init_db(db: &str) -> Bytes {
+    command(&[&[COM_INIT_DB], db.as_bytes()].concat())
+}
+
+fn prepare(sql: &str) -> Bytes {
+    command(&[&[COM_STMT_PREPARE], sql.as_bytes()].concat())
+}
+
+fn close_stmt(id: u32) -> Bytes {
+    command(&[&[COM_STMT_CLOSE][..], &id.to_le_bytes()].concat())
+}
+
+/// `COM_STMT_EXECUTE` of statement `id` with `params` parameters; `types` are
+/// sent (new_params_bound_flag = 1) when given; `values` are the bound values.
+fn execute_payload(id: u32, params: usize, types: Option<&[u16]>, values: &[u8]) -> Vec<u8> {
+    let mut p = vec![COM_STMT_EXECUTE];
+    p.extend_from_slice(&id.to_le_bytes());
+    p.push(0); // no cursor
+    p.extend_from_slice(&1u32.to_le_bytes()); // iteration count
+    if params > 0 {
+        p.extend(std::iter::repeat(0).take(params.div_ceil(8))); // no NULLs
+        match types {
+            Some(types) => {
+                p.push(1);
+                for t in types {
+                    p.extend_from_slice(&t.to_le_bytes());
+                }
+            }
+            None => p.push(0),
+        }
+        p.extend_from_slice(values);
+    }
+    p
+}
+
+fn execute(id: u32, params: usize, types: Option<&[u16]>, values: &[u8]) -> Bytes {
+    command(&execute_payload(id, params, types, values))
+}
+
+// ---------------------------------------------------------------- backend packets
+
+fn ok_packet(seq: u8, ok: OkPacket) -> Bytes {
+    frame(seq, |b| ok.write(b, SERVER_CAPS))
+}
+
+/// A plain OK outside a transaction.
+fn ok(seq: u8) -> Bytes {
+    ok_packet(
+        seq,
+        OkPacket {
+            status: SERVER_STATUS_AUTOCOMMIT,
+            ..OkPacket::default()
+        },
+    )
+}
+
+/// An OK reporting these session-state changes.
+fn ok_tracked(items: &[TrackItem]) -> Bytes {
+    let mut block = BytesMut::new();
+    for item in items {
+        item.write(&mut block);
+    }
+    ok_packet(
+        1,
+        OkPacket {
+            status: SERVER_STATUS_AUTOCOMMIT | SERVER_SESSION_STATE_CHANGED,
+            session_state: Some(block.to_vec()),
+            ..OkPacket::default()
+        },
+    )
+}
+
+/// An OK with status `status` (e.g. inside a transaction).
+fn ok_status(status: u16) -> Bytes {
+    ok_packet(
+        1,
+        OkPacket {
+            status,
+            ..OkPacket::default()
+        },
+    )
+}
+
+fn var(name: &str, value: &str) -> TrackItem {
+    TrackItem::SystemVariable {
+        name: name.into(),
+        value: value.into(),
+    }
+}
+
+fn err(seq: u8, code: u16, message: &str) -> Bytes {
+    frame(seq, |b| ErrPacket::new(code, "HY000", message).write(b))
+}
+
+/// A text result set (CLIENT_DEPRECATE_EOF: no EOF after the columns, an OK with header 0xFE at the end).
+fn result_set(columns: &[&str], rows: &[&[Option<&str>]]) -> Bytes {
+    let mut out = BytesMut::new();
+    let mut p = BytesMut::new();
+    put_lenenc_int(&mut p, columns.len() as u64);
+    let mut seq = write_packet(&mut out, 1, &p);
+    for name in columns {
+        seq = write_packet(&mut out, seq, &column_def(name));
+    }
+    for row in rows {
+        let mut p = BytesMut::new();
+        for cell in *row {
+            match cell {
+                Some(v) => put_lenenc_bytes(&mut p, v.as_bytes()),
+                None => p.put_u8(0xFB),
+            }
+        }
+        seq = write_packet(&mut out, seq, &p);
+    }
+    let mut p = BytesMut::new();
+    OkPacket {
+        header: 0xFE,
+        status: SERVER_STATUS_AUTOCOMMIT,
+        ..OkPacket::default()
+    }
+    .write(&mut p, SERVER_CAPS);
+    write_packet(&mut out, seq, &p);
+    out.freeze()
+}
+
+fn column_def(name: &str) -> BytesMut {
+    let mut col = BytesMut::new();
+    for s in ["def", "", "", "", name, ""] {
+        put_lenenc_bytes(&mut col, s.as_bytes());
+    }
+    col.extend_from_slice(&[0x0c, 33, 0, 0, 0, 0, 0, 253, 0, 0, 0, 0, 0]);
+    col
+}
+
+/// The reply to `COM_STMT_PREPARE`: statement `id`, then its parameter and column definitions.
+fn prepared(id: u32, params: u16, columns: u16) -> Bytes {
+    let mut out = BytesMut::new();
+    let mut p = BytesMut::new();
+    p.put_u8(0);
+    p.put_u32_le(id);
+    p.put_u16_le(columns);
+    p.put_u16_le(params);
+    p.put_u8(0);
+    p.put_u16_le(0);
+    let mut seq = write_packet(&mut out, 1, &p);
+    for i in 0..params {
+        seq = write_packet(&mut out, seq, &column_def(&format!("?{i}")));
+    }
+    for i in 0..columns {
+        seq = write_packet(&mut out, seq, &column_def(&format!("c{i}")));
+    }
+    out.freeze()
+}
+
+/// Several replies as one read.
+fn replies(parts: &[Bytes]) -> Bytes {
+    parts.concat().into()
+}
+
+/// The source's answer to `restore::USER_VARIABLES_QUERY`: (name, type, character set).
+fn user_variable_types(rows: &[(&str, &str, Option<&str>)]) -> Bytes {
+    let rows: Vec<Vec<Option<&str>>> = rows
+        .iter()
+        .map(|(n, t, c)| vec![Some(*n), Some(*t), *c])
+        .collect();
+    let rows: Vec<&[Option<&str>]> = rows.iter().map(Vec::as_slice).collect();
+    result_set(
+        &["VARIABLE_NAME", "VARIABLE_TYPE", "CHARACTER_SET_NAME"],
+        &rows,
+    )
+}
+
+// ---------------------------------------------------------------- driving
+
+/// What tests do to a session, in the words of the protocol.
+trait Drive {
+    fn client(&mut self, bytes: Bytes);
+    fn backend(&mut self, h: BackendHandle, bytes: Bytes);
+    /// The client sends `cmd` and the backend in use answers `reply`.
+    fn exchange(&mut self, cmd: Bytes, reply: Bytes);
+    fn migrate(&mut self, trigger: Trigger, to: Option<&str>);
+    /// The target connection `h` comes up and accepts the login and ferry's tracker set-up.
+    fn target_logs_in(&mut self, h: BackendHandle, thread: u32);
+    /// The source has no user variables.
+    fn source_has_no_user_variables(&mut self);
+}
+
+impl Drive for Harness {
+    fn client(&mut self, bytes: Bytes) {
+        self.feed(Input::ClientData(bytes));
+    }
+
+    fn backend(&mut self, h: BackendHandle, bytes: Bytes) {
+        self.feed(Input::BackendData(h, bytes));
+    }
+
+    fn exchange(&mut self, cmd: Bytes, reply: Bytes) {
+        let b = self.session.backend().expect("a backend in use");
+        let mark = self.outputs.len();
+        self.client(cmd.clone());
+        assert!(
+            self.outputs[mark..].contains(&Output::ToBackend(b, cmd)),
+            "the command went to {b}:\n{}",
+            self.trace
+        );
+        self.backend(b, reply);
+    }
+
+    fn migrate(&mut self, trigger: Trigger, to: Option<&str>) {
+        self.feed(Input::Control(Control::Migrate(MoveRequest {
+            trigger,
+            to: to.map(|t| BackendId(t.into())),
+        })));
+    }
+
+    fn target_logs_in(&mut self, h: BackendHandle, thread: u32) {
+        self.feed(Input::BackendConnected(h));
+        self.backend(h, backend_handshake_with_id(thread));
+        self.backend(h, backend_ok(2));
+        self.backend(h, backend_tracker_setup());
+    }
+
+    fn source_has_no_user_variables(&mut self) {
+        self.backend(B0, user_variable_types(&[]));
+    }
+}
+
+/// Outputs since `mark`.
+fn since(h: &Harness, mark: usize) -> &[Output] {
+    &h.outputs[mark..]
+}
+
+/// Bytes written to connection `to` since `mark`, one Bytes per write.
+fn written(h: &Harness, to: BackendHandle, mark: usize) -> Vec<Bytes> {
+    since(h, mark)
+        .iter()
+        .filter_map(|o| match o {
+            Output::ToBackend(b, bytes) if *b == to => Some(bytes.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The payloads of the packets in `bytes`.
+fn packets(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut d = PacketDecoder::new(1 << 24);
+    d.extend(bytes);
+    std::iter::from_fn(|| d.decode().unwrap().map(|p| p.payload.to_vec())).collect()
+}
+
+fn moves(h: &Harness, mark: usize) -> Vec<MoveReport> {
+    since(h, mark)
+        .iter()
+        .filter_map(|o| match o {
+            Output::Event(SessionEvent::Moved(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn started(h: &Harness, mark: usize) -> bool {
+    since(h, mark)
+        .iter()
+        .any(|o| matches!(o, Output::Transfer(_)))
+}
+
+fn to_client(h: &Harness, mark: usize) -> Vec<Bytes> {
+    since(h, mark)
+        .iter()
+        .filter_map(|o| match o {
+            Output::ToClient(b) => Some(b.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Everything a move must carry, for comparing before and after.
+#[derive(Debug, PartialEq)]
+struct Carried {
+    database: Option<String>,
+    variables: Vec<(String, String)>,
+    prepared: Vec<(u32, Vec<u8>, u16, u16, Option<Vec<u16>>)>,
+    named: Vec<(String, Option<String>)>,
+    last_insert_id: u64,
+}
+
+fn carried(state: &SessionState) -> Carried {
+    Carried {
+        database: state.database().map(str::to_string),
+        variables: state
+            .variables()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        prepared: state
+            .prepared()
+            .map(|p| (p.id, p.sql.clone(), p.params, p.columns, p.param_types.clone()))
+            .collect(),
+        named: state
+            .named_prepared()
+            .map(|n| (n.name.clone(), n.sql.clone()))
+            .collect(),
+        last_insert_id: state.last_insert_id(),
+    }
+}
+
+fn carried_now(h: &Harness) -> Carried {
+    carried(h.session.session_state().expect("forwarding"))
+}
+
+// ================================================================= the whole state moves
+
+/// A session that changed every kind of state a move carries.
+fn session_with_every_kind_of_state() -> Harness {
+    let mut h = logged_in();
+    // Prepared under the login's database, nothing changed yet.
+    h.exchange(prepare("SELECT ? + ?"), prepared(1, 2, 1));
+    h.exchange(prepare("DELETE FROM t WHERE id = ?"), prepared(2, 1, 0));
+    h.exchange(
+        query("SET NAMES latin1"),
+        ok_tracked(&[
+            var("character_set_client", "latin1"),
+            var("character_set_connection", "latin1"),
+            var("character_set_results", "latin1"),
+            var("collation_connection", "latin1_swedish_ci"),
+            TrackItem::StateChange(true),
+        ]),
+    );
+    h.exchange(
+        query("SET sql_mode = 'ANSI_QUOTES', time_zone = '+02:00'"),
+        ok_tracked(&[
+            var("sql_mode", "ANSI_QUOTES"),
+            var("time_zone", "+02:00"),
+            TrackItem::StateChange(true),
+        ]),
+    );
+    h.exchange(init_db("db2"), ok_tracked(&[TrackItem::Schema(b"db2".to_vec())]));
+    // Prepared under db2, latin1 and ANSI_QUOTES.
+    h.exchange(prepare("SELECT * FROM t WHERE name = ?"), prepared(3, 1, 2));
+    h.client(close_stmt(2));
+    h.exchange(
+        query("SET @i = 42, @d = 1.5e0, @dec = 2.50, @s = CONVERT('h\u{e9}llo' USING latin1), @n = NULL"),
+        ok_tracked(&[TrackItem::StateChange(true)]),
+    );
+    h.exchange(
+        query("PREPARE stmt1 FROM 'SELECT ? FROM dual'"),
+        ok_packet(
+            1,
+            OkPacket {
+                status: SERVER_STATUS_AUTOCOMMIT,
+                info: b"Statement prepared".to_vec(),
+                ..OkPacket::default()
+            },
+        ),
+    );
+    h.exchange(
+        query("INSERT INTO t VALUES (NULL)"),
+        ok_packet(
+            1,
+            OkPacket {
+                affected_rows: 1,
+                last_insert_id: 77,
+                status: SERVER_STATUS_AUTOCOMMIT,
+                ..OkPacket::default()
+            },
+        ),
+    );
+    let status = h.session.status().unwrap();
+    assert!(status.safe, "{status:?}");
+    h
+}
+
+#[test]
+fn a_moved_session_has_every_piece_of_its_state_on_the_new_backend() {
+    let mut h = session_with_every_kind_of_state();
+    let before = carried_now(&h);
+    assert_eq!(before.database.as_deref(), Some("db2"));
+    assert_eq!(
+        before.prepared.iter().map(|p| p.0).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    assert_eq!(before.last_insert_id, 77);
+    h.trace.clear();
+    let mark = h.outputs.len();
+
+    h.migrate(Trigger::Admin, Some("cn2"));
+    h.feed(Input::Transferred(Ok(route("cn2"))));
+    h.target_logs_in(B1, 502);
+    h.backend(
+        B0,
+        user_variable_types(&[
+            ("d", "DOUBLE", None),
+            ("dec", "DECIMAL", None),
+            ("i", "INT", None),
+            ("n", "VARCHAR", Some("binary")),
+            ("s", "VARCHAR", Some("latin1")),
+        ]),
+    );
+    h.backend(
+        B0,
+        result_set(
+            &["d", "dec", "i", "HEX(n)", "COLLATION(n)", "n IS NULL", "HEX(s)", "COLLATION(s)", "s IS NULL"],
+            &[&[
+                Some("1.5"),
+                Some("2.50"),
+                Some("42"),
+                None,
+                Some("binary"),
+                Some("1"),
+                Some("68E96C6C6F"),
+                Some("latin1_swedish_ci"),
+                Some("0"),
+            ]],
+        ),
+    );
+    // The whole plan went to b1 in one write; b1 answers it in order.
+    h.backend(
+        B1,
+        replies(&[
+            ok(1),              // USE test
+            prepared(1, 2, 1),  // SELECT ? + ?
+            ok(1),              // USE db2
+            ok(1),              // character_set_client
+            ok(1),              // character_set_results
+            ok(1),              // character_set_connection
+            ok(1),              // collation_connection
+            ok(1),              // sql_mode
+            prepared(2, 1, 2),  // SELECT * FROM t WHERE name = ?
+            ok(1),              // time_zone
+            ok(1),              // user variables
+            ok(1),              // PREPARE stmt1
+            ok(1),              // LAST_INSERT_ID
+        ]),
+    );
+    insta::assert_snapshot!(h.trace);
+
+    let report = moves(&h, mark);
+    assert_eq!(report.len(), 1);
+    assert_eq!(report[0].outcome, Ok(()), "{}", h.trace);
+    assert_eq!(report[0].from, BackendId("cn1".into()));
+    assert_eq!(report[0].to, Some(BackendId("cn2".into())));
+    assert_eq!(report[0].backend_connection_id, Some(502));
+    assert!(report[0].skipped.is_empty());
+    assert_eq!(h.session.backend(), Some(B1));
+    assert!(!h.session.is_moving());
+    assert_eq!(carried_now(&h), before, "the session state is what it was");
+    // The user variables are now known exactly, as read from the source.
+    assert_eq!(
+        h.session.session_state().unwrap().user_values(),
+        [
+            UserVariable {
+                name: "d".into(),
+                value: UserValue::Number(UserType::Double, "1.5".into())
+            },
+            UserVariable {
+                name: "dec".into(),
+                value: UserValue::Number(UserType::Decimal, "2.50".into())
+            },
+            UserVariable {
+                name: "i".into(),
+                value: UserValue::Number(UserType::Int, "42".into())
+            },
+            UserVariable {
+                name: "n".into(),
+                value: UserValue::Null(UserType::String)
+            },
+            UserVariable {
+                name: "s".into(),
+                value: UserValue::String {
+                    hex: "68E96C6C6F".into(),
+                    charset: "latin1".into(),
+                    collation: "latin1_swedish_ci".into()
+                }
+            },
+        ]
+    );
+    // The old connection is told goodbye and closed.
+    assert_eq!(written(&h, B0, mark).last().unwrap(), &frame(0, |b| b.put_u8(COM_QUIT)));
+    assert!(since(&h, mark).contains(&Output::CloseBackend(B0)));
+
+    // From now on the client talks to b1.
+    let mark = h.outputs.len();
+    let select = query("SELECT @i");
+    h.exchange(select.clone(), result_set(&["@i"], &[&[Some("42")]]));
+    assert!(written(&h, B0, mark).is_empty());
+    assert_eq!(to_client(&h, mark), [result_set(&["@i"], &[&[Some("42")]])]);
+}
