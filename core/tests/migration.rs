@@ -241,7 +241,7 @@ trait Drive {
     fn migrate(&mut self, trigger: Trigger, to: Option<&str>);
     /// The target connection `h` comes up and accepts the login and ferry's tracker set-up.
     fn target_logs_in(&mut self, h: BackendHandle, thread: u32);
-    /// The source has no user variables.
+    /// The source (the backend in use) has no user variables.
     fn source_has_no_user_variables(&mut self);
 }
 
@@ -281,7 +281,8 @@ impl Drive for Harness {
     }
 
     fn source_has_no_user_variables(&mut self) {
-        self.backend(B0, user_variable_types(&[]));
+        let source = self.session.backend().expect("a backend in use");
+        self.backend(source, user_variable_types(&[]));
     }
 }
 
@@ -544,4 +545,152 @@ fn a_moved_session_has_every_piece_of_its_state_on_the_new_backend() {
     h.exchange(select.clone(), result_set(&["@i"], &[&[Some("42")]]));
     assert!(written(&h, B0, mark).is_empty());
     assert_eq!(to_client(&h, mark), [result_set(&["@i"], &[&[Some("42")]])]);
+}
+
+// ================================================================= statement ids
+
+/// Moves a session without user variables to backend `to` over connection
+/// `target`, whose replies to the restore are `restore`.
+fn move_without_user_variables(h: &mut Harness, to: &str, target: BackendHandle, restore: Bytes) {
+    let mark = h.outputs.len();
+    h.migrate(Trigger::Rebalance, Some(to));
+    h.feed(Input::Transferred(Ok(route(to))));
+    h.target_logs_in(target, 600 + target.0);
+    h.source_has_no_user_variables();
+    h.backend(target, restore);
+    let report = moves(h, mark);
+    assert_eq!(report.len(), 1, "{}", h.trace);
+    assert_eq!(report[0].outcome, Ok(()), "{}", h.trace);
+    assert_eq!(h.session.backend(), Some(target));
+}
+
+/// The client executes its statement `client_id` (no parameters); the backend
+/// in use must receive the execute for its own statement `backend_id`.
+fn executes_as(h: &mut Harness, client_id: u32, backend_id: u32) {
+    let b = h.session.backend().unwrap();
+    let mark = h.outputs.len();
+    h.client(execute(client_id, 0, None, &[]));
+    assert_eq!(
+        written(h, b, mark),
+        [execute(backend_id, 0, None, &[])],
+        "client statement {client_id} reaches {b} as {backend_id}"
+    );
+    let mark = h.outputs.len();
+    h.backend(b, ok(1));
+    assert_eq!(to_client(h, mark), [ok(1)]);
+}
+
+/// The client prepares `sql`; the backend gives it `backend_id`, the client must see `client_id`.
+fn prepares_as(h: &mut Harness, sql: &str, backend_id: u32, client_id: u32) {
+    let b = h.session.backend().unwrap();
+    let mark = h.outputs.len();
+    h.client(prepare(sql));
+    h.backend(b, prepared(backend_id, 0, 1));
+    assert_eq!(
+        to_client(h, mark).concat(),
+        prepared(client_id, 0, 1),
+        "{b}'s statement {backend_id} reaches the client as {client_id}"
+    );
+}
+
+#[test]
+fn the_statement_ids_a_client_holds_survive_two_moves() {
+    let mut h = logged_in();
+    h.exchange(prepare("SELECT 1"), prepared(1, 0, 1));
+    h.exchange(prepare("SELECT 2"), prepared(2, 0, 1));
+    h.exchange(prepare("SELECT 3"), prepared(3, 0, 1));
+    h.client(close_stmt(2));
+
+    // b1 prepares the client's 1 and 3 as its 1 and 2.
+    let mark = h.outputs.len();
+    move_without_user_variables(
+        &mut h,
+        "cn2",
+        B1,
+        replies(&[ok(1), prepared(1, 0, 1), prepared(2, 0, 1)]),
+    );
+    let restore: Vec<Vec<u8>> = written(&h, B1, mark)
+        .iter()
+        .flat_map(|b| packets(b))
+        .filter(|p| p[0] == COM_STMT_PREPARE)
+        .collect();
+    assert_eq!(restore, [b"\x16SELECT 1".to_vec(), b"\x16SELECT 3".to_vec()]);
+    executes_as(&mut h, 3, 2);
+    executes_as(&mut h, 1, 1);
+    // MariaDB's "the statement prepared last" still means the same one: 3 was re-prepared last.
+    executes_as(&mut h, 0xFFFF_FFFF, 0xFFFF_FFFF);
+    // b1's next statement is its 3, which the client already holds for another: it gets 4.
+    prepares_as(&mut h, "SELECT 4", 3, 4);
+    executes_as(&mut h, 4, 3);
+
+    // b2 prepares the client's 1, 3 and 4 as its 5, 6 and 7.
+    move_without_user_variables(
+        &mut h,
+        "cn1",
+        B2,
+        replies(&[ok(1), prepared(5, 0, 1), prepared(6, 0, 1), prepared(7, 0, 1)]),
+    );
+    executes_as(&mut h, 1, 5);
+    executes_as(&mut h, 3, 6);
+    executes_as(&mut h, 4, 7);
+    // b2's next statement is its 1, which the client holds: it gets the first free id, 5.
+    prepares_as(&mut h, "SELECT 5", 1, 5);
+    executes_as(&mut h, 5, 1);
+    // Closing translates too.
+    let mark = h.outputs.len();
+    h.client(close_stmt(3));
+    assert_eq!(written(&h, B2, mark), [close_stmt(6)]);
+    // An id the client was never given reaches no statement of b2's.
+    let mark = h.outputs.len();
+    h.client(execute(2, 0, None, &[]));
+    assert_eq!(written(&h, B2, mark), [execute(0, 0, None, &[])]);
+}
+
+// ================================================================= parameter types
+
+const MYSQL_TYPE_LONGLONG: u16 = 0x08;
+const MYSQL_TYPE_VAR_STRING: u16 = 0xfd;
+
+#[test]
+fn the_first_execute_after_a_move_carries_the_parameter_types_the_client_bound_before() {
+    let mut h = logged_in();
+    let types = [MYSQL_TYPE_LONGLONG, MYSQL_TYPE_VAR_STRING];
+    let values: Vec<u8> = [&5u64.to_le_bytes()[..], b"\x01x"].concat();
+    h.exchange(prepare("INSERT INTO t VALUES (?, ?)"), prepared(1, 2, 0));
+    h.exchange(execute(1, 2, Some(&types), &values), ok(1));
+    // The client knows b0 has the types: its next execute says so.
+    h.exchange(execute(1, 2, None, &values), ok(1));
+
+    move_without_user_variables(&mut h, "cn2", B1, replies(&[ok(1), prepared(7, 2, 0)]));
+
+    // b1 has never seen the types: ferry adds them to the first execute.
+    let mark = h.outputs.len();
+    h.client(execute(1, 2, None, &values));
+    assert_eq!(
+        written(&h, B1, mark).concat(),
+        execute(7, 2, Some(&types), &values)
+    );
+    h.backend(B1, ok(1));
+    // From then on b1 knows them too.
+    let mark = h.outputs.len();
+    h.client(execute(1, 2, None, &values));
+    assert_eq!(written(&h, B1, mark).concat(), execute(7, 2, None, &values));
+    h.backend(B1, ok(1));
+}
+
+#[test]
+fn an_execute_that_binds_its_own_types_after_a_move_is_passed_on_as_it_is() {
+    let mut h = logged_in();
+    let types = [MYSQL_TYPE_LONGLONG];
+    let values = 5u64.to_le_bytes();
+    h.exchange(prepare("SELECT ?"), prepared(1, 1, 1));
+    h.exchange(execute(1, 1, Some(&types), &values), ok(1));
+    move_without_user_variables(&mut h, "cn2", B1, replies(&[ok(1), prepared(9, 1, 1)]));
+    let new_types = [MYSQL_TYPE_VAR_STRING];
+    let mark = h.outputs.len();
+    h.client(execute(1, 1, Some(&new_types), b"\x01y"));
+    assert_eq!(
+        written(&h, B1, mark).concat(),
+        execute(9, 1, Some(&new_types), b"\x01y")
+    );
 }
