@@ -246,6 +246,17 @@ struct Forwarding {
     /// The backend died with a transaction open or state that cannot move:
     /// the client's next command gets this and the connection closes.
     lost: Option<ErrPacket>,
+    /// A failed move's question to the backend in use (the user variables),
+    /// not yet answered: the answer is ferry's, so it is read and dropped,
+    /// and client bytes wait behind it.
+    draining: Option<Box<Draining>>,
+}
+
+/// The rest of ferry's own question on the backend in use, and the client bytes waiting for it.
+#[derive(Debug)]
+struct Draining {
+    injected: Injected,
+    held: BytesMut,
 }
 
 /// A logged-in client, its route and its backend's salt (for COM_CHANGE_USER, KILL and moves).
@@ -406,6 +417,16 @@ impl Session {
                 let err = f.lost.take().expect("checked");
                 self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
                 self.close(CloseReason::BackendClosed);
+            }
+            State::Forwarding(f) if f.draining.is_some() => {
+                // The backend still owes ferry an answer; the command goes after it.
+                let d = f.draining.as_mut().expect("checked");
+                d.held.extend_from_slice(&data);
+                if d.held.len() > HELD_LIMIT {
+                    self.close(CloseReason::ProtocolError(
+                        "the client sent more than ferry holds while its backend answers ferry".into(),
+                    ));
+                }
             }
             State::Forwarding(f) if f.moving.is_some() => {
                 // The command waits for the move (never longer than the move itself).
@@ -588,6 +609,9 @@ impl Session {
                 self.drive_backend_login();
             }
             State::Forwarding(f) => {
+                if h == f.backend && f.draining.is_some() {
+                    return self.on_drain_data(now, data);
+                }
                 if let Some(m) = f.moving.as_mut() {
                     if m.target.as_ref().is_some_and(|t| t.handle == h) {
                         return self.on_target_data(now, data);
@@ -667,6 +691,7 @@ impl Session {
             retry_after: None,
             moving: None,
             lost: None,
+            draining: None,
         }));
         self.backend_deadline = None;
         // Nothing should follow a login OK before the client's first command, but never drop bytes.
@@ -937,7 +962,12 @@ impl Session {
                 if h != f.backend {
                     return;
                 }
+                // Whatever ferry still expected from it will never come; the client's bytes go on.
+                let held = f.draining.take().map(|d| d.held);
                 self.backend_died(now);
+                if let Some(held) = held.filter(|b| !b.is_empty()) {
+                    self.on_client_data(now, held.freeze());
+                }
             }
             _ => {}
         }
@@ -1019,7 +1049,7 @@ impl Session {
         let State::Forwarding(f) = &mut self.state else {
             return;
         };
-        if f.moving.is_some() || f.lost.is_some() || self.shutting_down {
+        if f.moving.is_some() || f.lost.is_some() || f.draining.is_some() || self.shutting_down {
             return;
         }
         if f.retry_after.is_some_and(|t| now < t) {
@@ -1364,6 +1394,7 @@ impl Session {
             started,
             from,
             target,
+            source,
             source_alive,
             held,
             held_since,
@@ -1404,9 +1435,40 @@ impl Session {
             }
             return;
         }
+        if let SourceRead::Types(q) | SourceRead::Values(q, _) = source {
+            if q.outstanding() > 0 {
+                // The source has yet to answer ferry's question: never let the client have that answer.
+                f.draining = Some(Box::new(Draining { injected: q, held }));
+                return;
+            }
+        }
         if !held.is_empty() {
             self.on_client_data(now, held.freeze());
         }
+    }
+
+    /// Bytes from the backend in use while it answers a failed move's question.
+    fn on_drain_data(&mut self, now: Timestamp, data: Bytes) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        let Some(d) = f.draining.as_mut() else {
+            return;
+        };
+        if let Err(e) = d.injected.feed(&data) {
+            return self.close(CloseReason::BackendProtocolError(format!(
+                "reading the answer to ferry's user variable query: {e}"
+            )));
+        }
+        while d.injected.poll_reply().is_some() {}
+        if d.injected.outstanding() > 0 {
+            return;
+        }
+        let held = f.draining.take().expect("checked").held;
+        if !held.is_empty() {
+            self.on_client_data(now, held.freeze());
+        }
+        self.try_move(now);
     }
 
     /// After tracked traffic: report a changed status, start a pending move,
