@@ -694,3 +694,276 @@ fn an_execute_that_binds_its_own_types_after_a_move_is_passed_on_as_it_is() {
         execute(9, 1, Some(&new_types), b"\x01y")
     );
 }
+
+// ================================================================= failures leave the session where it was
+
+/// A session worth moving: database `test`, prepared statement 1, `@a = 1`.
+fn movable() -> Harness {
+    let mut h = logged_in();
+    h.exchange(prepare("SELECT ? + 1"), prepared(1, 1, 1));
+    h.exchange(
+        query("SET @a = 1"),
+        ok_tracked(&[TrackItem::StateChange(true)]),
+    );
+    h
+}
+
+/// The move of [`movable`] to cn2 starts: the cluster chose cn2, ferry
+/// connects there (b1) and asks b0 for the user variables.
+fn start_move(h: &mut Harness) {
+    h.migrate(Trigger::Admin, Some("cn2"));
+    h.feed(Input::Transferred(Ok(route("cn2"))));
+}
+
+/// b0 says `@a` is the INT 1.
+fn source_answers(h: &mut Harness) {
+    h.backend(B0, user_variable_types(&[("a", "INT", None)]));
+    h.backend(B0, result_set(&["@`a`"], &[&[Some("1")]]));
+}
+
+/// How far the target got before the move failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TargetGot {
+    /// No target was chosen.
+    Nowhere,
+    /// Chosen, but not logged in.
+    Chosen,
+    /// Logged in (so it is told goodbye).
+    LoggedIn,
+}
+
+/// The move failed with `failure` and the session is exactly where it was:
+/// on b0, state untouched, the cluster's count back on cn1, the target
+/// closed; the client's next command goes to b0 and its answer comes back;
+/// and no move starts again before the back-off.
+fn assert_stayed(h: &mut Harness, mark: usize, before: &Carried, failure: MoveFailure, target: TargetGot) {
+    let report = moves(h, mark);
+    assert_eq!(report.len(), 1, "one move, one report:\n{}", h.trace);
+    match &report[0].outcome {
+        Err((kind, why)) => {
+            assert_eq!(*kind, failure, "{why}");
+            assert!(!why.is_empty());
+        }
+        Ok(()) => panic!("the move succeeded:\n{}", h.trace),
+    }
+    let out = since(h, mark);
+    let back = Output::TransferBack {
+        moved: route("cn2"),
+        original: route("cn1"),
+    };
+    assert_eq!(out.contains(&back), target != TargetGot::Nowhere, "{}", h.trace);
+    assert_eq!(
+        out.contains(&Output::CloseBackend(B1)),
+        target != TargetGot::Nowhere,
+        "{}",
+        h.trace
+    );
+    let quit = frame(0, |b| b.put_u8(COM_QUIT));
+    assert_eq!(
+        written(h, B1, mark).last() == Some(&quit),
+        target == TargetGot::LoggedIn,
+        "{}",
+        h.trace
+    );
+    assert!(!out.contains(&Output::CloseBackend(B0)), "{}", h.trace);
+    assert!(!out.iter().any(|o| matches!(o, Output::Close(_))), "{}", h.trace);
+    assert_eq!(h.session.backend(), Some(B0));
+    assert!(!h.session.is_moving());
+    assert_eq!(&carried_now(h), before);
+
+    // The client carries on with b0.
+    let mark = h.outputs.len();
+    let select = query("SELECT 1");
+    h.client(select.clone());
+    assert_eq!(written(h, B0, mark), [select]);
+    assert!(written(h, B1, mark).is_empty());
+    let answer = result_set(&["1"], &[&[Some("1")]]);
+    h.backend(B0, answer.clone());
+    assert_eq!(to_client(h, mark), [answer], "{}", h.trace);
+
+    // Asked again at once, it waits for the back-off.
+    let mark = h.outputs.len();
+    h.migrate(Trigger::Admin, Some("cn2"));
+    assert!(!started(h, mark), "{}", h.trace);
+    h.advance(BACKOFF - Duration::from_millis(1));
+    assert!(!started(h, mark), "{}", h.trace);
+    h.advance(Duration::from_millis(1));
+    assert!(started(h, mark), "{}", h.trace);
+}
+
+#[test]
+fn a_move_the_cluster_finds_no_target_for_leaves_the_session_where_it_was() {
+    let mut h = movable();
+    let before = carried_now(&h);
+    let mark = h.outputs.len();
+    h.migrate(Trigger::Rebalance, None);
+    h.feed(Input::Transferred(Err("no other backend serves this session".into())));
+    assert!(written(&h, B0, mark).is_empty(), "b0 was not even asked");
+    assert_stayed(&mut h, mark, &before, MoveFailure::NoTarget, TargetGot::Nowhere);
+}
+
+#[test]
+fn a_target_that_cannot_be_reached_leaves_the_session_where_it_was() {
+    let mut h = movable();
+    let before = carried_now(&h);
+    let mark = h.outputs.len();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.feed(Input::BackendConnectFailed(B1, "connection refused".into()));
+    assert!(since(&h, mark).iter().any(|o| matches!(
+        o,
+        Output::Event(SessionEvent::BackendUnreachable { backend, .. }) if backend.0 == "cn2"
+    )));
+    assert_stayed(&mut h, mark, &before, MoveFailure::Target, TargetGot::Chosen);
+}
+
+#[test]
+fn a_target_that_refuses_the_login_leaves_the_session_where_it_was() {
+    let mut h = movable();
+    let before = carried_now(&h);
+    let mark = h.outputs.len();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.feed(Input::BackendConnected(B1));
+    h.backend(B1, backend_handshake_with_id(502));
+    h.backend(B1, err(2, 1045, "Access denied for user 'root'@'10.0.0.9'"));
+    assert_stayed(&mut h, mark, &before, MoveFailure::Target, TargetGot::Chosen);
+}
+
+#[test]
+fn a_target_that_closes_during_the_restore_leaves_the_session_where_it_was() {
+    let mut h = movable();
+    let before = carried_now(&h);
+    let mark = h.outputs.len();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.target_logs_in(B1, 502);
+    h.backend(B1, ok(1));
+    h.feed(Input::BackendClosed(B1));
+    assert_stayed(&mut h, mark, &before, MoveFailure::Target, TargetGot::LoggedIn);
+}
+
+#[test]
+fn a_source_that_cannot_list_its_user_variables_leaves_the_session_where_it_was() {
+    let mut h = movable();
+    let before = carried_now(&h);
+    let mark = h.outputs.len();
+    start_move(&mut h);
+    h.target_logs_in(B1, 502);
+    h.backend(
+        B0,
+        err(1, 1109, "Unknown table 'USER_VARIABLES' in information_schema"),
+    );
+    assert_stayed(&mut h, mark, &before, MoveFailure::Source, TargetGot::LoggedIn);
+}
+
+#[test]
+fn a_restore_statement_the_target_refuses_leaves_the_session_where_it_was() {
+    let mut h = movable();
+    let before = carried_now(&h);
+    let mark = h.outputs.len();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.target_logs_in(B1, 502);
+    h.backend(
+        B1,
+        replies(&[
+            ok(1),
+            prepared(1, 1, 1),
+            err(1, 1064, "You have an error in your SQL syntax"),
+        ]),
+    );
+    assert_stayed(&mut h, mark, &before, MoveFailure::Restore, TargetGot::LoggedIn);
+}
+
+#[test]
+fn a_statement_the_target_cannot_prepare_leaves_the_session_where_it_was() {
+    let mut h = movable();
+    let before = carried_now(&h);
+    let mark = h.outputs.len();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.target_logs_in(B1, 502);
+    h.backend(
+        B1,
+        replies(&[ok(1), err(1, 1146, "Table 'test.t' doesn't exist"), ok(1)]),
+    );
+    assert_stayed(&mut h, mark, &before, MoveFailure::Restore, TargetGot::LoggedIn);
+}
+
+#[test]
+fn a_statement_that_prepares_with_another_parameter_count_leaves_the_session_where_it_was() {
+    let mut h = movable();
+    let before = carried_now(&h);
+    let mark = h.outputs.len();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.target_logs_in(B1, 502);
+    h.backend(B1, replies(&[ok(1), prepared(1, 2, 1), ok(1)]));
+    assert_stayed(&mut h, mark, &before, MoveFailure::Restore, TargetGot::LoggedIn);
+}
+
+#[test]
+fn a_target_too_slow_to_log_in_leaves_the_session_where_it_was_at_the_backend_timeout() {
+    let mut h = movable();
+    let before = carried_now(&h);
+    let mark = h.outputs.len();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.feed(Input::BackendConnected(B1));
+    h.advance(Duration::from_millis(4999));
+    assert!(moves(&h, mark).is_empty(), "{}", h.trace);
+    assert!(h.session.is_moving());
+    h.advance(Duration::from_millis(1));
+    assert_stayed(&mut h, mark, &before, MoveFailure::Timeout, TargetGot::Chosen);
+}
+
+#[test]
+fn a_target_too_slow_to_restore_leaves_the_session_where_it_was_at_the_backend_timeout() {
+    let mut h = movable();
+    let before = carried_now(&h);
+    let mark = h.outputs.len();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.target_logs_in(B1, 502);
+    h.backend(B1, ok(1));
+    h.advance(Duration::from_secs(5));
+    assert_stayed(&mut h, mark, &before, MoveFailure::Timeout, TargetGot::LoggedIn);
+}
+
+#[test]
+fn the_sources_answer_to_a_failed_moves_question_never_reaches_the_client() {
+    // The move fails while ferry still waits for b0's answer about the user
+    // variables (first: their names; second: their values). That answer is
+    // ferry's, not the client's, whenever it comes.
+    for values_asked in [false, true] {
+        let mut h = movable();
+        let before = carried_now(&h);
+        let mark = h.outputs.len();
+        start_move(&mut h);
+        if values_asked {
+            h.backend(B0, user_variable_types(&[("a", "INT", None)]));
+        }
+        h.feed(Input::BackendConnectFailed(B1, "connection refused".into()));
+        assert_eq!(h.session.backend(), Some(B0));
+        assert!(!h.session.is_moving());
+
+        // The client's next command is already on its way when b0 answers ferry.
+        let after = h.outputs.len();
+        let select = query("SELECT 1");
+        h.client(select.clone());
+        if values_asked {
+            h.backend(B0, result_set(&["@`a`"], &[&[Some("1")]]));
+        } else {
+            h.backend(B0, user_variable_types(&[("a", "INT", None)]));
+        }
+        assert_eq!(h.closed, None, "{}", h.trace);
+        assert_eq!(written(&h, B0, after), [select], "{}", h.trace);
+        let answer = result_set(&["1"], &[&[Some("1")]]);
+        h.backend(B0, answer.clone());
+        assert_eq!(to_client(&h, after), [answer], "{}", h.trace);
+        assert_eq!(h.closed, None, "{}", h.trace);
+        assert_eq!(carried_now(&h), before);
+        assert_eq!(moves(&h, mark).len(), 1);
+    }
+}
