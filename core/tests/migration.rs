@@ -967,3 +967,244 @@ fn the_sources_answer_to_a_failed_moves_question_never_reaches_the_client() {
         assert_eq!(moves(&h, mark).len(), 1);
     }
 }
+
+// ================================================================= when a move may start
+
+const IN_TRANS: u16 = SERVER_STATUS_AUTOCOMMIT | SERVER_STATUS_IN_TRANS;
+
+#[test]
+fn a_move_asked_for_in_a_transaction_starts_once_the_commit_is_answered() {
+    let mut h = logged_in();
+    h.exchange(query("BEGIN"), ok_status(IN_TRANS));
+    let mark = h.outputs.len();
+    h.migrate(Trigger::Drain, None);
+    assert!(!started(&h, mark), "{}", h.trace);
+    h.exchange(query("INSERT INTO t VALUES (1)"), ok_status(IN_TRANS));
+    assert!(!started(&h, mark), "{}", h.trace);
+    h.client(query("COMMIT"));
+    assert!(!started(&h, mark), "not while the COMMIT is outstanding");
+    let commit_ok = ok_status(SERVER_STATUS_AUTOCOMMIT);
+    h.backend(B0, commit_ok.clone());
+    // The client has its OK first; then the move starts.
+    let out = since(&h, mark);
+    let answered = out
+        .iter()
+        .position(|o| *o == Output::ToClient(commit_ok.clone()))
+        .expect("the COMMIT's OK reached the client");
+    let moved = out
+        .iter()
+        .position(|o| *o == Output::Event(SessionEvent::MoveStarted(Trigger::Drain)))
+        .expect("the move started");
+    assert!(answered < moved, "{}", h.trace);
+    assert!(out[moved..]
+        .iter()
+        .any(|o| matches!(o, Output::Transfer(t) if t.from == route("cn1") && t.to.is_none())));
+}
+
+#[test]
+fn a_move_asked_for_while_a_command_runs_starts_once_it_is_answered() {
+    let mut h = logged_in();
+    h.client(query("SELECT SLEEP(1)"));
+    let mark = h.outputs.len();
+    h.migrate(Trigger::Rebalance, None);
+    assert!(!started(&h, mark), "{}", h.trace);
+    h.backend(B0, result_set(&["SLEEP(1)"], &[&[Some("0")]]));
+    assert!(started(&h, mark), "{}", h.trace);
+}
+
+#[test]
+fn a_client_command_sent_during_a_move_waits_and_runs_on_the_new_backend() {
+    let mut h = movable();
+    let mark = h.outputs.len();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.now = h.now + Duration::from_millis(100);
+    let select = query("SELECT @a");
+    h.client(select.clone());
+    assert!(written(&h, B0, mark).iter().all(|b| *b != select), "not to b0");
+    assert!(written(&h, B1, mark).is_empty(), "not to b1 before the swap");
+    h.now = h.now + Duration::from_millis(250);
+    h.target_logs_in(B1, 502);
+    let swap = h.outputs.len();
+    h.backend(B1, replies(&[ok(1), prepared(4, 1, 1), ok(1)]));
+    // Swapped, then the command went to b1 and nowhere else.
+    let out = since(&h, swap);
+    let moved = out
+        .iter()
+        .position(|o| matches!(o, Output::Event(SessionEvent::Moved(_))))
+        .expect("moved");
+    let sent = out
+        .iter()
+        .position(|o| *o == Output::ToBackend(B1, select.clone()))
+        .expect("the command went to b1");
+    assert!(moved < sent, "{}", h.trace);
+    assert!(!written(&h, B0, mark).contains(&select), "{}", h.trace);
+    let report = &moves(&h, mark)[0];
+    assert_eq!(report.outcome, Ok(()));
+    assert_eq!(report.paused, Some(Duration::from_millis(250)));
+    assert_eq!(report.duration, Duration::from_millis(350));
+    // Its answer comes back from b1.
+    let mark = h.outputs.len();
+    let answer = result_set(&["@a"], &[&[Some("1")]]);
+    h.backend(B1, answer.clone());
+    assert_eq!(to_client(&h, mark), [answer]);
+}
+
+#[test]
+fn a_client_command_sent_during_a_failing_move_runs_on_the_old_backend() {
+    let mut h = movable();
+    let mark = h.outputs.len();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.now = h.now + Duration::from_millis(100);
+    let select = query("SELECT @a");
+    h.client(select.clone());
+    h.now = h.now + Duration::from_millis(50);
+    h.feed(Input::BackendConnectFailed(B1, "connection refused".into()));
+    assert!(written(&h, B0, mark).contains(&select), "{}", h.trace);
+    assert!(written(&h, B1, mark).is_empty());
+    let report = &moves(&h, mark)[0];
+    assert!(report.outcome.is_err());
+    assert_eq!(report.paused, Some(Duration::from_millis(50)));
+}
+
+// ================================================================= failover
+
+/// A session that prepared a statement and never set a user variable.
+fn idle_with_a_statement() -> Harness {
+    let mut h = logged_in();
+    h.exchange(prepare("SELECT ? + 1"), prepared(1, 1, 1));
+    h
+}
+
+#[test]
+fn an_idle_session_whose_backend_dies_moves_without_asking_it_anything() {
+    let mut h = idle_with_a_statement();
+    let before = carried_now(&h);
+    let mark = h.outputs.len();
+    h.feed(Input::BackendClosed(B0));
+    assert!(since(&h, mark).contains(&Output::Event(SessionEvent::MoveStarted(Trigger::Failover))));
+    h.feed(Input::Transferred(Ok(route("cn2"))));
+    h.target_logs_in(B1, 502);
+    h.backend(B1, replies(&[ok(1), prepared(3, 1, 1)]));
+    assert!(written(&h, B0, mark).is_empty(), "nothing for a dead backend:\n{}", h.trace);
+    let report = &moves(&h, mark)[0];
+    assert_eq!(report.trigger, Trigger::Failover);
+    assert_eq!(report.outcome, Ok(()), "{}", h.trace);
+    assert_eq!(h.session.backend(), Some(B1));
+    assert_eq!(carried_now(&h), before);
+    assert!(to_client(&h, mark).is_empty(), "the client noticed nothing");
+    let mark = h.outputs.len();
+    h.client(execute(1, 1, Some(&[MYSQL_TYPE_LONGLONG]), &5u64.to_le_bytes()));
+    assert_eq!(
+        written(&h, B1, mark),
+        [execute(3, 1, Some(&[MYSQL_TYPE_LONGLONG]), &5u64.to_le_bytes())]
+    );
+}
+
+#[test]
+fn a_failover_restores_the_user_variables_read_at_the_last_move() {
+    let mut h = movable();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.target_logs_in(B1, 502);
+    h.backend(B1, replies(&[ok(1), prepared(1, 1, 1), ok(1)]));
+    assert_eq!(h.session.backend(), Some(B1));
+
+    // cn2 dies while the session is idle: ferry still knows @a.
+    let mark = h.outputs.len();
+    h.feed(Input::BackendClosed(B1));
+    h.feed(Input::Transferred(Ok(route("cn3"))));
+    h.target_logs_in(B2, 503);
+    let restore: Vec<String> = written(&h, B2, mark)
+        .iter()
+        .flat_map(|b| packets(b))
+        .filter(|p| p[0] == COM_QUERY)
+        .map(|p| String::from_utf8_lossy(&p[1..]).into_owned())
+        .collect();
+    assert_eq!(
+        restore.last().map(String::as_str),
+        Some("SET @`a` = 1"),
+        "{}",
+        h.trace
+    );
+    h.backend(B2, replies(&[ok(1), prepared(1, 1, 1), ok(1)]));
+    assert_eq!(moves(&h, mark)[0].outcome, Ok(()));
+    assert!(written(&h, B1, mark).is_empty());
+    assert_eq!(h.session.backend(), Some(B2));
+}
+
+/// The ERR a client gets for a backend that went away, and then the close.
+fn assert_lost(h: &Harness, mark: usize, rolled_back: bool) {
+    let replies = to_client(h, mark);
+    assert_eq!(replies.len(), 1, "{}", h.trace);
+    let p = &packets(&replies[0]);
+    assert_eq!(p.len(), 1);
+    assert_eq!(replies[0][3], 1, "sequence id 1: the answer to the command");
+    let e = ErrPacket::parse(&p[0]).unwrap();
+    assert_eq!(e.code, 2013);
+    assert!(e.message.contains("cn1"), "{}", e.message);
+    assert_eq!(e.message.contains("rolled back"), rolled_back, "{}", e.message);
+    assert!(since(h, mark).contains(&Output::Close(CloseReason::BackendClosed)));
+    assert!(h.session.is_closed());
+}
+
+#[test]
+fn a_backend_that_dies_with_a_command_in_flight_loses_the_connection_as_a_server_would() {
+    let mut h = idle_with_a_statement();
+    h.client(query("UPDATE t SET a = a + 1"));
+    let mark = h.outputs.len();
+    h.feed(Input::BackendClosed(B0));
+    assert!(!started(&h, mark), "never retried elsewhere");
+    assert_lost(&h, mark, false);
+}
+
+#[test]
+fn a_backend_that_dies_in_a_transaction_fails_the_next_command_saying_it_was_rolled_back() {
+    let mut h = idle_with_a_statement();
+    h.exchange(query("BEGIN"), ok_status(IN_TRANS));
+    let mark = h.outputs.len();
+    h.feed(Input::BackendClosed(B0));
+    assert!(!started(&h, mark), "{}", h.trace);
+    assert!(to_client(&h, mark).is_empty(), "the client hears nothing until it asks");
+    assert!(!h.session.is_closed());
+    h.client(query("COMMIT"));
+    assert_lost(&h, mark, true);
+}
+
+#[test]
+fn a_backend_that_dies_after_user_variables_changed_cannot_be_failed_over() {
+    // ferry does not know @a's value without asking the server that died.
+    let mut h = movable();
+    let mark = h.outputs.len();
+    h.feed(Input::BackendClosed(B0));
+    assert!(!started(&h, mark), "{}", h.trace);
+    h.client(query("SELECT @a"));
+    assert_lost(&h, mark, false);
+}
+
+#[test]
+fn a_failover_with_nowhere_to_go_fails_the_next_command() {
+    let mut h = idle_with_a_statement();
+    let mark = h.outputs.len();
+    h.feed(Input::BackendClosed(B0));
+    h.feed(Input::Transferred(Err("no backend left".into())));
+    assert!(moves(&h, mark)[0].outcome.is_err());
+    h.client(query("SELECT 1"));
+    assert_lost(&h, mark, false);
+}
+
+#[test]
+fn a_failover_whose_target_fails_fails_the_command_that_waited_for_it() {
+    let mut h = idle_with_a_statement();
+    let mark = h.outputs.len();
+    h.feed(Input::BackendClosed(B0));
+    h.feed(Input::Transferred(Ok(route("cn2"))));
+    h.client(query("SELECT 1"));
+    h.feed(Input::BackendConnectFailed(B1, "connection refused".into()));
+    assert!(since(&h, mark).contains(&Output::TransferBack {
+        moved: route("cn2"),
+        original: route("cn1"),
+    }));
+    assert_lost(&h, mark, false);
+}
