@@ -246,6 +246,8 @@ struct Forwarding {
     /// The backend died with a transaction open or state that cannot move:
     /// the client's next command gets this and the connection closes.
     lost: Option<ErrPacket>,
+    /// Transfers asked of the cluster and not yet answered: where each took the count from.
+    transfers: VecDeque<Route>,
     /// A failed move's question to the backend in use (the user variables),
     /// not yet answered: the answer is ferry's, so it is read and dropped,
     /// and client bytes wait behind it.
@@ -555,12 +557,20 @@ impl Session {
                 }
             }
             State::Forwarding(f) => {
-                let Some(m) = f.moving.as_mut() else {
+                // Answers come in the order the transfers were asked for; only
+                // the last one asked can belong to the move waiting for a target.
+                let Some(from) = f.transfers.pop_front() else {
                     return;
                 };
-                if m.target.is_some() {
+                let waiting = f.moving.as_ref().is_some_and(|m| m.target.is_none());
+                if !waiting || !f.transfers.is_empty() {
+                    // Its move is over (it timed out first): the count goes back where it was taken from.
+                    if let Ok(moved) = result {
+                        self.outputs.push_back(Output::TransferBack { moved, original: from });
+                    }
                     return;
                 }
+                let m = f.moving.as_mut().expect("checked");
                 let route = match result {
                     Ok(route) => route,
                     Err(why) => return self.fail_move(now, MoveFailure::NoTarget, why),
@@ -691,6 +701,7 @@ impl Session {
             retry_after: None,
             moving: None,
             lost: None,
+            transfers: VecDeque::new(),
             draining: None,
         }));
         self.backend_deadline = None;
@@ -1073,6 +1084,7 @@ impl Session {
             m.source = SourceRead::Done(f.forward.state().user_values().to_vec());
         }
         f.moving = Some(Box::new(m));
+        f.transfers.push_back(from.clone());
         self.outputs
             .push_back(Output::Event(SessionEvent::MoveStarted(request.trigger)));
         self.outputs.push_back(Output::Transfer(Transfer {
