@@ -301,6 +301,26 @@ fn one_command(data: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// True if `data` is whole command packets none of which gets a response
+/// (`COM_STMT_CLOSE`, `COM_STMT_SEND_LONG_DATA`).
+fn only_unanswered(mut data: &[u8]) -> bool {
+    while let Some((len, 0)) = frame_header(data) {
+        let end = HEADER_LEN + len;
+        let unanswered = matches!(
+            data.get(HEADER_LEN),
+            Some(&(COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA))
+        );
+        if len >= MAX_FRAME_PAYLOAD || data.len() < end || !unanswered {
+            return false;
+        }
+        data = &data[end..];
+        if data.is_empty() {
+            return true;
+        }
+    }
+    false
+}
+
 impl Session {
     /// A new session for a client at `peer_host`; its handshake is the first output.
     pub fn new(
@@ -419,7 +439,7 @@ impl Session {
         match &mut self.state {
             State::Forwarding(f) if f.lost.is_some() => match one_command(&data) {
                 // No answer is due to these: none is made up; the next command hears it.
-                Some([COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA, ..]) => {}
+                _ if only_unanswered(&data) => {}
                 Some([COM_QUIT, ..]) => self.close(CloseReason::ClientClosed),
                 _ => {
                     let err = f.lost.take().expect("checked");
