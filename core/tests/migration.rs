@@ -6,6 +6,8 @@
 
 mod support;
 
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -20,8 +22,9 @@ use ferry_core::restore::{self, UserType, UserValue, UserVariable};
 use ferry_core::session::{
     BackendHandle, CloseReason, Control, Input, Output, SessionConfig, SessionEvent,
 };
-use ferry_core::state::SessionState;
+use ferry_core::state::{NamedStatement, PreparedStatement, SessionState};
 use ferry_core::wire::{write_packet, PacketDecoder};
+use quickcheck::{Arbitrary, Gen, QuickCheck};
 use support::*;
 
 const B1: BackendHandle = BackendHandle(1);
@@ -79,7 +82,7 @@ fn execute_payload(id: u32, params: usize, types: Option<&[u16]>, values: &[u8])
     p.push(0); // no cursor
     p.extend_from_slice(&1u32.to_le_bytes()); // iteration count
     if params > 0 {
-        p.extend(std::iter::repeat(0).take(params.div_ceil(8))); // no NULLs
+        p.resize(p.len() + params.div_ceil(8), 0); // no NULLs
         match types {
             Some(types) => {
                 p.push(1);
@@ -340,8 +343,8 @@ fn to_client(h: &Harness, mark: usize) -> Vec<Bytes> {
 struct Carried {
     database: Option<String>,
     variables: Vec<(String, String)>,
-    prepared: Vec<(u32, Vec<u8>, u16, u16, Option<Vec<u16>>)>,
-    named: Vec<(String, Option<String>)>,
+    prepared: Vec<PreparedStatement>,
+    named: Vec<NamedStatement>,
     last_insert_id: u64,
 }
 
@@ -353,14 +356,8 @@ fn carried(state: &SessionState) -> Carried {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        prepared: state
-            .prepared()
-            .map(|p| (p.id, p.sql.clone(), p.params, p.columns, p.param_types.clone()))
-            .collect(),
-        named: state
-            .named_prepared()
-            .map(|n| (n.name.clone(), n.sql.clone()))
-            .collect(),
+        prepared: state.prepared().cloned().collect(),
+        named: state.named_prepared().cloned().collect(),
         last_insert_id: state.last_insert_id(),
     }
 }
@@ -395,7 +392,10 @@ fn session_with_every_kind_of_state() -> Harness {
             TrackItem::StateChange(true),
         ]),
     );
-    h.exchange(init_db("db2"), ok_tracked(&[TrackItem::Schema(b"db2".to_vec())]));
+    h.exchange(
+        init_db("db2"),
+        ok_tracked(&[TrackItem::Schema(b"db2".to_vec())]),
+    );
     // Prepared under db2, latin1 and ANSI_QUOTES.
     h.exchange(prepare("SELECT * FROM t WHERE name = ?"), prepared(3, 1, 2));
     h.client(close_stmt(2));
@@ -437,7 +437,7 @@ fn a_moved_session_has_every_piece_of_its_state_on_the_new_backend() {
     let before = carried_now(&h);
     assert_eq!(before.database.as_deref(), Some("db2"));
     assert_eq!(
-        before.prepared.iter().map(|p| p.0).collect::<Vec<_>>(),
+        before.prepared.iter().map(|p| p.id).collect::<Vec<_>>(),
         [1, 3]
     );
     assert_eq!(before.last_insert_id, 77);
@@ -460,7 +460,17 @@ fn a_moved_session_has_every_piece_of_its_state_on_the_new_backend() {
     h.backend(
         B0,
         result_set(
-            &["d", "dec", "i", "HEX(n)", "COLLATION(n)", "n IS NULL", "HEX(s)", "COLLATION(s)", "s IS NULL"],
+            &[
+                "d",
+                "dec",
+                "i",
+                "HEX(n)",
+                "COLLATION(n)",
+                "n IS NULL",
+                "HEX(s)",
+                "COLLATION(s)",
+                "s IS NULL",
+            ],
             &[&[
                 Some("1.5"),
                 Some("2.50"),
@@ -478,19 +488,19 @@ fn a_moved_session_has_every_piece_of_its_state_on_the_new_backend() {
     h.backend(
         B1,
         replies(&[
-            ok(1),              // USE test
-            prepared(1, 2, 1),  // SELECT ? + ?
-            ok(1),              // USE db2
-            ok(1),              // character_set_client
-            ok(1),              // character_set_results
-            ok(1),              // character_set_connection
-            ok(1),              // collation_connection
-            ok(1),              // sql_mode
-            prepared(2, 1, 2),  // SELECT * FROM t WHERE name = ?
-            ok(1),              // time_zone
-            ok(1),              // user variables
-            ok(1),              // PREPARE stmt1
-            ok(1),              // LAST_INSERT_ID
+            ok(1),             // USE test
+            prepared(1, 2, 1), // SELECT ? + ?
+            ok(1),             // USE db2
+            ok(1),             // character_set_client
+            ok(1),             // character_set_results
+            ok(1),             // character_set_connection
+            ok(1),             // collation_connection
+            ok(1),             // sql_mode
+            prepared(2, 1, 2), // SELECT * FROM t WHERE name = ?
+            ok(1),             // time_zone
+            ok(1),             // user variables
+            ok(1),             // PREPARE stmt1
+            ok(1),             // LAST_INSERT_ID
         ]),
     );
     insta::assert_snapshot!(h.trace);
@@ -536,7 +546,10 @@ fn a_moved_session_has_every_piece_of_its_state_on_the_new_backend() {
         ]
     );
     // The old connection is told goodbye and closed.
-    assert_eq!(written(&h, B0, mark).last().unwrap(), &frame(0, |b| b.put_u8(COM_QUIT)));
+    assert_eq!(
+        written(&h, B0, mark).last().unwrap(),
+        &frame(0, |b| b.put_u8(COM_QUIT))
+    );
     assert!(since(&h, mark).contains(&Output::CloseBackend(B0)));
 
     // From now on the client talks to b1.
@@ -614,7 +627,10 @@ fn the_statement_ids_a_client_holds_survive_two_moves() {
         .flat_map(|b| packets(b))
         .filter(|p| p[0] == COM_STMT_PREPARE)
         .collect();
-    assert_eq!(restore, [b"\x16SELECT 1".to_vec(), b"\x16SELECT 3".to_vec()]);
+    assert_eq!(
+        restore,
+        [b"\x16SELECT 1".to_vec(), b"\x16SELECT 3".to_vec()]
+    );
     executes_as(&mut h, 3, 2);
     executes_as(&mut h, 1, 1);
     // MariaDB's "the statement prepared last" still means the same one: 3 was re-prepared last.
@@ -628,7 +644,12 @@ fn the_statement_ids_a_client_holds_survive_two_moves() {
         &mut h,
         "cn1",
         B2,
-        replies(&[ok(1), prepared(5, 0, 1), prepared(6, 0, 1), prepared(7, 0, 1)]),
+        replies(&[
+            ok(1),
+            prepared(5, 0, 1),
+            prepared(6, 0, 1),
+            prepared(7, 0, 1),
+        ]),
     );
     executes_as(&mut h, 1, 5);
     executes_as(&mut h, 3, 6);
@@ -736,7 +757,13 @@ enum TargetGot {
 /// on b0, state untouched, the cluster's count back on cn1, the target
 /// closed; the client's next command goes to b0 and its answer comes back;
 /// and no move starts again before the back-off.
-fn assert_stayed(h: &mut Harness, mark: usize, before: &Carried, failure: MoveFailure, target: TargetGot) {
+fn assert_stayed(
+    h: &mut Harness,
+    mark: usize,
+    before: &Carried,
+    failure: MoveFailure,
+    target: TargetGot,
+) {
     let report = moves(h, mark);
     assert_eq!(report.len(), 1, "one move, one report:\n{}", h.trace);
     match &report[0].outcome {
@@ -751,7 +778,12 @@ fn assert_stayed(h: &mut Harness, mark: usize, before: &Carried, failure: MoveFa
         moved: route("cn2"),
         original: route("cn1"),
     };
-    assert_eq!(out.contains(&back), target != TargetGot::Nowhere, "{}", h.trace);
+    assert_eq!(
+        out.contains(&back),
+        target != TargetGot::Nowhere,
+        "{}",
+        h.trace
+    );
     assert_eq!(
         out.contains(&Output::CloseBackend(B1)),
         target != TargetGot::Nowhere,
@@ -766,7 +798,11 @@ fn assert_stayed(h: &mut Harness, mark: usize, before: &Carried, failure: MoveFa
         h.trace
     );
     assert!(!out.contains(&Output::CloseBackend(B0)), "{}", h.trace);
-    assert!(!out.iter().any(|o| matches!(o, Output::Close(_))), "{}", h.trace);
+    assert!(
+        !out.iter().any(|o| matches!(o, Output::Close(_))),
+        "{}",
+        h.trace
+    );
     assert_eq!(h.session.backend(), Some(B0));
     assert!(!h.session.is_moving());
     assert_eq!(&carried_now(h), before);
@@ -797,9 +833,17 @@ fn a_move_the_cluster_finds_no_target_for_leaves_the_session_where_it_was() {
     let before = carried_now(&h);
     let mark = h.outputs.len();
     h.migrate(Trigger::Rebalance, None);
-    h.feed(Input::Transferred(Err("no other backend serves this session".into())));
+    h.feed(Input::Transferred(Err(
+        "no other backend serves this session".into(),
+    )));
     assert!(written(&h, B0, mark).is_empty(), "b0 was not even asked");
-    assert_stayed(&mut h, mark, &before, MoveFailure::NoTarget, TargetGot::Nowhere);
+    assert_stayed(
+        &mut h,
+        mark,
+        &before,
+        MoveFailure::NoTarget,
+        TargetGot::Nowhere,
+    );
 }
 
 #[test]
@@ -814,7 +858,13 @@ fn a_target_that_cannot_be_reached_leaves_the_session_where_it_was() {
         o,
         Output::Event(SessionEvent::BackendUnreachable { backend, .. }) if backend.0 == "cn2"
     )));
-    assert_stayed(&mut h, mark, &before, MoveFailure::Target, TargetGot::Chosen);
+    assert_stayed(
+        &mut h,
+        mark,
+        &before,
+        MoveFailure::Target,
+        TargetGot::Chosen,
+    );
 }
 
 #[test]
@@ -827,7 +877,13 @@ fn a_target_that_refuses_the_login_leaves_the_session_where_it_was() {
     h.feed(Input::BackendConnected(B1));
     h.backend(B1, backend_handshake_with_id(502));
     h.backend(B1, err(2, 1045, "Access denied for user 'root'@'10.0.0.9'"));
-    assert_stayed(&mut h, mark, &before, MoveFailure::Target, TargetGot::Chosen);
+    assert_stayed(
+        &mut h,
+        mark,
+        &before,
+        MoveFailure::Target,
+        TargetGot::Chosen,
+    );
 }
 
 #[test]
@@ -840,7 +896,13 @@ fn a_target_that_closes_during_the_restore_leaves_the_session_where_it_was() {
     h.target_logs_in(B1, 502);
     h.backend(B1, ok(1));
     h.feed(Input::BackendClosed(B1));
-    assert_stayed(&mut h, mark, &before, MoveFailure::Target, TargetGot::LoggedIn);
+    assert_stayed(
+        &mut h,
+        mark,
+        &before,
+        MoveFailure::Target,
+        TargetGot::LoggedIn,
+    );
 }
 
 #[test]
@@ -852,9 +914,19 @@ fn a_source_that_cannot_list_its_user_variables_leaves_the_session_where_it_was(
     h.target_logs_in(B1, 502);
     h.backend(
         B0,
-        err(1, 1109, "Unknown table 'USER_VARIABLES' in information_schema"),
+        err(
+            1,
+            1109,
+            "Unknown table 'USER_VARIABLES' in information_schema",
+        ),
     );
-    assert_stayed(&mut h, mark, &before, MoveFailure::Source, TargetGot::LoggedIn);
+    assert_stayed(
+        &mut h,
+        mark,
+        &before,
+        MoveFailure::Source,
+        TargetGot::LoggedIn,
+    );
 }
 
 #[test]
@@ -873,7 +945,13 @@ fn a_restore_statement_the_target_refuses_leaves_the_session_where_it_was() {
             err(1, 1064, "You have an error in your SQL syntax"),
         ]),
     );
-    assert_stayed(&mut h, mark, &before, MoveFailure::Restore, TargetGot::LoggedIn);
+    assert_stayed(
+        &mut h,
+        mark,
+        &before,
+        MoveFailure::Restore,
+        TargetGot::LoggedIn,
+    );
 }
 
 #[test]
@@ -888,7 +966,13 @@ fn a_statement_the_target_cannot_prepare_leaves_the_session_where_it_was() {
         B1,
         replies(&[ok(1), err(1, 1146, "Table 'test.t' doesn't exist"), ok(1)]),
     );
-    assert_stayed(&mut h, mark, &before, MoveFailure::Restore, TargetGot::LoggedIn);
+    assert_stayed(
+        &mut h,
+        mark,
+        &before,
+        MoveFailure::Restore,
+        TargetGot::LoggedIn,
+    );
 }
 
 #[test]
@@ -900,7 +984,13 @@ fn a_statement_that_prepares_with_another_parameter_count_leaves_the_session_whe
     source_answers(&mut h);
     h.target_logs_in(B1, 502);
     h.backend(B1, replies(&[ok(1), prepared(1, 2, 1), ok(1)]));
-    assert_stayed(&mut h, mark, &before, MoveFailure::Restore, TargetGot::LoggedIn);
+    assert_stayed(
+        &mut h,
+        mark,
+        &before,
+        MoveFailure::Restore,
+        TargetGot::LoggedIn,
+    );
 }
 
 #[test]
@@ -915,7 +1005,13 @@ fn a_target_too_slow_to_log_in_leaves_the_session_where_it_was_at_the_backend_ti
     assert!(moves(&h, mark).is_empty(), "{}", h.trace);
     assert!(h.session.is_moving());
     h.advance(Duration::from_millis(1));
-    assert_stayed(&mut h, mark, &before, MoveFailure::Timeout, TargetGot::Chosen);
+    assert_stayed(
+        &mut h,
+        mark,
+        &before,
+        MoveFailure::Timeout,
+        TargetGot::Chosen,
+    );
 }
 
 #[test]
@@ -928,7 +1024,13 @@ fn a_target_too_slow_to_restore_leaves_the_session_where_it_was_at_the_backend_t
     h.target_logs_in(B1, 502);
     h.backend(B1, ok(1));
     h.advance(Duration::from_secs(5));
-    assert_stayed(&mut h, mark, &before, MoveFailure::Timeout, TargetGot::LoggedIn);
+    assert_stayed(
+        &mut h,
+        mark,
+        &before,
+        MoveFailure::Timeout,
+        TargetGot::LoggedIn,
+    );
 }
 
 #[test]
@@ -966,6 +1068,60 @@ fn the_sources_answer_to_a_failed_moves_question_never_reaches_the_client() {
         assert_eq!(carried_now(&h), before);
         assert_eq!(moves(&h, mark).len(), 1);
     }
+}
+
+#[test]
+fn a_transfer_the_cluster_answers_after_its_move_timed_out_is_given_back() {
+    let mut h = movable();
+    let mark = h.outputs.len();
+    h.migrate(Trigger::Rebalance, None);
+    h.advance(Duration::from_secs(5));
+    assert!(matches!(
+        &moves(&h, mark)[..],
+        [MoveReport {
+            outcome: Err((MoveFailure::Timeout, _)),
+            to: None,
+            ..
+        }]
+    ));
+    // The cluster moved the count to cn2 after all: it goes back to cn1, and nothing is opened.
+    let late = h.outputs.len();
+    h.feed(Input::Transferred(Ok(route("cn2"))));
+    assert_eq!(
+        since(&h, late),
+        [Output::TransferBack {
+            moved: route("cn2"),
+            original: route("cn1"),
+        }]
+    );
+    assert_eq!(h.session.backend(), Some(B0));
+}
+
+#[test]
+fn a_late_transfer_answer_is_not_taken_for_the_next_moves() {
+    let mut h = movable();
+    h.migrate(Trigger::Rebalance, None);
+    h.advance(Duration::from_secs(5));
+    h.advance(BACKOFF);
+    let mark = h.outputs.len();
+    h.migrate(Trigger::Rebalance, None);
+    assert!(started(&h, mark));
+    // The answer to the first move's transfer, then the one to this move's.
+    h.feed(Input::Transferred(Ok(route("cn2"))));
+    assert!(since(&h, mark).contains(&Output::TransferBack {
+        moved: route("cn2"),
+        original: route("cn1"),
+    }));
+    assert!(!since(&h, mark)
+        .iter()
+        .any(|o| matches!(o, Output::Connect(..))));
+    h.feed(Input::Transferred(Ok(route("cn3"))));
+    assert!(since(&h, mark).contains(&Output::Connect(B1, route("cn3"))));
+    source_answers(&mut h);
+    h.target_logs_in(B1, 503);
+    h.backend(B1, replies(&[ok(1), prepared(1, 1, 1), ok(1)]));
+    assert_eq!(moves(&h, mark)[0].to, Some(BackendId("cn3".into())));
+    assert_eq!(h.session.backend(), Some(B1));
 }
 
 // ================================================================= when a move may start
@@ -1021,8 +1177,14 @@ fn a_client_command_sent_during_a_move_waits_and_runs_on_the_new_backend() {
     h.now = h.now + Duration::from_millis(100);
     let select = query("SELECT @a");
     h.client(select.clone());
-    assert!(written(&h, B0, mark).iter().all(|b| *b != select), "not to b0");
-    assert!(written(&h, B1, mark).is_empty(), "not to b1 before the swap");
+    assert!(
+        written(&h, B0, mark).iter().all(|b| *b != select),
+        "not to b0"
+    );
+    assert!(
+        written(&h, B1, mark).is_empty(),
+        "not to b1 before the swap"
+    );
     h.now = h.now + Duration::from_millis(250);
     h.target_logs_in(B1, 502);
     let swap = h.outputs.len();
@@ -1087,7 +1249,11 @@ fn an_idle_session_whose_backend_dies_moves_without_asking_it_anything() {
     h.feed(Input::Transferred(Ok(route("cn2"))));
     h.target_logs_in(B1, 502);
     h.backend(B1, replies(&[ok(1), prepared(3, 1, 1)]));
-    assert!(written(&h, B0, mark).is_empty(), "nothing for a dead backend:\n{}", h.trace);
+    assert!(
+        written(&h, B0, mark).is_empty(),
+        "nothing for a dead backend:\n{}",
+        h.trace
+    );
     let report = &moves(&h, mark)[0];
     assert_eq!(report.trigger, Trigger::Failover);
     assert_eq!(report.outcome, Ok(()), "{}", h.trace);
@@ -1095,10 +1261,20 @@ fn an_idle_session_whose_backend_dies_moves_without_asking_it_anything() {
     assert_eq!(carried_now(&h), before);
     assert!(to_client(&h, mark).is_empty(), "the client noticed nothing");
     let mark = h.outputs.len();
-    h.client(execute(1, 1, Some(&[MYSQL_TYPE_LONGLONG]), &5u64.to_le_bytes()));
+    h.client(execute(
+        1,
+        1,
+        Some(&[MYSQL_TYPE_LONGLONG]),
+        &5u64.to_le_bytes(),
+    ));
     assert_eq!(
         written(&h, B1, mark),
-        [execute(3, 1, Some(&[MYSQL_TYPE_LONGLONG]), &5u64.to_le_bytes())]
+        [execute(
+            3,
+            1,
+            Some(&[MYSQL_TYPE_LONGLONG]),
+            &5u64.to_le_bytes()
+        )]
     );
 }
 
@@ -1144,7 +1320,12 @@ fn assert_lost(h: &Harness, mark: usize, rolled_back: bool) {
     let e = ErrPacket::parse(&p[0]).unwrap();
     assert_eq!(e.code, 2013);
     assert!(e.message.contains("cn1"), "{}", e.message);
-    assert_eq!(e.message.contains("rolled back"), rolled_back, "{}", e.message);
+    assert_eq!(
+        e.message.contains("rolled back"),
+        rolled_back,
+        "{}",
+        e.message
+    );
     assert!(since(h, mark).contains(&Output::Close(CloseReason::BackendClosed)));
     assert!(h.session.is_closed());
 }
@@ -1166,10 +1347,42 @@ fn a_backend_that_dies_in_a_transaction_fails_the_next_command_saying_it_was_rol
     let mark = h.outputs.len();
     h.feed(Input::BackendClosed(B0));
     assert!(!started(&h, mark), "{}", h.trace);
-    assert!(to_client(&h, mark).is_empty(), "the client hears nothing until it asks");
+    assert!(
+        to_client(&h, mark).is_empty(),
+        "the client hears nothing until it asks"
+    );
     assert!(!h.session.is_closed());
     h.client(query("COMMIT"));
     assert_lost(&h, mark, true);
+}
+
+#[test]
+fn a_lost_backend_answers_nothing_to_a_command_that_has_no_answer() {
+    // COM_STMT_CLOSE has no response: the client must not get one, the next command gets the ERR.
+    let mut h = idle_with_a_statement();
+    h.exchange(query("BEGIN"), ok_status(IN_TRANS));
+    let mark = h.outputs.len();
+    h.feed(Input::BackendClosed(B0));
+    h.client(close_stmt(1));
+    assert!(to_client(&h, mark).is_empty(), "{}", h.trace);
+    assert!(!h.session.is_closed());
+    h.client(query("ROLLBACK"));
+    assert_lost(&h, mark, true);
+}
+
+#[test]
+fn a_failover_that_fails_answers_nothing_to_commands_that_have_no_answer() {
+    let mut h = idle_with_a_statement();
+    h.exchange(prepare("SELECT 2"), prepared(2, 0, 1));
+    let mark = h.outputs.len();
+    h.feed(Input::BackendClosed(B0));
+    // Both closes wait for the failover together.
+    h.client(close_stmt(1));
+    h.client(close_stmt(2));
+    h.feed(Input::Transferred(Err("no backend left".into())));
+    assert!(to_client(&h, mark).is_empty(), "{}", h.trace);
+    h.client(query("SELECT 1"));
+    assert_lost(&h, mark, false);
 }
 
 #[test]
@@ -1207,4 +1420,788 @@ fn a_failover_whose_target_fails_fails_the_command_that_waited_for_it() {
         original: route("cn1"),
     }));
     assert_lost(&h, mark, false);
+}
+
+// ================================================================= a model: any interleaving
+
+/// One thing that happens to a session: the client acts, the cluster asks
+/// for a move, the network delivers (or fails) one pending thing, a backend
+/// dies, time passes.
+#[derive(Clone, Debug)]
+enum Op {
+    Select,
+    Begin,
+    Commit,
+    SetVar(u8),
+    Prepare,
+    Execute(u8),
+    CloseStmt(u8),
+    Migrate,
+    /// The k-th pending thing happens as it should.
+    Deliver(u8),
+    /// The k-th pending thing goes wrong.
+    Fail(u8),
+    /// The k-th open backend connection closes.
+    Die(u8),
+    /// Milliseconds pass.
+    Wait(u16),
+}
+
+impl Arbitrary for Op {
+    fn arbitrary(g: &mut Gen) -> Self {
+        let k = u8::arbitrary(g);
+        match u8::arbitrary(g) % 40 {
+            0 | 1 => Op::Select,
+            2 | 3 => Op::Begin,
+            4 | 5 => Op::Commit,
+            6 | 7 => Op::SetVar(k),
+            8 | 9 => Op::Prepare,
+            10..=12 => Op::Execute(k),
+            13 => Op::CloseStmt(k),
+            14..=17 => Op::Migrate,
+            18..=33 => Op::Deliver(k),
+            34 | 35 => Op::Fail(k),
+            36 => Op::Die(k),
+            _ => Op::Wait(u16::arbitrary(g) % 6000),
+        }
+    }
+}
+
+/// What the client sent and waits for the answer to.
+#[derive(Clone, Debug)]
+enum Sent {
+    Query { tag: u64, var: Option<String> },
+    Prepare { k: u32 },
+    Execute { k: u32 },
+}
+
+/// A request a model backend has to answer.
+#[derive(Clone, Debug)]
+enum Req {
+    Login,
+    Query(String),
+    InitDb,
+    Prepare(u32),
+    Execute(u32),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Greeting,
+    LoggingIn,
+    Ready,
+}
+
+/// A scripted backend connection: answers in order, keeps its own
+/// transaction, user variables and prepared statements.
+#[derive(Debug)]
+struct Conn {
+    name: String,
+    phase: Phase,
+    rx: PacketDecoder,
+    requests: VecDeque<Req>,
+    in_txn: bool,
+    vars: BTreeMap<String, String>,
+    /// Statement id → the k of its "SELECT k".
+    stmts: BTreeMap<u32, u32>,
+    next_stmt: u32,
+    closed_by_ferry: bool,
+    dead: bool,
+    quit: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Pending {
+    Transfer,
+    Conn(BackendHandle),
+}
+
+/// Counts of what a run went through (so the property is known not to be vacuous).
+#[derive(Default)]
+struct Seen {
+    moved: AtomicUsize,
+    failed: AtomicUsize,
+    failovers: AtomicUsize,
+    lost: AtomicUsize,
+}
+
+static SEEN: Seen = Seen {
+    moved: AtomicUsize::new(0),
+    failed: AtomicUsize::new(0),
+    failovers: AtomicUsize::new(0),
+    lost: AtomicUsize::new(0),
+};
+
+/// A session, its client and every backend connection it opened, all scripted.
+struct Model {
+    h: Harness,
+    /// Outputs already looked at.
+    seen: usize,
+    conns: BTreeMap<BackendHandle, Conn>,
+    /// The connection the session is on, as the outputs said.
+    current: BackendHandle,
+    target: Option<BackendHandle>,
+    moving: bool,
+    /// Transfers asked for and not yet answered: the backend each is from.
+    transfers: VecDeque<String>,
+    next_cn: u32,
+    /// The cluster's count of this session per backend.
+    counts: BTreeMap<String, i64>,
+    logged_in: bool,
+    client_rx: PacketDecoder,
+    outstanding: Option<Sent>,
+    /// The outstanding command was written to a backend (not just held by ferry).
+    written: bool,
+    /// Client statement id → k.
+    live: BTreeMap<u32, u32>,
+    client_in_txn: bool,
+    lost: bool,
+    /// User variables as the client set them.
+    truth: BTreeMap<String, String>,
+    tag: u64,
+    next_k: u32,
+}
+
+impl Model {
+    fn new() -> Self {
+        let mut h = Harness::with(config(), TraceStyle::Handles);
+        h.client_logs_in("root", "111");
+        h.feed(Input::Routed(route("cn1")));
+        let mut m = Model {
+            h,
+            seen: 0,
+            conns: BTreeMap::new(),
+            current: B0,
+            target: None,
+            moving: false,
+            transfers: VecDeque::new(),
+            next_cn: 2,
+            counts: BTreeMap::from([("cn1".to_string(), 1)]),
+            logged_in: false,
+            client_rx: PacketDecoder::new(1 << 24),
+            outstanding: None,
+            written: false,
+            live: BTreeMap::new(),
+            client_in_txn: false,
+            lost: false,
+            truth: BTreeMap::new(),
+            tag: 0,
+            next_k: 1,
+        };
+        m.absorb();
+        m.settle();
+        assert!(m.h.session.is_forwarding(), "{}", m.h.trace);
+        m.logged_in = true;
+        m
+    }
+
+    fn violation(&self, what: impl std::fmt::Display) -> ! {
+        let lines: Vec<&str> = self.h.trace.lines().collect();
+        let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+        panic!("{what}\n--- last lines of the trace ---\n{tail}");
+    }
+
+    fn closed(&self) -> bool {
+        self.h.closed.is_some()
+    }
+
+    fn step(&mut self, op: &Op) {
+        if self.closed() {
+            return;
+        }
+        let client_free = self.outstanding.is_none() && !self.lost;
+        match op {
+            Op::Select if client_free => self.query("SELECT 1", None),
+            Op::Begin if client_free => self.query("BEGIN", None),
+            Op::Commit if client_free => self.query("COMMIT", None),
+            Op::SetVar(v) if client_free => {
+                let name = format!("v{}", v % 3);
+                let sql = format!("SET @{name} = {}", self.tag + 1);
+                self.query(&sql, Some(name));
+            }
+            Op::Prepare if client_free => {
+                let k = self.next_k;
+                self.next_k += 1;
+                self.outstanding = Some(Sent::Prepare { k });
+                self.written = false;
+                self.h.client(prepare(&format!("SELECT {k}")));
+            }
+            Op::Execute(i) if client_free && !self.live.is_empty() => {
+                let (&id, &k) = self.live.iter().nth(*i as usize % self.live.len()).unwrap();
+                self.outstanding = Some(Sent::Execute { k });
+                self.written = false;
+                self.h.client(execute(id, 0, None, &[]));
+            }
+            Op::CloseStmt(i) if client_free && !self.live.is_empty() => {
+                let id = *self.live.keys().nth(*i as usize % self.live.len()).unwrap();
+                self.live.remove(&id);
+                self.h.client(close_stmt(id));
+            }
+            Op::Migrate => self.h.migrate(Trigger::Rebalance, None),
+            Op::Deliver(k) | Op::Fail(k) => {
+                let pending = self.pending();
+                if !pending.is_empty() {
+                    let p = pending[*k as usize % pending.len()];
+                    self.deliver(p, matches!(op, Op::Deliver(_)));
+                }
+            }
+            Op::Die(k) => {
+                let open: Vec<BackendHandle> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| !c.dead && !c.closed_by_ferry)
+                    .map(|(h, _)| *h)
+                    .collect();
+                if !open.is_empty() {
+                    let h = open[*k as usize % open.len()];
+                    self.conns.get_mut(&h).unwrap().dead = true;
+                    self.h.feed(Input::BackendClosed(h));
+                }
+            }
+            Op::Wait(ms) => {
+                self.h.now = self.h.now + Duration::from_millis(u64::from(*ms));
+                if self
+                    .h
+                    .session
+                    .poll_timeout()
+                    .is_some_and(|t| t <= self.h.now)
+                {
+                    self.h.feed(Input::Timeout);
+                }
+            }
+            _ => {}
+        }
+        self.absorb();
+        self.check();
+    }
+
+    fn query(&mut self, sql: &str, var: Option<String>) {
+        self.tag += 1;
+        self.outstanding = Some(Sent::Query { tag: self.tag, var });
+        self.written = false;
+        self.h.client(query(&format!("/*t{}*/ {sql}", self.tag)));
+    }
+
+    /// Everything the network could deliver now, in a fixed order.
+    fn pending(&self) -> Vec<Pending> {
+        let mut p = Vec::new();
+        if !self.transfers.is_empty() {
+            p.push(Pending::Transfer);
+        }
+        for (h, c) in &self.conns {
+            if c.dead || c.closed_by_ferry {
+                continue;
+            }
+            if matches!(c.phase, Phase::Connecting | Phase::Greeting) || !c.requests.is_empty() {
+                p.push(Pending::Conn(*h));
+            }
+        }
+        p
+    }
+
+    /// Delivers everything, well, until nothing is pending.
+    fn settle(&mut self) {
+        for _ in 0..1000 {
+            if self.closed() {
+                return;
+            }
+            let Some(&p) = self.pending().first() else {
+                return;
+            };
+            self.deliver(p, true);
+            self.absorb();
+            self.check();
+        }
+        self.violation("the session never settles");
+    }
+
+    fn deliver(&mut self, p: Pending, good: bool) {
+        let h = match p {
+            Pending::Transfer => {
+                let from = self.transfers.pop_front().unwrap();
+                if good {
+                    let to = format!("cn{}", self.next_cn);
+                    self.next_cn += 1;
+                    *self.counts.entry(from).or_default() -= 1;
+                    *self.counts.entry(to.clone()).or_default() += 1;
+                    self.h.feed(Input::Transferred(Ok(route(&to))));
+                } else {
+                    self.h
+                        .feed(Input::Transferred(Err("no backend can take it".into())));
+                }
+                return;
+            }
+            Pending::Conn(h) => h,
+        };
+        let c = self.conns.get_mut(&h).unwrap();
+        match c.phase {
+            Phase::Connecting if good => {
+                c.phase = Phase::Greeting;
+                self.h.feed(Input::BackendConnected(h));
+            }
+            Phase::Connecting => {
+                c.dead = true;
+                self.h
+                    .feed(Input::BackendConnectFailed(h, "connection refused".into()));
+            }
+            Phase::Greeting => {
+                c.phase = Phase::LoggingIn;
+                let bytes = if good {
+                    backend_handshake_with_id(500 + h.0)
+                } else {
+                    err(0, 1040, "Too many connections")
+                };
+                self.h.feed(Input::BackendData(h, bytes));
+            }
+            _ => {
+                let req = c.requests.pop_front().unwrap();
+                let bytes = self.answer(h, req, good);
+                self.h.feed(Input::BackendData(h, bytes));
+            }
+        }
+    }
+
+    /// A model backend's answer to one request.
+    fn answer(&mut self, h: BackendHandle, req: Req, good: bool) -> Bytes {
+        let c = self.conns.get_mut(&h).unwrap();
+        if !good {
+            return match req {
+                Req::Login => err(2, 1045, "Access denied"),
+                Req::Prepare(_) => err(1, 1146, "Table 'test.t' doesn't exist"),
+                _ => err(1, 1105, "the model backend says no"),
+            };
+        }
+        let status = SERVER_STATUS_AUTOCOMMIT | if c.in_txn { SERVER_STATUS_IN_TRANS } else { 0 };
+        match req {
+            Req::Login => {
+                c.phase = Phase::Ready;
+                backend_ok(2)
+            }
+            Req::InitDb => ok(1),
+            Req::Prepare(k) => {
+                let id = c.next_stmt;
+                c.next_stmt += 1;
+                c.stmts.insert(id, k);
+                prepared(id, 0, 0)
+            }
+            Req::Execute(id) => match c.stmts.get(&id) {
+                Some(&k) => ok_packet(
+                    1,
+                    OkPacket {
+                        last_insert_id: u64::from(k),
+                        status,
+                        ..OkPacket::default()
+                    },
+                ),
+                None => err(1, 1243, "Unknown prepared statement handler"),
+            },
+            Req::Query(sql) => {
+                if let Some(rest) = sql.strip_prefix("/*t") {
+                    let (tag, stmt) = rest.split_once("*/ ").unwrap();
+                    let tag: u64 = tag.parse().unwrap();
+                    let mut items = Vec::new();
+                    match stmt {
+                        "SELECT 1" => {}
+                        "BEGIN" => c.in_txn = true,
+                        "COMMIT" => c.in_txn = false,
+                        set => {
+                            let (name, value) = set
+                                .strip_prefix("SET @")
+                                .and_then(|s| s.split_once(" = "))
+                                .unwrap();
+                            c.vars.insert(name.into(), value.into());
+                            items.push(TrackItem::StateChange(true));
+                        }
+                    }
+                    let mut block = BytesMut::new();
+                    for i in &items {
+                        i.write(&mut block);
+                    }
+                    let status = SERVER_STATUS_AUTOCOMMIT
+                        | if c.in_txn { SERVER_STATUS_IN_TRANS } else { 0 }
+                        | if items.is_empty() {
+                            0
+                        } else {
+                            SERVER_SESSION_STATE_CHANGED
+                        };
+                    return ok_packet(
+                        1,
+                        OkPacket {
+                            affected_rows: tag,
+                            status,
+                            session_state: (!items.is_empty()).then(|| block.to_vec()),
+                            ..OkPacket::default()
+                        },
+                    );
+                }
+                if sql.starts_with("SELECT @@session_track") {
+                    return result_set(
+                        &["a", "b", "c", "d"],
+                        &[&[
+                            Some("autocommit,time_zone"),
+                            Some("1"),
+                            Some("0"),
+                            Some("OFF"),
+                        ]],
+                    );
+                }
+                if sql.starts_with("SET SESSION session_track")
+                    || sql.starts_with("DO LAST_INSERT_ID(")
+                {
+                    return ok(1);
+                }
+                if sql == restore::USER_VARIABLES_QUERY {
+                    let rows: Vec<(&str, &str, Option<&str>)> =
+                        c.vars.keys().map(|n| (n.as_str(), "INT", None)).collect();
+                    return user_variable_types(&rows);
+                }
+                if let Some(list) = sql.strip_prefix("SELECT ") {
+                    let names: Vec<&str> = list
+                        .split(", ")
+                        .map(|v| v.trim_start_matches("@`").trim_end_matches('`'))
+                        .collect();
+                    let values: Vec<Option<&str>> = names
+                        .iter()
+                        .map(|n| c.vars.get(*n).map(String::as_str))
+                        .collect();
+                    return result_set(&names, &[&values]);
+                }
+                if let Some(list) = sql.strip_prefix("SET ") {
+                    for assignment in list.split(", ") {
+                        let (name, value) = assignment.split_once(" = ").unwrap();
+                        let name = name.trim_start_matches("@`").trim_end_matches('`');
+                        c.vars.insert(name.into(), value.into());
+                    }
+                    return ok(1);
+                }
+                self.violation(format!("{h} got a query it does not know: {sql}"))
+            }
+        }
+    }
+
+    /// Looks at every output the session emitted since the last look.
+    fn absorb(&mut self) {
+        while self.seen < self.h.outputs.len() {
+            let out = self.h.outputs[self.seen].clone();
+            self.seen += 1;
+            self.output(out);
+        }
+    }
+
+    fn output(&mut self, out: Output) {
+        match out {
+            Output::ToClient(bytes) if self.logged_in => {
+                self.client_rx.extend(&bytes);
+                while let Some(p) = self.client_rx.decode().unwrap() {
+                    self.client_packet(p.seq, &p.payload);
+                }
+            }
+            Output::ToClient(_) | Output::Route(_) if !self.logged_in => {}
+            Output::ToBackend(h, bytes) => self.backend_bytes(h, &bytes),
+            Output::Connect(h, route) => {
+                if self.conns.contains_key(&h) {
+                    self.violation(format!("{h} connected twice"));
+                }
+                let open = self.conns.values().filter(|c| !c.closed_by_ferry).count();
+                if open >= 2 {
+                    self.violation(format!("a third backend connection ({h})"));
+                }
+                self.conns.insert(
+                    h,
+                    Conn {
+                        name: route.backend.0,
+                        phase: Phase::Connecting,
+                        rx: PacketDecoder::new(1 << 24),
+                        requests: VecDeque::new(),
+                        in_txn: false,
+                        vars: BTreeMap::new(),
+                        stmts: BTreeMap::new(),
+                        // Ids overlap across backends now and then, to exercise the mapping.
+                        next_stmt: 1 + (h.0 * 7) % 4,
+                        closed_by_ferry: false,
+                        dead: false,
+                        quit: false,
+                    },
+                );
+                if self.moving {
+                    if self.target.is_some() {
+                        self.violation("a second target for one move");
+                    }
+                    self.target = Some(h);
+                }
+            }
+            Output::CloseBackend(h) => {
+                let c = self.conns.get_mut(&h).unwrap();
+                c.closed_by_ferry = true;
+                c.requests.clear();
+            }
+            Output::Transfer(t) => {
+                if !self.moving {
+                    self.violation("a transfer without a move");
+                }
+                if t.from.backend.0 != self.conns[&self.current].name {
+                    self.violation(format!(
+                        "a transfer from {}, where the session is not",
+                        t.from.backend
+                    ));
+                }
+                self.transfers.push_back(t.from.backend.0);
+            }
+            Output::TransferBack { moved, original } => {
+                *self.counts.entry(moved.backend.0).or_default() -= 1;
+                *self.counts.entry(original.backend.0).or_default() += 1;
+            }
+            Output::Event(SessionEvent::MoveStarted(trigger)) => {
+                if self.moving {
+                    self.violation("a move started during a move");
+                }
+                if self.outstanding.is_some() && self.written {
+                    self.violation("a move started while a client command was on a backend");
+                }
+                if self.client_in_txn || self.conns[&self.current].in_txn {
+                    self.violation("a move started inside a transaction");
+                }
+                if trigger == Trigger::Failover {
+                    SEEN.failovers.fetch_add(1, Ordering::Relaxed);
+                }
+                self.moving = true;
+            }
+            Output::Event(SessionEvent::Moved(report)) => {
+                if !self.moving {
+                    self.violation("a move ended that never started");
+                }
+                self.moving = false;
+                let target = self.target.take();
+                match report.outcome {
+                    Ok(()) => {
+                        SEEN.moved.fetch_add(1, Ordering::Relaxed);
+                        let Some(t) = target else {
+                            self.violation("moved without a target");
+                        };
+                        self.current = t;
+                        if self.conns[&t].vars != self.truth {
+                            self.violation(format!(
+                                "the user variables on {t} are {:?}, the client set {:?}",
+                                self.conns[&t].vars, self.truth
+                            ));
+                        }
+                    }
+                    Err(_) => {
+                        SEEN.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Output::Event(_) => {}
+            Output::Close(reason) => {
+                if reason != CloseReason::BackendClosed {
+                    self.violation(format!("closed: {reason:?}"));
+                }
+                if self.outstanding.is_some() {
+                    self.violation("closed with a client command unanswered");
+                }
+                SEEN.lost.fetch_add(1, Ordering::Relaxed);
+            }
+            other => self.violation(format!("unexpected output {other:?}")),
+        }
+    }
+
+    /// One packet for the client: the answer to what it sent.
+    fn client_packet(&mut self, seq: u8, p: &[u8]) {
+        let Some(sent) = self.outstanding.take() else {
+            self.violation("the client got a packet while it waited for nothing");
+        };
+        if p[0] == 0xFF {
+            let e = ErrPacket::parse(p).unwrap();
+            match e.code {
+                2013 if seq == 1 => self.lost = true,
+                1105 | 1146 => {}
+                _ => self.violation(format!("the client got {} {}", e.code, e.message)),
+            }
+            return;
+        }
+        if p[0] != 0 {
+            self.violation(format!("the client got {p:02x?} for {sent:?}"));
+        }
+        match sent {
+            Sent::Prepare { k } => {
+                let id = u32::from_le_bytes([p[1], p[2], p[3], p[4]]);
+                if id == 0 || self.live.contains_key(&id) {
+                    self.violation(format!(
+                        "statement SELECT {k} got the id {id}, taken already"
+                    ));
+                }
+                self.live.insert(id, k);
+            }
+            Sent::Query { tag, var } => {
+                let ok = OkPacket::parse(p, FERRY_SUPPORTED).unwrap();
+                if ok.affected_rows != tag {
+                    self.violation(format!(
+                        "the answer to command {tag} was the one to {}",
+                        ok.affected_rows
+                    ));
+                }
+                self.client_in_txn = ok.status & SERVER_STATUS_IN_TRANS != 0;
+                if let Some(name) = var {
+                    self.truth.insert(name, tag.to_string());
+                }
+            }
+            Sent::Execute { k } => {
+                let ok = OkPacket::parse(p, FERRY_SUPPORTED).unwrap();
+                if ok.last_insert_id != u64::from(k) {
+                    self.violation(format!(
+                        "executing SELECT {k} ran SELECT {} on the backend",
+                        ok.last_insert_id
+                    ));
+                }
+                self.client_in_txn = ok.status & SERVER_STATUS_IN_TRANS != 0;
+            }
+        }
+    }
+
+    /// Bytes ferry wrote to a model backend: each packet a request.
+    fn backend_bytes(&mut self, h: BackendHandle, bytes: &[u8]) {
+        let Some(c) = self.conns.get_mut(&h) else {
+            self.violation(format!("bytes for {h}, which was never opened"));
+        };
+        if c.closed_by_ferry {
+            self.violation(format!("bytes for {h} after ferry closed it"));
+        }
+        if c.quit {
+            self.violation(format!("bytes for {h} after COM_QUIT"));
+        }
+        c.rx.extend(bytes);
+        let mut bad = None;
+        while let Some(p) = c.rx.decode().unwrap() {
+            let body = &p.payload[..];
+            let text = String::from_utf8_lossy(&body[1..]);
+            self.written |= match (&self.outstanding, body[0]) {
+                _ if p.seq != 0 => false,
+                (Some(Sent::Query { tag, .. }), COM_QUERY) => {
+                    text.starts_with(&format!("/*t{tag}*/"))
+                }
+                (Some(Sent::Prepare { k }), COM_STMT_PREPARE) => text == format!("SELECT {k}"),
+                (Some(Sent::Execute { .. }), COM_STMT_EXECUTE) => true,
+                _ => false,
+            };
+            let id = || u32::from_le_bytes([body[1], body[2], body[3], body[4]]);
+            match (c.phase, p.seq, body[0]) {
+                (Phase::LoggingIn, 1, _) => c.requests.push_back(Req::Login),
+                (Phase::Ready, 0, COM_QUERY) => c
+                    .requests
+                    .push_back(Req::Query(String::from_utf8_lossy(&body[1..]).into())),
+                (Phase::Ready, 0, COM_INIT_DB) => c.requests.push_back(Req::InitDb),
+                (Phase::Ready, 0, COM_STMT_PREPARE) => {
+                    let k = String::from_utf8_lossy(&body[1..])
+                        .strip_prefix("SELECT ")
+                        .and_then(|k| k.parse().ok())
+                        .unwrap();
+                    c.requests.push_back(Req::Prepare(k));
+                }
+                (Phase::Ready, 0, COM_STMT_EXECUTE) => c.requests.push_back(Req::Execute(id())),
+                (Phase::Ready, 0, COM_STMT_CLOSE) => {
+                    c.stmts.remove(&id());
+                }
+                (Phase::Ready | Phase::LoggingIn, 0, COM_QUIT) => c.quit = true,
+                (phase, seq, code) => {
+                    bad = Some(format!("{h} ({phase:?}) got packet #{seq} 0x{code:02x}"));
+                    break;
+                }
+            }
+        }
+        if let Some(bad) = bad {
+            self.violation(bad);
+        }
+    }
+
+    /// What must hold after every step.
+    fn check(&mut self) {
+        if self.closed() {
+            return;
+        }
+        if self.lost {
+            self.violation("the client was told the connection was lost, and it was not closed");
+        }
+        if self.h.session.backend() != Some(self.current) {
+            self.violation(format!(
+                "the session is on {:?}, its outputs said {}",
+                self.h.session.backend(),
+                self.current
+            ));
+        }
+        if self.h.session.is_moving() != self.moving {
+            self.violation("is_moving() disagrees with the move events");
+        }
+        let others: Vec<BackendHandle> = self
+            .conns
+            .iter()
+            .filter(|(h, c)| **h != self.current && !c.closed_by_ferry)
+            .map(|(h, _)| *h)
+            .collect();
+        if !self.moving && !others.is_empty() {
+            self.violation(format!(
+                "not moving, yet {others:?} are open besides {}",
+                self.current
+            ));
+        }
+        if self.moving && others.len() > 1 {
+            self.violation(format!("more than one target open: {others:?}"));
+        }
+        if !self.moving && self.transfers.is_empty() {
+            let here = &self.conns[&self.current].name;
+            let wrong: Vec<_> = self
+                .counts
+                .iter()
+                .filter(|(b, n)| **n != i64::from(*b == here))
+                .collect();
+            if !wrong.is_empty() {
+                self.violation(format!(
+                    "the session is on {here} but the cluster counts it {:?}",
+                    self.counts
+                ));
+            }
+        }
+    }
+
+    /// After everything was delivered: no command left without its answer.
+    fn finish(&mut self) {
+        self.settle();
+        if self.closed() {
+            return;
+        }
+        if let Some(sent) = &self.outstanding {
+            self.violation(format!("{sent:?} never got its answer"));
+        }
+        if self.moving {
+            self.violation("still moving with nothing left to deliver");
+        }
+    }
+}
+
+fn moves_never_lose_reorder_or_half_move(ops: Vec<Op>) -> bool {
+    let mut m = Model::new();
+    for op in &ops {
+        m.step(op);
+    }
+    m.finish();
+    true
+}
+
+#[test]
+fn any_interleaving_of_commands_moves_answers_and_failures_keeps_the_session_whole() {
+    let tests = std::env::var("MODEL_TESTS").map_or(500, |n| n.parse().unwrap());
+    QuickCheck::new()
+        .tests(tests)
+        .max_tests(tests * 10)
+        .rng(Gen::new(80))
+        .quickcheck(moves_never_lose_reorder_or_half_move as fn(Vec<Op>) -> bool);
+    // The runs did move sessions, fail moves and fail over.
+    for (what, n) in [
+        ("moved", &SEEN.moved),
+        ("failed", &SEEN.failed),
+        ("failed over", &SEEN.failovers),
+        ("lost", &SEEN.lost),
+    ] {
+        assert!(n.load(Ordering::Relaxed) > 0, "no run {what}");
+    }
 }
