@@ -453,7 +453,8 @@ impl Session {
                 d.held.extend_from_slice(&data);
                 if d.held.len() > HELD_LIMIT {
                     self.close(CloseReason::ProtocolError(
-                        "the client sent more than ferry holds while its backend answers ferry".into(),
+                        "the client sent more than ferry holds while its backend answers ferry"
+                            .into(),
                     ));
                 }
             }
@@ -591,9 +592,13 @@ impl Session {
                 };
                 let waiting = f.moving.as_ref().is_some_and(|m| m.target.is_none());
                 if !waiting || !f.transfers.is_empty() {
-                    // Its move is over (it timed out first): the count goes back where it was taken from.
+                    // Its move is over (it timed out first): the count goes back
+                    // where it was taken from.
                     if let Ok(moved) = result {
-                        self.outputs.push_back(Output::TransferBack { moved, original: from });
+                        self.outputs.push_back(Output::TransferBack {
+                            moved,
+                            original: from,
+                        });
                     }
                     return;
                 }
@@ -1476,7 +1481,8 @@ impl Session {
         }
         if let SourceRead::Types(q) | SourceRead::Values(q, _) = source {
             if q.outstanding() > 0 {
-                // The source has yet to answer ferry's question: never let the client have that answer.
+                // The source has yet to answer ferry's question: never let the
+                // client have that answer.
                 f.draining = Some(Box::new(Draining { injected: q, held }));
                 return;
             }
