@@ -2205,3 +2205,43 @@ fn any_interleaving_of_commands_moves_answers_and_failures_keeps_the_session_who
         assert!(n.load(Ordering::Relaxed) > 0, "no run {what}");
     }
 }
+
+// ================================================================= known bugs outside this branch
+
+/// BUG (core/src/state/sql.rs, not fixed here): the text of a `PREPARE name
+/// FROM '...'` is kept as lossy UTF-8. In a session whose client character
+/// set is latin1, a non-ASCII byte in the statement becomes U+FFFD, and the
+/// restore re-prepares a different statement on the target, silently.
+#[test]
+#[ignore = "known bug: text PREPARE kept as lossy UTF-8 (core/src/state/sql.rs)"]
+fn a_text_prepare_in_a_latin1_session_is_restored_byte_for_byte() {
+    let mut h = logged_in();
+    h.exchange(
+        query("SET NAMES latin1"),
+        ok_tracked(&[
+            var("character_set_client", "latin1"),
+            var("character_set_connection", "latin1"),
+            var("character_set_results", "latin1"),
+            var("collation_connection", "latin1_swedish_ci"),
+            TrackItem::StateChange(true),
+        ]),
+    );
+    h.exchange(
+        command(b"\x03PREPARE s FROM 'SELECT ''caf\xe9'''"),
+        ok_tracked(&[TrackItem::StateChange(true)]),
+    );
+    let mark = h.outputs.len();
+    move_without_user_variables(
+        &mut h,
+        "cn2",
+        B1,
+        replies(&[ok(1), ok(1), ok(1), ok(1), ok(1), ok(1)]),
+    );
+    let prepare = written(&h, B1, mark)
+        .iter()
+        .flat_map(|b| packets(b))
+        .find(|p| p.starts_with(b"\x03PREPARE"))
+        .expect("the text PREPARE is restored");
+    // Actual: ... ''caf\xEF\xBF\xBD''' (U+FFFD in UTF-8, read as latin1 by the target).
+    assert_eq!(prepare, b"\x03PREPARE `s` FROM 'SELECT ''caf\xe9'''");
+}
