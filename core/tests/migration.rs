@@ -2178,6 +2178,15 @@ impl Model {
     }
 }
 
+/// Runs `ops`, then delivers everything still pending. Checked all along
+/// (see [`Model::output`], [`Model::client_packet`], [`Model::check`]):
+/// - every client command gets exactly one answer, its own, in order
+///   (tags, statement ids, the statement an execute ran), or the lost-connection
+///   ERR and a close; commands without an answer get none;
+/// - no move starts while a command is on a backend or a transaction is open;
+/// - after every step the session is on exactly one backend, with at most one
+///   target open while it moves, and the cluster counts it where it is;
+/// - a completed move leaves the client's user variables on the new backend.
 fn moves_never_lose_reorder_or_half_move(ops: Vec<Op>) -> bool {
     let mut m = Model::new();
     for op in &ops {
@@ -2189,6 +2198,7 @@ fn moves_never_lose_reorder_or_half_move(ops: Vec<Op>) -> bool {
 
 #[test]
 fn any_interleaving_of_commands_moves_answers_and_failures_keeps_the_session_whole() {
+    // MODEL_TESTS=200000 for a longer hunt.
     let tests = std::env::var("MODEL_TESTS").map_or(500, |n| n.parse().unwrap());
     QuickCheck::new()
         .tests(tests)
