@@ -1476,6 +1476,8 @@ impl Session {
             self.outputs.push_back(Output::CloseBackend(f.backend));
             if !held.is_empty() {
                 self.on_client_data(now, held.freeze());
+            } else if self.shutting_down {
+                self.on_shutdown();
             }
             return;
         }
@@ -1489,6 +1491,9 @@ impl Session {
         }
         if !held.is_empty() {
             self.on_client_data(now, held.freeze());
+        } else if self.shutting_down {
+            // Back at a safe point: the shutdown asked for during the move happens now.
+            self.on_shutdown();
         }
     }
 
@@ -1512,6 +1517,8 @@ impl Session {
         let held = f.draining.take().expect("checked").held;
         if !held.is_empty() {
             self.on_client_data(now, held.freeze());
+        } else if self.shutting_down {
+            self.on_shutdown();
         }
         self.try_move(now);
     }
