@@ -1124,6 +1124,33 @@ fn a_late_transfer_answer_is_not_taken_for_the_next_moves() {
     assert_eq!(h.session.backend(), Some(B1));
 }
 
+#[test]
+fn a_session_told_to_shut_down_during_a_move_that_fails_closes_at_once() {
+    // Shutdown closes at the next safe point; a failed move is one.
+    let mut h = movable();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.feed(Input::Shutdown);
+    assert_eq!(h.closed, None, "not in the middle of the move");
+    let mark = h.outputs.len();
+    h.feed(Input::BackendConnectFailed(B1, "connection refused".into()));
+    assert_eq!(h.closed, Some(CloseReason::Shutdown), "{}", h.trace);
+    assert_eq!(written(&h, B0, mark), [frame(0, |b| b.put_u8(COM_QUIT))]);
+}
+
+#[test]
+fn a_session_told_to_shut_down_during_a_move_that_succeeds_closes_at_once() {
+    let mut h = movable();
+    start_move(&mut h);
+    source_answers(&mut h);
+    h.feed(Input::Shutdown);
+    h.target_logs_in(B1, 502);
+    let mark = h.outputs.len();
+    h.backend(B1, replies(&[ok(1), prepared(1, 1, 1), ok(1)]));
+    assert_eq!(h.closed, Some(CloseReason::Shutdown), "{}", h.trace);
+    assert!(written(&h, B1, mark).contains(&frame(0, |b| b.put_u8(COM_QUIT))));
+}
+
 // ================================================================= when a move may start
 
 const IN_TRANS: u16 = SERVER_STATUS_AUTOCOMMIT | SERVER_STATUS_IN_TRANS;
