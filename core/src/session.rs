@@ -26,7 +26,9 @@ use crate::migrate::{
     Move, ReadStep, Restoring, SourceRead, StateRead, Target, TargetPhase, HELD_LIMIT,
 };
 use crate::packets::flags::caps::CLIENT_CONNECT_WITH_DB;
-use crate::packets::flags::command::{COM_CHANGE_USER, COM_QUIT};
+use crate::packets::flags::command::{
+    COM_CHANGE_USER, COM_QUIT, COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA,
+};
 use crate::packets::ErrPacket;
 use crate::packets::{ChangeUser, OkPacket};
 use crate::restore::{self, OnError, Step};
@@ -259,12 +261,22 @@ struct Forwarding {
     /// The backend died with a transaction open or state that cannot move:
     /// the client's next command gets this and the connection closes.
     lost: Option<ErrPacket>,
-    /// Replies to ferry's own commands still to come on the backend in use
-    /// (a move was abandoned while it read from there): consumed before the client's.
-    stale: Option<Injected>,
     /// ferry reads back user variables a `SET` changed, so that it knows them
     /// if the backend dies; client bytes wait meanwhile.
     refresh: Option<(StateRead, BytesMut)>,
+    /// Transfers asked of the cluster and not yet answered: where each took the count from.
+    transfers: VecDeque<Route>,
+    /// A failed move's question to the backend in use (the user variables),
+    /// not yet answered: the answer is ferry's, so it is read and dropped,
+    /// and client bytes wait behind it.
+    draining: Option<Box<Draining>>,
+}
+
+/// The rest of ferry's own question on the backend in use, and the client bytes waiting for it.
+#[derive(Debug)]
+struct Draining {
+    injected: Injected,
+    held: BytesMut,
 }
 
 /// A logged-in client, its route and its backend's salt (for COM_CHANGE_USER, KILL and moves).
@@ -305,6 +317,26 @@ fn one_command(data: &[u8]) -> Option<&[u8]> {
         }
         _ => None,
     }
+}
+
+/// True if `data` is whole command packets none of which gets a response
+/// (`COM_STMT_CLOSE`, `COM_STMT_SEND_LONG_DATA`).
+fn only_unanswered(mut data: &[u8]) -> bool {
+    while let Some((len, 0)) = frame_header(data) {
+        let end = HEADER_LEN + len;
+        let unanswered = matches!(
+            data.get(HEADER_LEN),
+            Some(&(COM_STMT_CLOSE | COM_STMT_SEND_LONG_DATA))
+        );
+        if len >= MAX_FRAME_PAYLOAD || data.len() < end || !unanswered {
+            return false;
+        }
+        data = &data[end..];
+        if data.is_empty() {
+            return true;
+        }
+    }
+    false
 }
 
 impl Session {
@@ -425,10 +457,26 @@ impl Session {
 
     fn on_client_data(&mut self, now: Timestamp, data: Bytes) {
         match &mut self.state {
-            State::Forwarding(f) if f.lost.is_some() => {
-                let err = f.lost.take().expect("checked");
-                self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
-                self.close(CloseReason::BackendClosed);
+            State::Forwarding(f) if f.lost.is_some() => match one_command(&data) {
+                // No answer is due to these: none is made up; the next command hears it.
+                _ if only_unanswered(&data) => {}
+                Some([COM_QUIT, ..]) => self.close(CloseReason::ClientClosed),
+                _ => {
+                    let err = f.lost.take().expect("checked");
+                    self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
+                    self.close(CloseReason::BackendClosed);
+                }
+            },
+            State::Forwarding(f) if f.draining.is_some() => {
+                // The backend still owes ferry an answer; the command goes after it.
+                let d = f.draining.as_mut().expect("checked");
+                d.held.extend_from_slice(&data);
+                if d.held.len() > HELD_LIMIT {
+                    self.close(CloseReason::ProtocolError(
+                        "the client sent more than ferry holds while its backend answers ferry"
+                            .into(),
+                    ));
+                }
             }
             State::Forwarding(f) if f.refresh.is_some() => {
                 let (_, held) = f.refresh.as_mut().expect("checked");
@@ -568,12 +616,24 @@ impl Session {
                 }
             }
             State::Forwarding(f) => {
-                let Some(m) = f.moving.as_mut() else {
+                // Answers come in the order the transfers were asked for; only
+                // the last one asked can belong to the move waiting for a target.
+                let Some(from) = f.transfers.pop_front() else {
                     return;
                 };
-                if m.target.is_some() {
+                let waiting = f.moving.as_ref().is_some_and(|m| m.target.is_none());
+                if !waiting || !f.transfers.is_empty() {
+                    // Its move is over (it timed out first): the count goes back
+                    // where it was taken from.
+                    if let Ok(moved) = result {
+                        self.outputs.push_back(Output::TransferBack {
+                            moved,
+                            original: from,
+                        });
+                    }
                     return;
                 }
+                let m = f.moving.as_mut().expect("checked");
                 let route = match result {
                     Ok(route) => route,
                     Err(why) => return self.fail_move(now, MoveFailure::NoTarget, why),
@@ -630,6 +690,9 @@ impl Session {
                 self.drive_backend_login();
             }
             State::Forwarding(f) => {
+                if h == f.backend && f.draining.is_some() {
+                    return self.on_drain_data(now, data);
+                }
                 if let Some(m) = f.moving.as_mut() {
                     if m.target.as_ref().is_some_and(|t| t.handle == h) {
                         return self.on_target_data(now, data);
@@ -666,21 +729,6 @@ impl Session {
                         }
                     }
                     return;
-                }
-                let mut data = data;
-                if let Some(stale) = f.stale.as_mut() {
-                    if let Err(e) = stale.feed(&data) {
-                        return self.close(CloseReason::BackendProtocolError(e));
-                    }
-                    while stale.poll_reply().is_some() {}
-                    if stale.outstanding() > 0 {
-                        return;
-                    }
-                    data = stale.take_rest().freeze();
-                    f.stale = None;
-                    if data.is_empty() {
-                        return;
-                    }
                 }
                 let start = self.outputs.len();
                 let outputs = &mut self.outputs;
@@ -757,8 +805,9 @@ impl Session {
             retry_after: None,
             moving: None,
             lost: None,
-            stale: None,
             refresh: None,
+            transfers: VecDeque::new(),
+            draining: None,
         }));
         self.backend_deadline = None;
         // Nothing should follow a login OK before the client's first command, but never drop bytes.
@@ -1071,7 +1120,12 @@ impl Session {
                 if h != f.backend {
                     return;
                 }
+                // Whatever ferry still expected from it will never come; the client's bytes go on.
+                let held = f.draining.take().map(|d| d.held);
                 self.backend_died(now);
+                if let Some(held) = held.filter(|b| !b.is_empty()) {
+                    self.on_client_data(now, held.freeze());
+                }
             }
             _ => {}
         }
@@ -1181,7 +1235,12 @@ impl Session {
         let State::Forwarding(f) = &mut self.state else {
             return;
         };
-        if f.moving.is_some() || f.lost.is_some() || f.refresh.is_some() || self.shutting_down {
+        if f.moving.is_some()
+            || f.lost.is_some()
+            || f.draining.is_some()
+            || f.refresh.is_some()
+            || self.shutting_down
+        {
             return;
         }
         if f.retry_after.is_some_and(|t| now < t) {
@@ -1211,6 +1270,7 @@ impl Session {
             m.source = SourceRead::Done;
         }
         f.moving = Some(Box::new(m));
+        f.transfers.push_back(from.clone());
         self.outputs
             .push_back(Output::Event(SessionEvent::MoveStarted(request.trigger)));
         self.outputs.push_back(Output::Transfer(Transfer {
@@ -1293,7 +1353,8 @@ impl Session {
                 }
                 BackendStep::Wait => {}
                 BackendStep::Done(session) => {
-                    // The target logs in without a database (it is restored with COM_INIT_DB).
+                    // CONNECT_WITH_DB only shapes the login packet: the target logs in
+                    // without a database (COM_INIT_DB restores it), the source may have had one.
                     if (session.capabilities ^ source_caps) & !CLIENT_CONNECT_WITH_DB != 0 {
                         let why = format!(
                             "backend {backend} offers other capabilities (0x{:08x}, the session has 0x{source_caps:08x})",
@@ -1541,11 +1602,6 @@ impl Session {
             held_since,
             ..
         } = *m;
-        if let SourceRead::Reading(read) = source {
-            if read.outstanding() > 0 && source_alive {
-                f.stale = Some(read.into_queue());
-            }
-        }
         let mut to = None;
         if let Some(t) = target {
             if matches!(
@@ -1581,12 +1637,52 @@ impl Session {
             self.outputs.push_back(Output::CloseBackend(f.backend));
             if !held.is_empty() {
                 self.on_client_data(now, held.freeze());
+            } else if self.shutting_down {
+                self.on_shutdown();
             }
             return;
         }
+        if let SourceRead::Reading(read) = source {
+            if read.outstanding() > 0 {
+                let q = read.into_queue();
+                // The source has yet to answer ferry's question: never let the
+                // client have that answer.
+                f.draining = Some(Box::new(Draining { injected: q, held }));
+                return;
+            }
+        }
         if !held.is_empty() {
             self.on_client_data(now, held.freeze());
+        } else if self.shutting_down {
+            // Back at a safe point: the shutdown asked for during the move happens now.
+            self.on_shutdown();
         }
+    }
+
+    /// Bytes from the backend in use while it answers a failed move's question.
+    fn on_drain_data(&mut self, now: Timestamp, data: Bytes) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        let Some(d) = f.draining.as_mut() else {
+            return;
+        };
+        if let Err(e) = d.injected.feed(&data) {
+            return self.close(CloseReason::BackendProtocolError(format!(
+                "reading the answer to ferry's user variable query: {e}"
+            )));
+        }
+        while d.injected.poll_reply().is_some() {}
+        if d.injected.outstanding() > 0 {
+            return;
+        }
+        let held = f.draining.take().expect("checked").held;
+        if !held.is_empty() {
+            self.on_client_data(now, held.freeze());
+        } else if self.shutting_down {
+            self.on_shutdown();
+        }
+        self.try_move(now);
     }
 
     /// After tracked traffic: report a changed status, start a pending move,
@@ -1614,7 +1710,7 @@ impl Session {
         if status.safe
             && f.moving.is_none()
             && f.refresh.is_none()
-            && f.stale.is_none()
+            && f.draining.is_none()
             && f.forward.is_idle()
             && f.forward.state().wants_server_values()
         {
