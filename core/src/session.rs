@@ -403,7 +403,8 @@ impl Session {
         if let State::Forwarding(f) = &self.state {
             deadlines.push(f.moving.as_ref().map(|m| m.deadline));
             if f.request.is_some() && f.moving.is_none() {
-                deadlines.push(f.retry_after);
+                // Only a wait still ahead: a passed one is cleared by the timeout.
+                deadlines.push(f.retry_after.filter(|t| *t > self.now));
             }
         }
         deadlines.into_iter().flatten().min()
@@ -1007,6 +1008,7 @@ impl Session {
         }
         phase.retries += 1;
         phase.rerouting = Some(why.to_string());
+        self.backend_deadline = None;
         let request = RouteRequest {
             tenant: phase.client.login.tenant.clone(),
             labels: phase.client.login.labels.clone(),
@@ -1061,6 +1063,11 @@ impl Session {
                     MoveFailure::Timeout,
                     format!("{to} did not complete the move in time"),
                 );
+            }
+        }
+        if let State::Forwarding(f) = &mut self.state {
+            if f.retry_after.is_some_and(|t| now >= t) {
+                f.retry_after = None;
             }
         }
         self.try_move(now);

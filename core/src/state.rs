@@ -566,6 +566,17 @@ impl SessionState {
         if let Some(db) = &e.use_db {
             self.database = Some(db.clone());
         }
+        match &e.names_collation {
+            Some(Some(c)) => {
+                self.variables
+                    .insert("collation_connection".into(), c.clone());
+            }
+            // The character set's default: restoring `character_set_connection` gives it.
+            Some(None) => {
+                self.variables.remove("collation_connection");
+            }
+            None => {}
+        }
         for t in &e.tables_dropped {
             let t = self.qualify(t);
             self.temp_tables.remove(&t);

@@ -218,6 +218,7 @@ where
     };
     let mut client_buf = ReadBuf::new();
     let mut timer: Option<(ferry_core::Timestamp, Pin<Box<T::Sleep>>)> = None;
+    let mut fired: Option<ferry_core::Timestamp> = None;
     let mut backend_first = false;
     let mut client_gate = ReadGate::new();
     let mut shutdown = Some(Box::pin(shutdown));
@@ -306,7 +307,9 @@ where
             continue;
         }
 
-        let deadline = session.poll_timeout();
+        // A deadline that already fired and was handled is not armed again:
+        // a session that keeps it would otherwise make this loop spin.
+        let deadline = session.poll_timeout().filter(|d| Some(*d) != fired);
         if timer.as_ref().map(|(d, _)| *d) != deadline {
             timer = deadline.map(|d| (d, Box::pin(clock.sleep_until(d))));
         }
@@ -392,7 +395,7 @@ where
             Wake::Control(Some(c)) => session.handle(now, Input::Control(c)),
             Wake::Control(None) => control = None,
             Wake::Timer => {
-                timer = None;
+                fired = timer.take().map(|(d, _)| d);
                 session.handle(now, Input::Timeout)
             }
             Wake::Shutdown => {

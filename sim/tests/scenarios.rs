@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use ferry_sim::runner;
 use ferry_sim::scenario::Scenario;
 
-/// Seeds every scenario runs with here (`ferry-sim run scenarios/ --seeds 1..50` runs more).
-const SEEDS: std::ops::RangeInclusive<u64> = 1..=3;
+/// Seeds every scenario runs with in CI (`ferry-sim run scenarios/ --seeds 1..10000` runs more).
+const SEEDS: std::ops::RangeInclusive<u64> = 1..=20;
 
 fn scenarios() -> Vec<(String, Scenario)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios");

@@ -269,6 +269,9 @@ pub(crate) struct Effects {
     pub sets_last_insert_id: bool,
     /// A `SET` statement (reading its effects back leaves no diagnostics a client could miss).
     pub is_set: bool,
+    /// `SET NAMES cs [COLLATE coll]`: the connection collation it sets (`None`: the
+    /// charset's default). MariaDB's tracker reports the character sets but not this.
+    pub names_collation: Option<Option<String>>,
     /// `PREPARE name FROM ...`.
     pub prepare: Option<(String, PrepareSource)>,
     /// `DEALLOCATE PREPARE name` / `DROP PREPARE name`.
@@ -307,6 +310,14 @@ pub(crate) fn classify(tokens: &[Token]) -> Effects {
             }
             if word(i, "TRANSACTION") && i == 1 {
                 e.set_transaction = true;
+            }
+            if word(1, "NAMES") {
+                let collate = t.iter().position(|w| w.is("COLLATE"));
+                e.names_collation = Some(collate.and_then(|k| match t.get(k + 1) {
+                    Some(Token::Str(c)) => Some(c.to_ascii_lowercase()),
+                    Some(w) => w.ident().map(str::to_ascii_lowercase),
+                    None => None,
+                }));
             }
             for (j, w) in t.iter().enumerate() {
                 if let Token::SysVar(name) = w {

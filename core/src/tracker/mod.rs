@@ -733,7 +733,10 @@ impl Conversation {
             return;
         }
         self.edited = Some(offset);
-        let code = head[0];
+        let Some(&code) = head.first() else {
+            // An empty packet: the command parser reports it.
+            return;
+        };
         let is_stmt_command = matches!(
             code,
             COM_STMT_EXECUTE
