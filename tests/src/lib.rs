@@ -11,6 +11,10 @@
 //! Without `FERRY_TEST_BACKENDS` every test panics: a missing server must be a
 //! failure, never a silent skip.
 
+pub mod admin;
+pub mod servers;
+pub mod state;
+
 use std::fmt::Write as _;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
