@@ -1,16 +1,27 @@
 //! The proxy's view of its backends: labels, work state, health, connection
-//! counts, and the routing decision for each new session.
+//! counts, the routing decision for each new session, and the decisions to
+//! move sessions: which ones, where to, and how fast.
+//!
+//! Moving a session is split between three parties. The cluster decides
+//! ([`Cluster::plan_rebalance`], [`Cluster::plan_drain`], paced by a
+//! [`Pacer`]) and accounts
+//! ([`Cluster::transfer`] when a move starts, [`Cluster::transfer_back`] when
+//! it fails); the shell keeps the registry of sessions, describes them to the
+//! planners as [`SessionView`]s, and hands each [`MoveOrder`] to its session;
+//! the session machine does the move itself.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BackendConfig, WorkState};
+use crate::config::{BackendConfig, RebalanceConfig, WorkState};
 use crate::health::{HealthCounter, HealthPolicy};
 use crate::labels::{glob_match, Labels, ACCOUNT};
 use crate::rng::Rng;
+use crate::time::Timestamp;
 
 /// A backend's name, as configured (`cn1`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -52,11 +63,33 @@ pub struct Backend {
     /// Removed by an operator: forgotten as soon as its last session is gone.
     pub removing: bool,
     checks: HealthCounter,
+    /// When [`Cluster::plan_drain`] first saw it draining; None while working.
+    drain_since: Option<Timestamp>,
+    /// Why some of its sessions cannot leave, as of the last [`Cluster::plan_drain`].
+    drain_stuck: Option<String>,
 }
 
 impl Backend {
     fn takes_new_sessions(&self) -> bool {
         self.state == WorkState::Working && self.health == Health::Up
+    }
+
+    /// Its sessions should leave: it is draining, drained or being removed.
+    fn draining(&self) -> bool {
+        self.state != WorkState::Working || self.removing
+    }
+
+    /// Forgets when and how a drain went, once it is working again.
+    fn forget_drain(&mut self) {
+        if !self.draining() {
+            self.drain_since = None;
+            self.drain_stuck = None;
+        }
+    }
+
+    /// Sessions of `group` counted on it.
+    fn in_group(&self, group: &LabelGroup) -> u64 {
+        u64::from(self.groups.get(group).copied().unwrap_or(0))
     }
 
     /// True if this backend serves `tenant` (as its `account` label) and every requested label.
@@ -82,6 +115,31 @@ pub struct RouteRequest {
     pub tenant: Option<String>,
     /// Requested labels.
     pub labels: Labels,
+}
+
+impl RouteRequest {
+    /// The tenant, given as a tenant or as the `account` label.
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref().or_else(|| self.labels.get(ACCOUNT))
+    }
+}
+
+/// `tenant acc1 with labels region=eu` / `sessions without a tenant`, for messages.
+fn describe(tenant: Option<&str>, labels: &Labels) -> String {
+    let pairs: Vec<String> = labels
+        .iter()
+        .filter(|(k, _)| *k != ACCOUNT)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    let who = match tenant {
+        Some(t) => format!("tenant {t}"),
+        None => "sessions without a tenant".to_string(),
+    };
+    match (pairs.is_empty(), tenant.is_some()) {
+        (true, _) => who,
+        (false, true) => format!("{who} with labels {}", pairs.join(",")),
+        (false, false) => format!("{who}, with labels {}", pairs.join(",")),
+    }
 }
 
 /// Where a session goes. The backend's count already includes it; release it with [`Cluster::release`].
@@ -175,6 +233,262 @@ pub struct Reconciled {
     pub removed: Vec<BackendId>,
 }
 
+/// A ferry connection id: the one in ferry's handshake, stable across moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub u32);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+pub use crate::migrate::Trigger;
+
+/// One session the cluster wants moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MoveOrder {
+    /// Which session.
+    pub session: SessionId,
+    /// Why.
+    pub trigger: Trigger,
+    /// Where to; None = let [`Cluster::transfer`] choose when the move starts.
+    pub to: Option<BackendId>,
+}
+
+/// One session as the planners see it; the shell builds these from its registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionView {
+    /// Its id.
+    pub id: SessionId,
+    /// Where the cluster counts it now (after [`Cluster::transfer`], the target's route).
+    pub route: Route,
+    /// What it asked to be routed by.
+    pub request: RouteRequest,
+    /// It is at a safe point now, nothing blocks a move, and it is not waiting
+    /// out the backoff after a failed move.
+    pub movable: bool,
+    /// A move is pending or in progress.
+    pub moving: bool,
+    /// When it last moved, if ever.
+    pub last_moved: Option<Timestamp>,
+}
+
+/// The outcome of a [`Cluster::transfer`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transferred {
+    /// Where the session is counted now; release this route when it ends.
+    pub route: Route,
+    /// What taking the count off the old backend changed (drained, forgotten).
+    pub change: Option<BackendChange>,
+}
+
+/// Why [`Cluster::transfer`] found no backend for a session; nothing was changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoTarget {
+    /// No backend has the requested id.
+    Unknown(BackendId),
+    /// The session is already counted there.
+    Same(BackendId),
+    /// The requested backend takes no sessions now; `why` is `draining`,
+    /// `drained`, `being removed` or `down`.
+    Closed {
+        /// The backend.
+        backend: BackendId,
+        /// Its condition.
+        why: &'static str,
+    },
+    /// The requested backend belongs to a tenant other than the session's.
+    OtherTenant(BackendId),
+    /// The requested backend is the shared pool, but backends of the
+    /// session's own tenant and labels are available.
+    PoolNotNeeded {
+        /// The backend.
+        backend: BackendId,
+        /// The session's tenant.
+        tenant: Option<String>,
+        /// The session's labels.
+        labels: Labels,
+    },
+    /// The requested backend lacks a label the session asked for.
+    Mismatch {
+        /// The backend.
+        backend: BackendId,
+        /// The session's tenant.
+        tenant: Option<String>,
+        /// The session's labels.
+        labels: Labels,
+    },
+    /// No backend other than the session's own can take it.
+    Nowhere {
+        /// The session's tenant.
+        tenant: Option<String>,
+        /// The session's labels.
+        labels: Labels,
+    },
+}
+
+impl fmt::Display for NoTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NoTarget::Unknown(b) => write!(f, "no backend '{b}'"),
+            NoTarget::Same(b) => write!(f, "the session is already on backend '{b}'"),
+            NoTarget::Closed { backend, why } => write!(f, "backend '{backend}' is {why}"),
+            NoTarget::OtherTenant(b) => write!(f, "backend '{b}' serves another tenant"),
+            NoTarget::PoolNotNeeded {
+                backend,
+                tenant,
+                labels,
+            } => write!(
+                f,
+                "backend '{backend}' is the shared pool, used only when no backend serves {}",
+                describe(tenant.as_deref(), labels)
+            ),
+            NoTarget::Mismatch {
+                backend,
+                tenant,
+                labels,
+            } => write!(
+                f,
+                "backend '{backend}' does not serve {}",
+                describe(tenant.as_deref(), labels)
+            ),
+            NoTarget::Nowhere { tenant, labels } => write!(
+                f,
+                "no other backend can take {}",
+                describe(tenant.as_deref(), labels)
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NoTarget {}
+
+/// How rebalancing works: from the `rebalance` section of the config.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BalancePolicy {
+    /// Time between two rounds; zero disables rebalancing.
+    pub interval: Duration,
+    /// A backend above `ceil(average × (1 + tolerance))` sessions of a group gives some up.
+    pub tolerance: f64,
+    /// How many moves may start per second; see [`Pacer`].
+    pub moves_per_second: u32,
+    /// A session that moved less than this long ago is left alone by rebalancing.
+    pub cooldown: Duration,
+}
+
+impl Default for BalancePolicy {
+    /// 10 s, 0.3, 50 per second, 30 s.
+    fn default() -> Self {
+        RebalanceConfig::default().policy()
+    }
+}
+
+impl RebalanceConfig {
+    /// The policy [`Cluster::plan_rebalance`] follows.
+    pub fn policy(&self) -> BalancePolicy {
+        BalancePolicy {
+            interval: self.interval(),
+            tolerance: self.tolerance,
+            moves_per_second: self.moves_per_second,
+            cooldown: self.cooldown(),
+        }
+    }
+}
+
+/// What [`Cluster::plan_drain`] wants done.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrainPlan {
+    /// Sessions to move (trigger `Failover` or `Drain`, target chosen at
+    /// [`Cluster::transfer`]); failovers first, then by session id.
+    pub orders: Vec<MoveOrder>,
+    /// Backends whose sessions must leave but some cannot, and why, in id order.
+    pub stuck: Vec<(BackendId, String)>,
+    /// Sessions to close: their backend has been draining for the drain timeout.
+    pub expired: Vec<SessionId>,
+}
+
+/// How the drain of one backend is going, for the admin API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DrainStatus {
+    /// When the drain was first seen by [`Cluster::plan_drain`].
+    pub since: Timestamp,
+    /// Why some sessions cannot leave, e.g. `no other backend can take tenant acc1`.
+    pub stuck: Option<String>,
+}
+
+/// A token bucket that paces moves: `per_second` may start each second, in
+/// bursts of at most `per_second / 10` (at least 1), so a drain or a
+/// rebalance round never starts all its moves at once.
+///
+/// Time is the caller's [`Timestamp`]; a timestamp earlier than one seen
+/// before counts as no time passing. The bucket starts full.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pacer {
+    per_second: u64,
+    /// Capacity, in millionths of a move.
+    burst: u64,
+    /// Available, in millionths of a move.
+    tokens: u64,
+    last: Option<Timestamp>,
+}
+
+/// Millionths of a move in one move: one per second is one per microsecond.
+const MOVE: u64 = 1_000_000;
+
+impl Pacer {
+    /// A pacer that lets `per_second` moves start per second (0 is read as 1).
+    pub fn new(per_second: u32) -> Self {
+        let per_second = u64::from(per_second.max(1));
+        let burst = (per_second / 10).max(1) * MOVE;
+        Pacer {
+            per_second,
+            burst,
+            tokens: burst,
+            last: None,
+        }
+    }
+
+    /// How many of `wanted` moves may start at `now`; those are taken.
+    pub fn take(&mut self, now: Timestamp, wanted: usize) -> usize {
+        self.refill(now);
+        let n = (self.tokens / MOVE).min(wanted as u64);
+        self.tokens -= n * MOVE;
+        n as usize
+    }
+
+    /// When the next move may start, if one is wanted at `now` (`now` if one may already).
+    pub fn next_at(&self, now: Timestamp) -> Timestamp {
+        let mut ahead = self.clone();
+        ahead.refill(now);
+        let missing = MOVE.saturating_sub(ahead.tokens);
+        if missing == 0 {
+            return now;
+        }
+        let from = ahead.last.unwrap_or(now).max(now);
+        from + Duration::from_micros(missing.div_ceil(self.per_second))
+    }
+
+    fn refill(&mut self, now: Timestamp) {
+        if let Some(last) = self.last {
+            let elapsed = u64::try_from(now.since(last).as_micros()).unwrap_or(u64::MAX);
+            let earned = elapsed.saturating_mul(self.per_second);
+            self.tokens = self.tokens.saturating_add(earned).min(self.burst);
+        }
+        if !matches!(self.last, Some(last) if now <= last) {
+            self.last = Some(now);
+        }
+    }
+}
+
+/// The sessions of one label group, as [`Cluster::plan_rebalance`] sees them.
+struct Group<'a> {
+    /// What one of them asked to be routed by (all of them asked the same).
+    request: &'a RouteRequest,
+    /// Their views by the backend they are counted on, lowest id first.
+    on: BTreeMap<&'a BackendId, Vec<&'a SessionView>>,
+}
+
 /// All backends of one proxy.
 #[derive(Clone, Debug)]
 pub struct Cluster {
@@ -219,11 +533,14 @@ impl Cluster {
             groups: BTreeMap::new(),
             removing: false,
             checks: HealthCounter::default(),
+            drain_since: None,
+            drain_stuck: None,
         });
         entry.addr = config.addr;
         entry.labels = config.labels.clone();
         entry.state = config.state;
         entry.removing = false;
+        entry.forget_drain();
         self.settle(&id);
     }
 
@@ -237,6 +554,7 @@ impl Cluster {
         if state == WorkState::Working {
             b.removing = false;
         }
+        b.forget_drain();
         self.settle(id);
         Ok(())
     }
@@ -287,6 +605,15 @@ impl Cluster {
         report
     }
 
+    /// A new connection to `id` was refused or reset: it takes no new
+    /// sessions until its health checks pass `rise` times (passive health).
+    pub fn mark_unreachable(&mut self, id: &BackendId) -> Option<BackendChange> {
+        let b = self.backends.get_mut(id)?;
+        let health = b.checks.force_down()?;
+        b.health = health;
+        Some(BackendChange::Health(id.clone(), health))
+    }
+
     /// Records one health check of `id`; returns the change if its health flipped.
     pub fn record_check(&mut self, id: &BackendId, ok: bool) -> Option<BackendChange> {
         let policy = self.policy;
@@ -312,36 +639,171 @@ impl Cluster {
     /// every label; failing those, the unlabelled ones. Fewest connections
     /// wins; ties are broken at random so equal backends share evenly.
     pub fn route(&mut self, req: &RouteRequest) -> Result<Route, NoBackend> {
-        let tenant = req.tenant.as_deref().or_else(|| req.labels.get(ACCOUNT));
-        let open = || self.backends.values().filter(|b| b.takes_new_sessions());
-        let mut candidates: Vec<&Backend> =
-            open().filter(|b| b.serves(tenant, &req.labels)).collect();
-        if candidates.is_empty() {
-            candidates = open().filter(|b| b.labels.is_empty()).collect();
+        let tenant = req.tenant();
+        let group = LabelGroup::of(tenant, &req.labels);
+        let id = self.pick_fewest(req, None).ok_or_else(|| NoBackend {
+            tenant: tenant.map(str::to_string),
+            labels: req.labels.clone(),
+        })?;
+        Ok(self.count_on(&id, group))
+    }
+
+    /// The backends that may take a session asking for `req`, leaving out
+    /// `except`: the working, healthy ones that serve its tenant and labels;
+    /// failing those, the unlabelled ones.
+    fn candidates(&self, req: &RouteRequest, except: Option<&BackendId>) -> Vec<&Backend> {
+        let tenant = req.tenant();
+        let open = || {
+            self.backends
+                .values()
+                .filter(|b| b.takes_new_sessions() && Some(&b.id) != except)
+        };
+        let serving: Vec<&Backend> = open().filter(|b| b.serves(tenant, &req.labels)).collect();
+        if !serving.is_empty() {
+            return serving;
         }
-        let fewest = candidates
-            .iter()
-            .map(|b| b.connections)
-            .min()
-            .ok_or_else(|| NoBackend {
-                tenant: tenant.map(str::to_string),
-                labels: req.labels.clone(),
-            })?;
+        open().filter(|b| b.labels.is_empty()).collect()
+    }
+
+    /// The candidate with the fewest connections, ties broken at random.
+    fn pick_fewest(&mut self, req: &RouteRequest, except: Option<&BackendId>) -> Option<BackendId> {
+        let candidates = self.candidates(req, except);
+        let fewest = candidates.iter().map(|b| b.connections).min()?;
         let ties: Vec<BackendId> = candidates
             .into_iter()
             .filter(|b| b.connections == fewest)
             .map(|b| b.id.clone())
             .collect();
-        let id = &ties[self.rng.below(ties.len())];
-        let group = LabelGroup::of(tenant, &req.labels);
-        let backend = self.backends.get_mut(id).expect("candidate exists");
+        Some(ties[self.rng.below(ties.len())].clone())
+    }
+
+    /// Counts one session of `group` on `id`, which exists.
+    fn count_on(&mut self, id: &BackendId, group: LabelGroup) -> Route {
+        let backend = self.backends.get_mut(id).expect("counted backend exists");
         backend.connections += 1;
         *backend.groups.entry(group.clone()).or_default() += 1;
-        Ok(Route {
+        let route = Route {
             backend: backend.id.clone(),
             addr: backend.addr,
             group,
+        };
+        self.settle(id);
+        route
+    }
+
+    /// Moves the count of a session counted on `from` to another backend, as
+    /// its move starts: `to` if given, else the backend `route` would choose
+    /// with `from` left out. Nothing changes on error.
+    ///
+    /// `to` must take new sessions (working, healthy, not being removed), not
+    /// be `from`, and be a candidate for `req` by the rules of
+    /// [`Cluster::route`]: an operator cannot send a tenant's session to
+    /// another tenant's backend, nor to the shared pool while the tenant has
+    /// backends of its own.
+    ///
+    /// `from` may name a backend that is gone (forgotten after a removal while
+    /// the session's earlier move failed); then only the target is counted.
+    /// `from` is settled like [`Cluster::release`] settles: a draining backend
+    /// whose last session this was becomes drained (a removed one is
+    /// forgotten) at once, though the move may still fail; see
+    /// [`Cluster::transfer_back`].
+    pub fn transfer(
+        &mut self,
+        from: &Route,
+        req: &RouteRequest,
+        to: Option<&BackendId>,
+    ) -> Result<Transferred, NoTarget> {
+        let target = match to {
+            Some(to) => {
+                self.check_target(from, req, to)?;
+                to.clone()
+            }
+            None => {
+                self.pick_fewest(req, Some(&from.backend))
+                    .ok_or_else(|| NoTarget::Nowhere {
+                        tenant: req.tenant().map(str::to_string),
+                        labels: req.labels.clone(),
+                    })?
+            }
+        };
+        let route = self.count_on(&target, from.group.clone());
+        let change = self.release(from);
+        Ok(Transferred { route, change })
+    }
+
+    /// Why `to` cannot take a session counted on `from`, if it cannot
+    /// (the admin API asks before it sends a move).
+    pub fn check_target(
+        &self,
+        from: &Route,
+        req: &RouteRequest,
+        to: &BackendId,
+    ) -> Result<(), NoTarget> {
+        let b = self
+            .backends
+            .get(to)
+            .ok_or_else(|| NoTarget::Unknown(to.clone()))?;
+        if *to == from.backend {
+            return Err(NoTarget::Same(to.clone()));
+        }
+        let closed = |why| {
+            Err(NoTarget::Closed {
+                backend: to.clone(),
+                why,
+            })
+        };
+        if b.removing {
+            return closed("being removed");
+        }
+        match b.state {
+            WorkState::Working => {}
+            WorkState::Draining => return closed("draining"),
+            WorkState::Drained => return closed("drained"),
+        }
+        if b.health == Health::Down {
+            return closed("down");
+        }
+        if self
+            .candidates(req, Some(&from.backend))
+            .iter()
+            .any(|c| c.id == *to)
+        {
+            return Ok(());
+        }
+        let tenant = req.tenant().map(str::to_string);
+        let labels = req.labels.clone();
+        let backend = to.clone();
+        Err(match b.labels.get(ACCOUNT) {
+            Some(account) if !tenant.as_deref().is_some_and(|t| glob_match(account, t)) => {
+                NoTarget::OtherTenant(backend)
+            }
+            _ if b.labels.is_empty() => NoTarget::PoolNotNeeded {
+                backend,
+                tenant,
+                labels,
+            },
+            _ => NoTarget::Mismatch {
+                backend,
+                tenant,
+                labels,
+            },
         })
+    }
+
+    /// Counts a session back where it was because its move failed: off
+    /// `moved` (the route [`Cluster::transfer`] returned), onto `original`.
+    ///
+    /// If `original`'s backend has been forgotten meanwhile (it was removed
+    /// and the transfer took its last count), the session is counted nowhere:
+    /// [`Cluster::plan_drain`] orders every session on a forgotten backend
+    /// to move. A drained backend that gets a session back is draining again.
+    /// Returns what settling `moved`'s backend changed, as
+    /// [`Cluster::release`] does.
+    pub fn transfer_back(&mut self, moved: &Route, original: &Route) -> Option<BackendChange> {
+        if self.backends.contains_key(&original.backend) {
+            self.count_on(&original.backend, original.group.clone());
+        }
+        self.release(moved)
     }
 
     /// Stops counting one session routed by `route`; a draining backend left
@@ -356,6 +818,274 @@ impl Cluster {
             }
         }
         self.settle(&route.backend)
+    }
+
+    /// Which sessions should move to even out the label groups, and where to.
+    ///
+    /// Each label group is balanced on its own, over the backends a session
+    /// of the group may be routed to now (working, healthy, serving its tenant
+    /// and labels, or the shared pool failing those): with `avg` its sessions
+    /// on working, healthy backends divided by the number of such backends, a
+    /// backend holding more than `ceil(avg × (1 + tolerance))` of them gives
+    /// up all above `ceil(avg)` — it is asked to come down to the average, not
+    /// just under the limit, so one round ends the imbalance and a second
+    /// round finds nothing to do. A working, healthy backend that holds
+    /// sessions of the group but may no longer be routed to for it (the
+    /// shared pool once the tenant's own backend is back, a backend relabelled
+    /// for another tenant) gives up all of them. Sessions on draining, down or
+    /// removed backends are left to [`Cluster::plan_drain`].
+    ///
+    /// Counts are the cluster's; sessions already `moving` count as leaving
+    /// their backend, so a round never orders again what an earlier round
+    /// ordered. Of a backend's sessions, only those `movable`, not `moving`
+    /// and not moved within `policy.cooldown` are picked, lowest id first
+    /// (the oldest: deterministic, and the same sessions are not picked again
+    /// before the cooldown ends). Each order names its target: the eligible
+    /// backend with the fewest sessions of the group counting the orders so
+    /// far, then the fewest connections, ties at random; no target is filled
+    /// beyond `ceil(avg)`.
+    ///
+    /// Nothing is counted here: the shell calls [`Cluster::transfer`] as each
+    /// move starts. A zero `policy.interval` (rebalancing disabled) plans nothing.
+    pub fn plan_rebalance(
+        &mut self,
+        sessions: &[SessionView],
+        now: Timestamp,
+        policy: &BalancePolicy,
+    ) -> Vec<MoveOrder> {
+        let mut orders = Vec::new();
+        if policy.interval.is_zero() {
+            return orders;
+        }
+        // The sessions of each group on each backend, lowest id first.
+        let mut groups: BTreeMap<&LabelGroup, Group> = BTreeMap::new();
+        let mut sorted: Vec<&SessionView> = sessions.iter().collect();
+        sorted.sort_by_key(|s| s.id);
+        for s in sorted {
+            groups
+                .entry(&s.route.group)
+                .or_insert_with(|| Group {
+                    request: &s.request,
+                    on: BTreeMap::new(),
+                })
+                .on
+                .entry(&s.route.backend)
+                .or_default()
+                .push(s);
+        }
+        let mut totals: BTreeMap<BackendId, u64> = self
+            .backends
+            .values()
+            .map(|b| (b.id.clone(), u64::from(b.connections)))
+            .collect();
+        let tolerance = policy.tolerance.max(0.0);
+        let cooled =
+            |s: &SessionView| !matches!(s.last_moved, Some(t) if now.since(t) < policy.cooldown);
+        for (group, g) in groups {
+            let eligible: Vec<BackendId> = self
+                .candidates(g.request, None)
+                .into_iter()
+                .map(|b| b.id.clone())
+                .collect();
+            if eligible.is_empty() {
+                continue;
+            }
+            let holders: Vec<&Backend> = self
+                .backends
+                .values()
+                .filter(|b| b.takes_new_sessions() && b.in_group(group) > 0)
+                .collect();
+            let total: u64 = holders.iter().map(|b| b.in_group(group)).sum();
+            let n = eligible.len() as u64;
+            let share = total.div_ceil(n);
+            let limit = ((total as f64 / n as f64) * (1.0 + tolerance))
+                .ceil()
+                .max(1.0);
+            let mut load: BTreeMap<BackendId, u64> = eligible
+                .iter()
+                .map(|id| (id.clone(), self.backends[id].in_group(group)))
+                .collect();
+            let mut give: Vec<(BackendId, u64)> = Vec::new();
+            for b in &holders {
+                let on = g.on.get(&b.id).map(Vec::as_slice).unwrap_or_default();
+                let leaving = on.iter().filter(|s| s.moving).count() as u64;
+                let held = b.in_group(group).saturating_sub(leaving);
+                let excess = if !eligible.contains(&b.id) {
+                    held
+                } else if held as f64 > limit {
+                    held - share
+                } else {
+                    0
+                };
+                if excess > 0 {
+                    give.push((b.id.clone(), excess));
+                }
+            }
+            for (from, excess) in give {
+                let on = g.on.get(&from).map(Vec::as_slice).unwrap_or_default();
+                let picks = on.iter().filter(|s| s.movable && !s.moving && cooled(s));
+                for s in picks.take(excess as usize) {
+                    let Some(to) = self.least_loaded(&load, &totals, &from, share) else {
+                        break;
+                    };
+                    *load.get_mut(&to).expect("target is eligible") += 1;
+                    if let Some(l) = load.get_mut(&from) {
+                        *l -= 1;
+                    }
+                    *totals.get_mut(&to).expect("target exists") += 1;
+                    if let Some(t) = totals.get_mut(&from) {
+                        *t = t.saturating_sub(1);
+                    }
+                    orders.push(MoveOrder {
+                        session: s.id,
+                        trigger: Trigger::Rebalance,
+                        to: Some(to),
+                    });
+                }
+            }
+        }
+        orders
+    }
+
+    /// The backend in `load` other than `from` with the fewest sessions of the
+    /// group (below `share`), then the fewest connections, ties at random.
+    fn least_loaded(
+        &mut self,
+        load: &BTreeMap<BackendId, u64>,
+        totals: &BTreeMap<BackendId, u64>,
+        from: &BackendId,
+        share: u64,
+    ) -> Option<BackendId> {
+        let open: Vec<(&BackendId, (u64, u64))> = load
+            .iter()
+            .filter(|(id, &l)| *id != from && l < share)
+            .map(|(id, &l)| (id, (l, totals[id])))
+            .collect();
+        let least = open.iter().map(|(_, key)| *key).min()?;
+        let ties: Vec<&BackendId> = open
+            .iter()
+            .filter(|(_, key)| *key == least)
+            .map(|(id, _)| *id)
+            .collect();
+        let pick = if ties.len() == 1 {
+            0
+        } else {
+            self.rng.below(ties.len())
+        };
+        Some(ties[pick].clone())
+    }
+
+    /// Which sessions must leave their backend, and which have waited too long.
+    ///
+    /// One call serves drain and failover. A session gets an order when it is
+    /// `movable` and not `moving` and its backend
+    /// - is down by health checks, even while its own connection still looks
+    ///   alive: trigger `Failover` (also when the backend is draining);
+    /// - is draining, drained or being removed: trigger `Drain`;
+    /// - is gone (forgotten after a removal while the session's move failed,
+    ///   see [`Cluster::transfer_back`]): trigger `Drain`.
+    ///
+    /// Orders name no target: [`Cluster::transfer`] picks the least loaded
+    /// backend as each move starts, so moves spread over the targets as they
+    /// go. The cooldown of rebalancing does not apply. A session that no
+    /// other backend can take gets no order; its backend is listed in
+    /// `stuck` with the reason (one per label group that is stuck, `; `
+    /// between them).
+    ///
+    /// When a backend started draining is recorded lazily: at the first call
+    /// that sees it draining (so callers need no clock where states change;
+    /// call this often — every rebalance interval or second — and the time
+    /// is exact to that), and forgotten when it works again. Once
+    /// `drain_timeout` has passed since then, every session still counted on
+    /// it, moving or not, is listed in `expired` for the shell to close, and
+    /// gets no order; a zero `drain_timeout` never expires anything. Down
+    /// backends that are not draining never expire sessions. What this call
+    /// finds is kept for [`Cluster::drain_status`].
+    pub fn plan_drain(
+        &mut self,
+        sessions: &[SessionView],
+        now: Timestamp,
+        drain_timeout: Duration,
+    ) -> DrainPlan {
+        for b in self.backends.values_mut() {
+            if b.draining() {
+                b.drain_since.get_or_insert(now);
+            }
+        }
+        let mut sorted: Vec<&SessionView> = sessions.iter().collect();
+        sorted.sort_by_key(|s| s.id);
+        let mut plan = DrainPlan::default();
+        let (mut failovers, mut drains) = (Vec::new(), Vec::new());
+        let mut stuck: BTreeMap<BackendId, BTreeMap<LabelGroup, String>> = BTreeMap::new();
+        for s in sorted {
+            let from = &s.route.backend;
+            let backend = self.backends.get(from);
+            let trigger = match backend {
+                None => Trigger::Drain,
+                Some(b) if b.health == Health::Down => Trigger::Failover,
+                Some(b) if b.draining() => Trigger::Drain,
+                Some(_) => continue,
+            };
+            let expired = backend.is_some_and(|b| {
+                b.draining()
+                    && !drain_timeout.is_zero()
+                    && b.drain_since
+                        .is_some_and(|since| now.since(since) >= drain_timeout)
+            });
+            if expired {
+                plan.expired.push(s.id);
+                continue;
+            }
+            if self.candidates(&s.request, Some(from)).is_empty() {
+                let nowhere = NoTarget::Nowhere {
+                    tenant: s.request.tenant().map(str::to_string),
+                    labels: s.request.labels.clone(),
+                };
+                stuck
+                    .entry(from.clone())
+                    .or_default()
+                    .entry(s.route.group.clone())
+                    .or_insert_with(|| nowhere.to_string());
+                continue;
+            }
+            if s.movable && !s.moving {
+                let order = MoveOrder {
+                    session: s.id,
+                    trigger,
+                    to: None,
+                };
+                match trigger {
+                    Trigger::Failover => failovers.push(order),
+                    _ => drains.push(order),
+                }
+            }
+        }
+        plan.orders = failovers;
+        plan.orders.append(&mut drains);
+        plan.stuck = stuck
+            .into_iter()
+            .map(|(id, why)| (id, why.into_values().collect::<Vec<_>>().join("; ")))
+            .collect();
+        for b in self.backends.values_mut() {
+            if b.draining() {
+                b.drain_stuck = plan
+                    .stuck
+                    .iter()
+                    .find(|(id, _)| *id == b.id)
+                    .map(|(_, why)| why.clone());
+            }
+        }
+        plan
+    }
+
+    /// How the drain of `id` is going, as of the last [`Cluster::plan_drain`]:
+    /// None if it is working (or unknown, or no plan has seen it draining yet).
+    pub fn drain_status(&self, id: &BackendId) -> Option<DrainStatus> {
+        let b = self.backends.get(id)?;
+        Some(DrainStatus {
+            since: b.drain_since.filter(|_| b.draining())?,
+            stuck: b.drain_stuck.clone(),
+        })
     }
 
     /// The total number of sessions counted on all backends.

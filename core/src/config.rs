@@ -22,6 +22,28 @@ pub const DEFAULT_MAX_PACKET_SIZE: usize = 64 << 20;
 /// Smallest accepted [`Config::max_packet_size`]: below this a handshake may not fit.
 pub const MIN_MAX_PACKET_SIZE: usize = 1024;
 
+/// Default for [`HealthConfig::interval_ms`].
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 2_000;
+/// Default for [`HealthConfig::timeout_ms`].
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 1_000;
+/// Default for [`HealthConfig::fall`].
+pub const DEFAULT_HEALTH_FALL: u32 = 3;
+/// Default for [`HealthConfig::rise`].
+pub const DEFAULT_HEALTH_RISE: u32 = 2;
+
+/// Default for [`RebalanceConfig::interval_ms`].
+pub const DEFAULT_REBALANCE_INTERVAL_MS: u64 = 10_000;
+/// Default for [`RebalanceConfig::tolerance`].
+pub const DEFAULT_REBALANCE_TOLERANCE: f64 = 0.3;
+/// Default for [`RebalanceConfig::moves_per_second`].
+pub const DEFAULT_MOVES_PER_SECOND: u32 = 50;
+/// Default for [`RebalanceConfig::cooldown_ms`].
+pub const DEFAULT_REBALANCE_COOLDOWN_MS: u64 = 30_000;
+/// Default for [`Config::drain_timeout_ms`].
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 60_000;
+/// Default for [`Config::migration_backoff_ms`].
+pub const DEFAULT_MIGRATION_BACKOFF_MS: u64 = 5_000;
+
 /// The whole configuration of one ferry process.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -52,7 +74,7 @@ pub struct Config {
     pub max_packet_size: usize,
     /// Health checks of the backends.
     #[serde(default)]
-    pub health: crate::health::HealthConfig,
+    pub health: HealthConfig,
     /// How long sessions get to reach a safe point after SIGTERM before they are cut (default 30_000).
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
@@ -62,6 +84,24 @@ pub struct Config {
     /// Executor threads; None = half the cores, at least one.
     #[serde(default)]
     pub worker_threads: Option<usize>,
+    /// Moving sessions between working backends to even out their counts.
+    #[serde(default)]
+    pub rebalance: RebalanceConfig,
+    /// How long the sessions of a draining backend get to move away before they are
+    /// closed (default 60_000; 0 = never close them).
+    #[serde(default = "default_drain_timeout_ms")]
+    pub drain_timeout_ms: u64,
+    /// How long a session whose move failed waits before it is tried again (default 5_000).
+    #[serde(default = "default_migration_backoff_ms")]
+    pub migration_backoff_ms: u64,
+}
+
+fn default_drain_timeout_ms() -> u64 {
+    DEFAULT_DRAIN_TIMEOUT_MS
+}
+
+fn default_migration_backoff_ms() -> u64 {
+    DEFAULT_MIGRATION_BACKOFF_MS
 }
 
 fn default_shutdown_grace_ms() -> u64 {
@@ -88,6 +128,91 @@ fn default_backend_timeout_ms() -> u64 {
 
 fn default_max_packet_size() -> usize {
     DEFAULT_MAX_PACKET_SIZE
+}
+
+/// `health: (interval_ms: 2000, timeout_ms: 1000, fall: 3, rise: 2)`; every field optional.
+///
+/// The counting policy built from it is [`HealthConfig::policy`], in [`crate::health`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Time between two checks of a backend.
+    pub interval_ms: u64,
+    /// How long one check (connect + handshake) may take.
+    pub timeout_ms: u64,
+    /// Consecutive failed checks that make an `up` backend `down`.
+    pub fall: u32,
+    /// Consecutive good checks that make a `down` backend `up`.
+    pub rise: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
+            timeout_ms: DEFAULT_HEALTH_TIMEOUT_MS,
+            fall: DEFAULT_HEALTH_FALL,
+            rise: DEFAULT_HEALTH_RISE,
+        }
+    }
+}
+
+impl HealthConfig {
+    /// [`HealthConfig::interval_ms`] as a duration (at least 10 ms).
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.max(10))
+    }
+
+    /// [`HealthConfig::timeout_ms`] as a duration (at least 1 ms).
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms.max(1))
+    }
+}
+
+/// `rebalance: (interval_ms: 10000, tolerance: 0.3, moves_per_second: 50, cooldown_ms: 30000)`;
+/// every field optional.
+///
+/// The planner's view of it is [`RebalanceConfig::policy`], in [`crate::cluster`].
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RebalanceConfig {
+    /// Time between two rebalance rounds; 0 disables rebalancing.
+    pub interval_ms: u64,
+    /// A backend holding more than `ceil(average × (1 + tolerance))` sessions of a
+    /// label group gives up the excess (finite, at least 0).
+    pub tolerance: f64,
+    /// How many moves (rebalance, drain and failover together) may start per second (at least 1).
+    pub moves_per_second: u32,
+    /// A session moved less than this long ago is not moved again by rebalancing.
+    pub cooldown_ms: u64,
+}
+
+impl Default for RebalanceConfig {
+    fn default() -> Self {
+        RebalanceConfig {
+            interval_ms: DEFAULT_REBALANCE_INTERVAL_MS,
+            tolerance: DEFAULT_REBALANCE_TOLERANCE,
+            moves_per_second: DEFAULT_MOVES_PER_SECOND,
+            cooldown_ms: DEFAULT_REBALANCE_COOLDOWN_MS,
+        }
+    }
+}
+
+impl RebalanceConfig {
+    /// True unless `interval_ms` is 0.
+    pub fn enabled(&self) -> bool {
+        self.interval_ms > 0
+    }
+
+    /// [`RebalanceConfig::interval_ms`] as a duration (zero when disabled).
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms)
+    }
+
+    /// [`RebalanceConfig::cooldown_ms`] as a duration.
+    pub fn cooldown(&self) -> Duration {
+        Duration::from_millis(self.cooldown_ms)
+    }
 }
 
 /// One user ferry verifies logins for; give exactly one of `password` and `password_hash`.
@@ -200,6 +325,16 @@ impl Config {
         Duration::from_millis(self.backend_timeout_ms)
     }
 
+    /// [`Config::drain_timeout_ms`] as a duration (zero: never close draining sessions).
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_millis(self.drain_timeout_ms)
+    }
+
+    /// [`Config::migration_backoff_ms`] as a duration.
+    pub fn migration_backoff(&self) -> Duration {
+        Duration::from_millis(self.migration_backoff_ms)
+    }
+
     fn check(&self) -> Result<(), Problem> {
         if self.max_packet_size < MIN_MAX_PACKET_SIZE {
             return Err(Problem::new(
@@ -216,8 +351,32 @@ impl Config {
                 Anchor::key("admin_listen"),
             ));
         }
+        self.check_rebalance()?;
         self.check_users()?;
         self.check_backends()
+    }
+
+    fn check_rebalance(&self) -> Result<(), Problem> {
+        let r = &self.rebalance;
+        if !(r.tolerance.is_finite() && r.tolerance >= 0.0) {
+            return Err(Problem::new(
+                format!(
+                    "rebalance tolerance must be a finite number of at least 0 (0.3 = 30 % above \
+                     the average), got {}",
+                    r.tolerance
+                ),
+                Anchor::key("tolerance"),
+            ));
+        }
+        if r.moves_per_second == 0 {
+            return Err(Problem::new(
+                "rebalance moves_per_second must be at least 1, got 0 \
+                 (to stop rebalancing, set interval_ms: 0)"
+                    .into(),
+                Anchor::key("moves_per_second"),
+            ));
+        }
+        Ok(())
     }
 
     fn check_users(&self) -> Result<(), Problem> {

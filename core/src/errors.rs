@@ -2,6 +2,7 @@
 //!
 //! Codes are a contract: clients and tests outside the project match on them.
 
+use crate::cluster::BackendId;
 use crate::labels::Labels;
 use crate::packets::ErrPacket;
 
@@ -74,4 +75,23 @@ pub fn no_such_thread(id: u32) -> ErrPacket {
 /// ER_UNKNOWN_ERROR: a statement ferry runs on another backend for the client (KILL) could not be run.
 pub fn remote_failed(why: &str) -> ErrPacket {
     ErrPacket::new(1105, "HY000", format!("ferry: {why}"))
+}
+
+/// CR_SERVER_LOST, as a server-side ERR: the backend went away under the session.
+pub fn lost_backend(backend: &BackendId, in_transaction: bool) -> ErrPacket {
+    let txn = if in_transaction {
+        "; the open transaction was rolled back"
+    } else {
+        ""
+    };
+    ErrPacket::new(
+        2013,
+        "HY000",
+        format!("Lost connection to MySQL server during query (ferry: backend {backend} went away{txn})"),
+    )
+}
+
+/// ER_CONNECTION_KILLED: ferry closed the session (a drain timed out).
+pub fn connection_closed(why: &str) -> ErrPacket {
+    ErrPacket::new(1927, "70100", format!("Connection was killed: {why}"))
 }

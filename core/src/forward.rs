@@ -2,6 +2,8 @@
 //! tracker follows them, except the OK packets a client must see differently
 //! (ferry switched the backend's session trackers on for itself).
 
+use std::collections::BTreeMap;
+
 use bytes::{Bytes, BytesMut};
 
 use crate::login::backend::{tracker_setup_frame, BackendSession, Trackers};
@@ -66,10 +68,12 @@ pub struct Forward {
     settings: Option<TrackingSettings>,
     /// Reasons ferry itself cannot move the session (trackers unavailable).
     notes: Vec<String>,
-    /// Server bytes held back: an incomplete packet that may be an OK to rewrite.
-    held: BytesMut,
-    /// Offset in the server stream of the first byte not yet passed on.
-    sent: u64,
+    /// Server bytes on their way to the client (held back while a packet to rewrite is incomplete).
+    to_client: Splice,
+    /// Client bytes on their way to the backend (held back only while ids are translated).
+    to_backend: Splice,
+    /// Server offset where the response to the last command began.
+    response_start: u64,
     /// Set when a response completed, so the status is recomputed.
     status_dirty: bool,
     rearm: Rearm,
@@ -94,22 +98,19 @@ impl Forward {
             state,
             client_caps,
             backend_caps: backend.capabilities,
-            // MariaDB clears CLIENT_MYSQL in its greeting.
-            info_style: if backend.handshake.capabilities & CLIENT_MYSQL == 0 {
-                InfoStyle::LengthPrefixed
-            } else {
-                InfoStyle::Raw
-            },
+            info_style: info_style(backend),
             settings,
             notes,
-            held: BytesMut::new(),
-            sent: 0,
+            to_client: Splice::default(),
+            to_backend: Splice::default(),
+            response_start: 0,
             status_dirty: true,
             rearm: Rearm::Idle,
         }
     }
 
-    /// Follows bytes from the client; they go to the backend unchanged.
+    /// Follows bytes from the client; they go to the backend unchanged
+    /// (except statement ids after a migration, see [`Tracker::edits_client`]).
     pub fn from_client(
         &mut self,
         data: Bytes,
@@ -120,8 +121,23 @@ impl Forward {
             return Ok(());
         }
         self.tracker.client_bytes(&data)?;
-        self.drain_events(&mut Vec::new());
-        emit(Send::ToBackend(data));
+        let mut edits = Vec::new();
+        self.drain_events(&mut edits);
+        let end = self.tracker.client_offset();
+        if edits.is_empty() && self.to_backend.is_clear() && !self.tracker.edits_client() {
+            // The hot path: pass the read on as it is.
+            self.to_backend.sent = end;
+            emit(Send::ToBackend(data));
+            return Ok(());
+        }
+        let hold_from = if self.tracker.edits_client() {
+            self.tracker.client_collecting_from().unwrap_or(end)
+        } else {
+            end
+        };
+        if let Some(out) = self.to_backend.pass(data, hold_from, edits) {
+            emit(Send::ToBackend(out));
+        }
         Ok(())
     }
 
@@ -142,35 +158,9 @@ impl Forward {
         self.drain_events(&mut edits);
         let end = self.tracker.server_offset();
         let hold_from = self.tracker.server_collecting_from().unwrap_or(end);
-        let pending = if self.held.is_empty() {
-            data
-        } else {
-            self.held.extend_from_slice(&data);
-            self.held.split().freeze()
-        };
-        let base = self.sent;
-        // Never past what is pending, whatever the tracker says.
-        let stop = usize::try_from(hold_from.saturating_sub(base))
-            .map_or(pending.len(), |s| s.min(pending.len()));
-        if edits.is_empty() {
-            if stop > 0 {
-                emit(Send::ToClient(pending.slice(..stop)));
-            }
-        } else {
-            // Splice the rewritten OKs in: one buffer, one write.
-            let mut out = BytesMut::with_capacity(stop + 64);
-            let mut cursor = 0usize;
-            for (span, bytes) in edits {
-                let start = (span.offset - base) as usize;
-                out.extend_from_slice(&pending[cursor..start]);
-                out.extend_from_slice(&bytes);
-                cursor = start + span.len as usize;
-            }
-            out.extend_from_slice(&pending[cursor..stop]);
-            emit(Send::ToClient(out.freeze()));
+        if let Some(out) = self.to_client.pass(data, hold_from, edits) {
+            emit(Send::ToClient(out));
         }
-        self.held.extend_from_slice(&pending[stop..]);
-        self.sent = hold_from;
         if matches!(self.rearm, Rearm::Now) {
             emit(Send::ToBackend(tracker_setup_frame()));
             self.rearm = Rearm::Waiting {
@@ -263,20 +253,70 @@ impl Forward {
         &self.state
     }
 
-    fn drain_events(&mut self, edits: &mut Vec<(Span, Bytes)>) {
+    /// The state, to record what ferry read from the server (user variables).
+    pub fn state_mut(&mut self) -> &mut SessionState {
+        &mut self.state
+    }
+
+    /// Capabilities in force with the backend.
+    pub fn backend_caps(&self) -> u32 {
+        self.backend_caps
+    }
+
+    /// The statement the client prepared last.
+    pub fn last_prepared(&self) -> Option<u32> {
+        self.tracker.last_prepared()
+    }
+
+    /// True when the backend has sent part of the response to the outstanding command.
+    pub fn response_started(&self) -> bool {
+        self.tracker.server_offset() > self.response_start
+    }
+
+    /// Continues on a new backend connection (a migration, at a safe point):
+    /// what belongs to the old connection is dropped, what belongs to the
+    /// client (its capabilities, statements, session state) carries on.
+    /// `ids` maps each live statement's client id to its id on the new connection.
+    pub fn replace_backend(&mut self, backend: &BackendSession, ids: BTreeMap<u32, u32>) {
+        self.tracker.server_replaced(backend.capabilities, ids);
+        self.backend_caps = backend.capabilities;
+        self.info_style = info_style(backend);
+        self.to_client = Splice::default();
+        self.response_start = 0;
+        self.rearm = Rearm::Idle;
+        if let Trackers::Refused(why) = &backend.trackers {
+            self.note(&format!("the backend refused session tracking ({why})"));
+        }
+        self.status_dirty = true;
+    }
+
+    /// Takes in the tracker's events; `edits` gets the byte replacements for
+    /// the direction just fed (rewritten OKs, translated statement ids).
+    fn drain_events(&mut self, edits: &mut Vec<Edit>) {
         while let Some(event) = self.tracker.poll_event() {
             match &event {
                 Event::Ok { ok, trackers, at } => {
                     if let Some(rewritten) = self.client_ok(ok, trackers) {
                         let mut payload = BytesMut::new();
                         rewritten.write_styled(&mut payload, self.client_caps, self.info_style);
-                        edits.push((*at, frame(&payload, at.seq)));
+                        edits.push(Edit::replace(*at, frame(&payload, at.seq)));
                     }
                 }
+                Event::Edit {
+                    offset, len, bytes, ..
+                } => edits.push(Edit {
+                    offset: *offset,
+                    len: *len,
+                    bytes: Bytes::from(bytes.clone()),
+                }),
                 Event::Command {
                     command: Command::ResetConnection | Command::ChangeUser,
                     ..
-                } if self.settings.is_some() => self.rearm = Rearm::AfterReset,
+                } if self.settings.is_some() => {
+                    self.response_start = self.tracker.server_offset();
+                    self.rearm = Rearm::AfterReset;
+                }
+                Event::Command { .. } => self.response_start = self.tracker.server_offset(),
                 Event::ResponseDone { outcome } => {
                     self.status_dirty = true;
                     if matches!(self.rearm, Rearm::AfterReset) {
@@ -337,5 +377,83 @@ impl Forward {
             client.session_state = Some(block.to_vec());
         }
         Some(client)
+    }
+}
+
+/// How a backend writes OK info for clients without session tracking.
+fn info_style(backend: &BackendSession) -> InfoStyle {
+    // MariaDB clears CLIENT_MYSQL in its greeting.
+    if backend.handshake.capabilities & CLIENT_MYSQL == 0 {
+        InfoStyle::LengthPrefixed
+    } else {
+        InfoStyle::Raw
+    }
+}
+
+/// Bytes to replace in a stream: `len` bytes at `offset` become `bytes`.
+#[derive(Debug)]
+struct Edit {
+    offset: u64,
+    len: u64,
+    bytes: Bytes,
+}
+
+impl Edit {
+    fn replace(at: Span, bytes: Bytes) -> Self {
+        Edit {
+            offset: at.offset,
+            len: at.len,
+            bytes,
+        }
+    }
+}
+
+/// One direction's bytes on their way through: passed on as read (no copy)
+/// unless a packet must be held back until complete or edited.
+#[derive(Debug, Default)]
+struct Splice {
+    /// Bytes held back, starting at `sent`.
+    held: BytesMut,
+    /// Offset in the stream of the first byte not yet passed on.
+    sent: u64,
+}
+
+impl Splice {
+    fn is_clear(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// Takes `data` (the bytes after what was held) and returns what may go
+    /// on now: everything before `hold_from`, with `edits` applied.
+    fn pass(&mut self, data: Bytes, hold_from: u64, mut edits: Vec<Edit>) -> Option<Bytes> {
+        let pending = if self.held.is_empty() {
+            data
+        } else {
+            self.held.extend_from_slice(&data);
+            self.held.split().freeze()
+        };
+        let base = self.sent;
+        // Never past what is pending, whatever the tracker says.
+        let stop = usize::try_from(hold_from.saturating_sub(base))
+            .map_or(pending.len(), |s| s.min(pending.len()));
+        let out = if edits.is_empty() {
+            (stop > 0).then(|| pending.slice(..stop))
+        } else {
+            // Splice the edits in: one buffer, one write.
+            edits.sort_by_key(|e| e.offset);
+            let mut out = BytesMut::with_capacity(stop + 64);
+            let mut cursor = 0usize;
+            for e in edits {
+                let start = (e.offset.saturating_sub(base) as usize).clamp(cursor, stop);
+                out.extend_from_slice(&pending[cursor..start]);
+                out.extend_from_slice(&e.bytes);
+                cursor = (start + e.len as usize).min(stop);
+            }
+            out.extend_from_slice(&pending[cursor..stop]);
+            Some(out.freeze())
+        };
+        self.held.extend_from_slice(&pending[stop..]);
+        self.sent = base + stop as u64;
+        out
     }
 }

@@ -4,58 +4,14 @@
 //! The shell does the I/O (connect, read the handshake, within a timeout) and
 //! feeds each result to [`crate::cluster::Cluster::record_check`], which keeps
 //! one [`HealthCounter`] per backend.
-
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
+//!
+//! [`HealthConfig`] (the `health: (...)` section) lives in [`crate::config`]
+//! with the rest of the file's types and is re-exported here.
 
 use crate::cluster::Health;
-
-/// Default for [`HealthConfig::interval_ms`].
-pub const DEFAULT_INTERVAL_MS: u64 = 2_000;
-/// Default for [`HealthConfig::timeout_ms`].
-pub const DEFAULT_TIMEOUT_MS: u64 = 1_000;
-/// Default for [`HealthConfig::fall`].
-pub const DEFAULT_FALL: u32 = 3;
-/// Default for [`HealthConfig::rise`].
-pub const DEFAULT_RISE: u32 = 2;
-
-/// `health: (interval_ms: 2000, timeout_ms: 1000, fall: 3, rise: 2)`; every field optional.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthConfig {
-    /// Time between two checks of a backend.
-    pub interval_ms: u64,
-    /// How long one check (connect + handshake) may take.
-    pub timeout_ms: u64,
-    /// Consecutive failed checks that make an `up` backend `down`.
-    pub fall: u32,
-    /// Consecutive good checks that make a `down` backend `up`.
-    pub rise: u32,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        HealthConfig {
-            interval_ms: DEFAULT_INTERVAL_MS,
-            timeout_ms: DEFAULT_TIMEOUT_MS,
-            fall: DEFAULT_FALL,
-            rise: DEFAULT_RISE,
-        }
-    }
-}
+pub use crate::config::HealthConfig;
 
 impl HealthConfig {
-    /// [`HealthConfig::interval_ms`] as a duration (at least 10 ms).
-    pub fn interval(&self) -> Duration {
-        Duration::from_millis(self.interval_ms.max(10))
-    }
-
-    /// [`HealthConfig::timeout_ms`] as a duration (at least 1 ms).
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms.max(1))
-    }
-
     /// The counting policy (counts of 0 are read as 1).
     pub fn policy(&self) -> HealthPolicy {
         HealthPolicy {
@@ -96,6 +52,14 @@ impl HealthCounter {
     /// The current verdict.
     pub fn health(&self) -> Health {
         self.health
+    }
+
+    /// A connection to the backend was refused or reset: down at once
+    /// (passive health); `rise` successful checks bring it back.
+    pub fn force_down(&mut self) -> Option<Health> {
+        self.failures = 0;
+        self.successes = 0;
+        (std::mem::replace(&mut self.health, Health::Down) == Health::Up).then_some(Health::Down)
     }
 
     /// Records one check result; returns the new health if it changed.

@@ -1,9 +1,11 @@
-//! One client connection: login → route → backend login → forward → close.
+//! One client connection: login → route → backend login → forward → move → close.
 //!
 //! Events go in with [`Session::handle`]; what to do comes out of
 //! [`Session::poll_output`]; [`Session::poll_timeout`] is the next deadline.
+//! Every backend input and output names its connection with a
+//! [`BackendHandle`]: while a session moves it holds two.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,31 +15,41 @@ use crate::auth::NATIVE_PASSWORD;
 use crate::cluster::{BackendId, NoBackend, Route, RouteRequest};
 use crate::errors;
 use crate::forward::{Forward, Send, SessionStatus};
+use crate::injected::{Injected, Reply, Request};
 use crate::kill::{Kill, RemoteStatement};
 use crate::labels::parse_login_name;
 use crate::labels::LoginName;
 use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
 use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedClient};
 use crate::login::{err_frame, frame};
+use crate::migrate::{Move, Restoring, SourceRead, Target, TargetPhase, HELD_LIMIT};
 use crate::packets::flags::command::{COM_CHANGE_USER, COM_QUIT};
 use crate::packets::ErrPacket;
 use crate::packets::{ChangeUser, OkPacket};
+use crate::restore::{self, OnError, Step};
 use crate::users::UserDirectory;
 use crate::wire::{frame_header, FrameError, PacketDecoder, HEADER_LEN, MAX_FRAME_PAYLOAD};
 use crate::Timestamp;
 
+pub use crate::migrate::{BackendHandle, MoveFailure, MoveReport, MoveRequest, Trigger};
+
 /// Largest packet accepted while logging in: logins are small, and garbage must not make us allocate.
 const LOGIN_MAX_PACKET: usize = 64 * 1024;
+
+/// How many other backends a new login tries when its backend cannot be reached.
+const LOGIN_RETRIES: u8 = 2;
 
 /// Limits a session runs under.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
     /// How long the client has to log in.
     pub login_timeout: Duration,
-    /// How long a backend has to connect and accept the login.
+    /// How long a backend has to connect and accept the login (also the limit for a whole move).
     pub backend_timeout: Duration,
     /// Largest packet accepted from a peer.
     pub max_packet_size: usize,
+    /// How long a session whose move failed waits before it tries again.
+    pub move_backoff: Duration,
 }
 
 impl Default for SessionConfig {
@@ -46,8 +58,18 @@ impl Default for SessionConfig {
             login_timeout: Duration::from_secs(10),
             backend_timeout: Duration::from_secs(5),
             max_packet_size: 64 << 20,
+            move_backoff: Duration::from_secs(5),
         }
     }
+}
+
+/// A command for a session from the rest of the proxy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Move at the next safe point.
+    Migrate(MoveRequest),
+    /// Close now, telling the client why (e.g. its backend was drained and the drain timed out).
+    Close(String),
 }
 
 /// An event for the session.
@@ -61,14 +83,18 @@ pub enum Input {
     Routed(Route),
     /// No backend can take the session.
     RouteFailed(NoBackend),
-    /// The backend connection is up.
-    BackendConnected,
-    /// The backend connection could not be made.
-    BackendConnectFailed(String),
-    /// Bytes read from the backend.
-    BackendData(Bytes),
-    /// The backend closed its side (or the connection broke).
-    BackendClosed,
+    /// The answer to [`Output::Transfer`]: the session's count moved to this route, or why not.
+    Transferred(Result<Route, String>),
+    /// A backend connection is up.
+    BackendConnected(BackendHandle),
+    /// A backend connection could not be made.
+    BackendConnectFailed(BackendHandle, String),
+    /// Bytes read from a backend connection.
+    BackendData(BackendHandle, Bytes),
+    /// A backend connection closed (or broke).
+    BackendClosed(BackendHandle),
+    /// A command from the proxy.
+    Control(Control),
     /// A deadline from [`Session::poll_timeout`] may have passed.
     Timeout,
     /// The proxy is shutting down: close at the next safe point.
@@ -90,34 +116,47 @@ pub struct SessionLocation {
     pub addr: std::net::SocketAddr,
 }
 
+/// A request to move the session's count from one backend to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// Where the session is counted now.
+    pub from: Route,
+    /// Its tenant and labels (the target must serve them).
+    pub request: RouteRequest,
+    /// The backend asked for, if any; otherwise any eligible one but `from`.
+    pub to: Option<BackendId>,
+}
+
 /// Something for the driver to do.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
     /// Write these bytes to the client.
     ToClient(Bytes),
-    /// Write these bytes to the backend.
-    ToBackend(Bytes),
+    /// Write these bytes to a backend connection.
+    ToBackend(BackendHandle, Bytes),
     /// Ask the cluster for a backend; answer with [`Input::Routed`] or [`Input::RouteFailed`].
     Route(RouteRequest),
-    /// Connect to this backend; answer with [`Input::BackendConnected`] or [`Input::BackendConnectFailed`].
-    Connect(Route),
+    /// Move the session's count to another backend; answer with [`Input::Transferred`].
+    Transfer(Transfer),
+    /// A move failed: count the session on `original` again instead of `moved`. No answer.
+    TransferBack {
+        /// Where the count went.
+        moved: Route,
+        /// Where it belongs.
+        original: Route,
+    },
+    /// Open a backend connection; answer with [`Input::BackendConnected`] or [`Input::BackendConnectFailed`].
+    Connect(BackendHandle, Route),
+    /// Close a backend connection (after writing what was queued for it). No answer.
+    CloseBackend(BackendHandle),
     /// Find the session with this ferry connection id; answer with [`Input::Located`].
     Locate(u32),
     /// Run a statement on another backend as this client; answer with [`Input::RanElsewhere`].
     RunElsewhere(RemoteStatement),
-    /// The session is over: flush what was queued, close both sides, release the route.
+    /// The session is over: flush what was queued, close every connection, release the route.
     Close(CloseReason),
     /// Something worth logging or counting.
     Event(SessionEvent),
-}
-
-impl From<Send> for Output {
-    fn from(s: Send) -> Output {
-        match s {
-            Send::ToClient(b) => Output::ToClient(b),
-            Send::ToBackend(b) => Output::ToBackend(b),
-        }
-    }
 }
 
 /// Why a session ended.
@@ -125,7 +164,7 @@ impl From<Send> for Output {
 pub enum CloseReason {
     /// The client went away (or sent COM_QUIT and the backend closed).
     ClientClosed,
-    /// The backend went away while the session was forwarding.
+    /// The backend went away and the session could not continue elsewhere.
     BackendClosed,
     /// The client did not log in in time.
     LoginTimeout,
@@ -137,6 +176,8 @@ pub enum CloseReason {
     BackendProtocolError(String),
     /// The proxy is shutting down and the session reached a safe point.
     Shutdown,
+    /// The proxy closed it (a drain timed out); the client got an ERR saying why.
+    Closed(String),
 }
 
 /// A milestone of the session, for logs and metrics.
@@ -153,6 +194,17 @@ pub enum SessionEvent {
     },
     /// A response completed and the session's status changed.
     Status(SessionStatus),
+    /// A move started.
+    MoveStarted(Trigger),
+    /// A move ended (moved, or stayed where it was).
+    Moved(MoveReport),
+    /// A backend could not be reached for a new connection (passive health).
+    BackendUnreachable {
+        /// Which.
+        backend: BackendId,
+        /// Why.
+        why: String,
+    },
 }
 
 #[derive(Debug)]
@@ -160,7 +212,7 @@ enum State {
     ClientLogin(ClientLogin),
     Routing(Box<VerifiedClient>),
     BackendLogin(Box<BackendPhase>),
-    Forwarding(Box<Forward>),
+    Forwarding(Box<Forwarding>),
     Closed,
 }
 
@@ -169,7 +221,40 @@ enum State {
 struct BackendPhase {
     client: VerifiedClient,
     route: Route,
+    handle: BackendHandle,
     login: BackendLogin,
+    rx: PacketDecoder,
+    /// Other backends tried so far because this one could not be reached.
+    retries: u8,
+    /// Waiting for [`Input::Transferred`] after a failed connect.
+    rerouting: Option<String>,
+}
+
+/// A logged-in session: forwarding, and moving when asked.
+#[derive(Debug)]
+struct Forwarding {
+    forward: Forward,
+    identity: Identity,
+    /// The backend connection in use.
+    backend: BackendHandle,
+    /// A move asked for and not yet started (it waits for a safe point).
+    request: Option<MoveRequest>,
+    /// No move starts before this (after a failed one).
+    retry_after: Option<Timestamp>,
+    moving: Option<Box<Move>>,
+    /// The backend died with a transaction open or state that cannot move:
+    /// the client's next command gets this and the connection closes.
+    lost: Option<ErrPacket>,
+}
+
+/// A logged-in client, its route and its backend's salt (for COM_CHANGE_USER, KILL and moves).
+#[derive(Debug)]
+struct Identity {
+    client: VerifiedClient,
+    route: Route,
+    backend_salt: Vec<u8>,
+    /// A KILL waiting for [`Input::Located`].
+    pending_kill: Option<Kill>,
 }
 
 /// The state machine of one client connection.
@@ -179,15 +264,15 @@ pub struct Session {
     users: Arc<UserDirectory>,
     state: State,
     client_rx: PacketDecoder,
-    backend_rx: PacketDecoder,
     outputs: VecDeque<Output>,
     login_deadline: Option<Timestamp>,
     backend_deadline: Option<Timestamp>,
     shutting_down: bool,
     last_status: SessionStatus,
     peer_host: String,
-    /// Who the client is and what the backend's salt was, while forwarding.
-    identity: Option<Box<Identity>>,
+    next_handle: u32,
+    /// The time of the event being handled.
+    now: Timestamp,
 }
 
 /// The payload if `data` is exactly one command packet (clients send short commands in one write).
@@ -198,16 +283,6 @@ fn one_command(data: &[u8]) -> Option<&[u8]> {
         }
         _ => None,
     }
-}
-
-/// A logged-in client, its route and its backend's salt (for COM_CHANGE_USER, KILL, and later migrations).
-#[derive(Debug)]
-struct Identity {
-    client: VerifiedClient,
-    route: Route,
-    backend_salt: Vec<u8>,
-    /// A KILL waiting for [`Input::Located`].
-    pending_kill: Option<Kill>,
 }
 
 impl Session {
@@ -221,7 +296,6 @@ impl Session {
     ) -> Self {
         let (login, handshake) = ClientLogin::start(greeting, peer_host.clone());
         let login_max = LOGIN_MAX_PACKET.min(config.max_packet_size);
-        let backend_max = config.max_packet_size;
         let mut session = Session {
             login_deadline: Some(now + config.login_timeout),
             backend_deadline: None,
@@ -229,12 +303,12 @@ impl Session {
             users,
             state: State::ClientLogin(login),
             client_rx: PacketDecoder::new(login_max),
-            backend_rx: PacketDecoder::new(LOGIN_MAX_PACKET.min(backend_max)),
             outputs: VecDeque::new(),
             shutting_down: false,
             last_status: SessionStatus::default(),
             peer_host,
-            identity: None,
+            next_handle: 0,
+            now,
         };
         session.outputs.push_back(Output::ToClient(handshake));
         session
@@ -242,24 +316,22 @@ impl Session {
 
     /// Feeds one event.
     pub fn handle(&mut self, now: Timestamp, input: Input) {
+        self.now = now;
         match input {
-            Input::ClientData(data) => self.on_client_data(data),
-            Input::BackendData(data) => self.on_backend_data(data),
+            Input::ClientData(data) => self.on_client_data(now, data),
+            Input::BackendData(h, data) => self.on_backend_data(now, h, data),
             Input::Routed(route) => self.on_routed(now, route),
             Input::RouteFailed(no) => self.on_route_failed(no),
-            Input::BackendConnected => {}
-            Input::BackendConnectFailed(why) => self.fail_backend(&why),
-            Input::ClientClosed => {
-                self.quit_backend_if_idle();
-                self.close(CloseReason::ClientClosed)
-            }
-            Input::BackendClosed => match self.state {
-                State::Forwarding(_) => self.close(CloseReason::BackendClosed),
-                _ => self.fail_backend("backend closed the connection during login"),
-            },
+            Input::Transferred(result) => self.on_transferred(now, result),
+            Input::BackendConnected(h) => self.on_backend_connected(h),
+            Input::BackendConnectFailed(h, why) => self.on_backend_lost(now, h, Some(why)),
+            Input::BackendClosed(h) => self.on_backend_lost(now, h, None),
+            Input::ClientClosed => self.on_client_closed(now),
+            Input::Control(Control::Migrate(request)) => self.on_migrate(now, request),
+            Input::Control(Control::Close(why)) => self.on_close_request(why),
             Input::Timeout => self.on_timeout(now),
             Input::Shutdown => self.on_shutdown(),
-            Input::Located(location) => self.on_located(location),
+            Input::Located(location) => self.on_located(now, location),
             Input::RanElsewhere(result) => self.on_ran_elsewhere(result),
         }
     }
@@ -271,10 +343,14 @@ impl Session {
 
     /// When [`Input::Timeout`] should next be fed.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        match (self.login_deadline, self.backend_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let mut deadlines = vec![self.login_deadline, self.backend_deadline];
+        if let State::Forwarding(f) = &self.state {
+            deadlines.push(f.moving.as_ref().map(|m| m.deadline));
+            if f.request.is_some() && f.moving.is_none() {
+                deadlines.push(f.retry_after);
+            }
         }
+        deadlines.into_iter().flatten().min()
     }
 
     /// True once the session has ended.
@@ -287,18 +363,60 @@ impl Session {
         matches!(self.state, State::Forwarding(_))
     }
 
-    /// Where the session stands (in a transaction, safe, blockers); `None` before it forwards.
-    pub fn status(&self) -> Option<SessionStatus> {
+    /// True while the session is moving to another backend.
+    pub fn is_moving(&self) -> bool {
+        matches!(&self.state, State::Forwarding(f) if f.moving.is_some())
+    }
+
+    /// The backend connection in use (during a move: the one it moves from).
+    pub fn backend(&self) -> Option<BackendHandle> {
         match &self.state {
-            State::Forwarding(f) => Some(f.status()),
+            State::BackendLogin(p) => Some(p.handle),
+            State::Forwarding(f) => Some(f.backend),
             _ => None,
         }
     }
 
-    fn on_client_data(&mut self, data: Bytes) {
+    /// Where the session stands (in a transaction, safe, blockers); `None` before it forwards.
+    pub fn status(&self) -> Option<SessionStatus> {
+        match &self.state {
+            State::Forwarding(f) => Some(f.forward.status()),
+            _ => None,
+        }
+    }
+
+    /// The session state ferry keeps (for tests and diagnostics); `None` before it forwards.
+    pub fn session_state(&self) -> Option<&crate::state::SessionState> {
+        match &self.state {
+            State::Forwarding(f) => Some(f.forward.state()),
+            _ => None,
+        }
+    }
+
+    fn new_handle(&mut self) -> BackendHandle {
+        let h = BackendHandle(self.next_handle);
+        self.next_handle += 1;
+        h
+    }
+
+    fn on_client_data(&mut self, now: Timestamp, data: Bytes) {
         match &mut self.state {
+            State::Forwarding(f) if f.lost.is_some() => {
+                let err = f.lost.take().expect("checked");
+                self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
+                self.close(CloseReason::BackendClosed);
+            }
+            State::Forwarding(f) if f.moving.is_some() => {
+                // The command waits for the move (never longer than the move itself).
+                let m = f.moving.as_mut().expect("checked");
+                m.held.extend_from_slice(&data);
+                m.held_since.get_or_insert(now);
+                if m.held.len() > HELD_LIMIT {
+                    self.fail_move(now, MoveFailure::Client, "the client sent more than ferry holds during a move".into());
+                }
+            }
             // Commands ferry answers or rewrites itself arrive whole, between responses.
-            State::Forwarding(f) if f.is_idle() => match one_command(&data) {
+            State::Forwarding(f) if f.forward.is_idle() => match one_command(&data) {
                 Some([COM_CHANGE_USER, ..]) => self.change_user(data),
                 Some(payload) => match Kill::parse(payload) {
                     Some(kill) => self.kill(kill),
@@ -353,19 +471,31 @@ impl Session {
         self.close(CloseReason::ProtocolError(e.to_string()));
     }
 
+    /// A login to `client`'s backend: the saved response, the bare user, the recovered secret.
+    fn backend_login(client: &VerifiedClient, database: Option<String>) -> BackendLogin {
+        let mut template = client.response.clone();
+        template.user = client.login.user.clone();
+        template.database = database;
+        BackendLogin::new(template, client.secret.clone(), client.capabilities, true)
+    }
+
     fn on_routed(&mut self, now: Timestamp, route: Route) {
         let State::Routing(client) = std::mem::replace(&mut self.state, State::Closed) else {
             return;
         };
         self.backend_deadline = Some(now + self.config.backend_timeout);
-        self.outputs.push_back(Output::Connect(route.clone()));
-        let mut template = client.response.clone();
-        template.user = client.login.user.clone();
-        let login = BackendLogin::new(template, client.secret.clone(), client.capabilities, true);
+        let handle = self.new_handle();
+        self.outputs
+            .push_back(Output::Connect(handle, route.clone()));
+        let login = Self::backend_login(&client, client.response.database.clone());
         self.state = State::BackendLogin(Box::new(BackendPhase {
             client: *client,
             route,
+            handle,
             login,
+            rx: PacketDecoder::new(LOGIN_MAX_PACKET.min(self.config.max_packet_size)),
+            retries: 0,
+            rerouting: None,
         }));
     }
 
@@ -377,19 +507,104 @@ impl Session {
         self.refuse(err, client.next_seq, "no backend".into());
     }
 
-    fn on_backend_data(&mut self, data: Bytes) {
+    fn on_transferred(&mut self, now: Timestamp, result: Result<Route, String>) {
         match &mut self.state {
-            State::Forwarding(f) => {
-                let start = self.outputs.len();
-                let outputs = &mut self.outputs;
-                match f.from_server(data, &mut |s| outputs.push_back(s.into())) {
-                    Ok(()) => self.after_tracking(start),
-                    Err(e) => self.close(CloseReason::BackendProtocolError(e.to_string())),
+            State::BackendLogin(phase) => {
+                let Some(why) = phase.rerouting.take() else {
+                    return;
+                };
+                match result {
+                    Ok(route) => {
+                        let handle = self.new_handle();
+                        let phase = match &mut self.state {
+                            State::BackendLogin(p) => p,
+                            _ => unreachable!("checked above"),
+                        };
+                        phase.route = route.clone();
+                        phase.handle = handle;
+                        phase.rx = PacketDecoder::new(LOGIN_MAX_PACKET.min(self.config.max_packet_size));
+                        phase.login =
+                            Self::backend_login(&phase.client, phase.client.response.database.clone());
+                        self.backend_deadline = Some(now + self.config.backend_timeout);
+                        self.outputs.push_back(Output::Connect(handle, route));
+                    }
+                    // No other backend: the client hears about the first one.
+                    Err(_) => self.fail_login(&why),
                 }
             }
-            State::BackendLogin(..) => {
-                self.backend_rx.extend(&data);
+            State::Forwarding(f) => {
+                let Some(m) = f.moving.as_mut() else {
+                    return;
+                };
+                if m.target.is_some() {
+                    return;
+                }
+                let route = match result {
+                    Ok(route) => route,
+                    Err(why) => return self.fail_move(now, MoveFailure::NoTarget, why),
+                };
+                let handle = BackendHandle(self.next_handle);
+                self.next_handle += 1;
+                let login = Self::backend_login(&f.identity.client, None);
+                m.target = Some(Target {
+                    handle,
+                    route: route.clone(),
+                    rx: PacketDecoder::new(self.config.max_packet_size),
+                    phase: TargetPhase::Connecting(Box::new(login)),
+                });
+                self.outputs.push_back(Output::Connect(handle, route));
+                if m.source_alive {
+                    // Read the user variables meanwhile: the client is idle, the source too.
+                    let mut q = Injected::new(f.forward.backend_caps(), self.config.max_packet_size);
+                    let bytes = q.request(&Request::Query(restore::USER_VARIABLES_QUERY.into()));
+                    m.source = SourceRead::Types(q);
+                    self.outputs.push_back(Output::ToBackend(f.backend, bytes));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_backend_connected(&mut self, h: BackendHandle) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        if let Some(t) = f.moving.as_mut().and_then(|m| m.target.as_mut()) {
+            if t.handle == h {
+                if let TargetPhase::Connecting(login) =
+                    std::mem::replace(&mut t.phase, TargetPhase::Connecting(Box::new(placeholder_login())))
+                {
+                    t.phase = TargetPhase::LoggingIn(login);
+                }
+            }
+        }
+    }
+
+    fn on_backend_data(&mut self, now: Timestamp, h: BackendHandle, data: Bytes) {
+        match &mut self.state {
+            State::BackendLogin(phase) if phase.handle == h => {
+                phase.rx.extend(&data);
                 self.drive_backend_login();
+            }
+            State::Forwarding(f) => {
+                if let Some(m) = f.moving.as_mut() {
+                    if m.target.as_ref().is_some_and(|t| t.handle == h) {
+                        return self.on_target_data(now, data);
+                    }
+                    if h == f.backend && !matches!(m.source, SourceRead::NotStarted | SourceRead::Done(_)) {
+                        return self.on_source_data(now, data);
+                    }
+                }
+                if h != f.backend {
+                    // A connection the session already left.
+                    return;
+                }
+                let start = self.outputs.len();
+                let outputs = &mut self.outputs;
+                match f.forward.from_server(data, &mut |s| outputs.push_back(to_output(s, h))) {
+                    Ok(()) => self.after_tracking(now, start),
+                    Err(e) => self.close(CloseReason::BackendProtocolError(e.to_string())),
+                }
             }
             _ => {}
         }
@@ -397,21 +612,21 @@ impl Session {
 
     fn drive_backend_login(&mut self) {
         while let State::BackendLogin(phase) = &mut self.state {
-            let login = &mut phase.login;
-            let packet = match self.backend_rx.decode() {
+            let packet = match phase.rx.decode() {
                 Ok(Some(p)) => p,
                 Ok(None) => return,
-                Err(e) => return self.fail_backend(&e.to_string()),
+                Err(e) => return self.fail_login(&e.to_string()),
             };
-            match login.handle(packet) {
-                BackendStep::Send(bytes) => self.outputs.push_back(Output::ToBackend(bytes)),
+            let h = phase.handle;
+            match phase.login.handle(packet) {
+                BackendStep::Send(bytes) => self.outputs.push_back(Output::ToBackend(h, bytes)),
                 BackendStep::Wait => {}
                 BackendStep::Done(backend) => return self.logged_in(*backend),
                 BackendStep::Refused(err) => {
                     let seq = self.client_seq();
                     return self.refuse(err, seq, "backend refused the login".into());
                 }
-                BackendStep::Failed(why) => return self.fail_backend(&why),
+                BackendStep::Failed(why) => return self.fail_login(&why),
             }
         }
     }
@@ -420,34 +635,43 @@ impl Session {
         let State::BackendLogin(phase) = std::mem::replace(&mut self.state, State::Closed) else {
             return;
         };
-        let BackendPhase { client, route, .. } = *phase;
-        self.identity = Some(Box::new(Identity {
-            client: client.clone(),
-            route: route.clone(),
-            backend_salt: backend.handshake.auth_data.clone(),
-            pending_kill: None,
-        }));
-        let forward = Forward::new(
-            client.capabilities,
-            &backend,
-            client.response.database.clone(),
-        );
-        self.state = State::Forwarding(Box::new(forward));
-        self.backend_deadline = None;
+        let BackendPhase {
+            client,
+            route,
+            handle,
+            mut rx,
+            ..
+        } = *phase;
+        let forward = Forward::new(client.capabilities, &backend, client.response.database.clone());
         let mut ok = BytesMut::new();
         backend.ok.write(&mut ok, client.capabilities);
         self.outputs
             .push_back(Output::ToClient(frame(&ok, client.next_seq)));
         self.outputs
             .push_back(Output::Event(SessionEvent::LoggedIn {
-                login: client.login,
-                route,
+                login: client.login.clone(),
+                route: route.clone(),
                 backend_connection_id: backend.handshake.connection_id,
             }));
+        self.state = State::Forwarding(Box::new(Forwarding {
+            forward,
+            identity: Identity {
+                client,
+                route,
+                backend_salt: backend.handshake.auth_data.clone(),
+                pending_kill: None,
+            },
+            backend: handle,
+            request: None,
+            retry_after: None,
+            moving: None,
+            lost: None,
+        }));
+        self.backend_deadline = None;
         // Nothing should follow a login OK before the client's first command, but never drop bytes.
-        let rest = self.backend_rx.take_remaining();
+        let rest = rx.take_remaining();
         if !rest.is_empty() {
-            self.on_backend_data(rest.freeze());
+            self.on_backend_data(self.now, handle, rest.freeze());
         }
     }
 
@@ -456,28 +680,30 @@ impl Session {
         let State::Forwarding(f) = &mut self.state else {
             return;
         };
+        let h = f.backend;
         let start = self.outputs.len();
         let outputs = &mut self.outputs;
-        match f.from_client(data, &mut |s| outputs.push_back(s.into())) {
-            Ok(()) => self.after_tracking(start),
+        match f.forward.from_client(data, &mut |s| outputs.push_back(to_output(s, h))) {
+            Ok(()) => self.after_tracking(self.now, start),
             Err(e) => self.close(CloseReason::ProtocolError(e.to_string())),
         }
     }
 
     /// `KILL <ferry id>`: find where that session lives first.
     fn kill(&mut self, kill: Kill) {
-        let Some(identity) = self.identity.as_mut() else {
+        let State::Forwarding(f) = &mut self.state else {
             return;
         };
         let target = kill.target;
-        identity.pending_kill = Some(kill);
+        f.identity.pending_kill = Some(kill);
         self.outputs.push_back(Output::Locate(target));
     }
 
-    fn on_located(&mut self, location: Option<SessionLocation>) {
-        let Some(identity) = self.identity.as_mut() else {
+    fn on_located(&mut self, _now: Timestamp, location: Option<SessionLocation>) {
+        let State::Forwarding(f) = &mut self.state else {
             return;
         };
+        let identity = &mut f.identity;
         let Some(kill) = identity.pending_kill.take() else {
             return;
         };
@@ -509,11 +735,11 @@ impl Session {
         let reply = match result {
             Ok(Ok(())) => {
                 let ok = OkPacket {
-                    status: f.server_status(),
+                    status: f.forward.server_status(),
                     ..OkPacket::default()
                 };
                 let mut payload = BytesMut::new();
-                ok.write(&mut payload, self.client_caps());
+                ok.write(&mut payload, f.identity.client.capabilities);
                 frame(&payload, 1)
             }
             Ok(Err(err)) => err_frame(&err, 1),
@@ -522,17 +748,14 @@ impl Session {
         self.outputs.push_back(Output::ToClient(reply));
     }
 
-    fn client_caps(&self) -> u32 {
-        self.identity.as_ref().map_or(0, |i| i.client.capabilities)
-    }
-
     /// COM_CHANGE_USER: ferry verifies the new user itself (the client
     /// scrambled its password with ferry's salt) and sends the backend a
     /// scramble for the backend's salt, so the new secret is known for later logins.
     fn change_user(&mut self, data: Bytes) {
-        let Some(identity) = self.identity.as_mut() else {
+        let State::Forwarding(f) = &mut self.state else {
             return;
         };
+        let identity = &mut f.identity;
         let caps = identity.client.capabilities;
         let request = match ChangeUser::parse(&data[4..], caps) {
             Ok(r) => r,
@@ -593,7 +816,40 @@ impl Session {
         }
     }
 
-    fn fail_backend(&mut self, why: &str) {
+    /// The backend of a new login could not be reached: try another before the client hears of it.
+    fn retry_login(&mut self, why: &str, unreachable: bool) {
+        let State::BackendLogin(phase) = &mut self.state else {
+            return;
+        };
+        if phase.rerouting.is_some() {
+            return;
+        }
+        if unreachable {
+            self.outputs
+                .push_back(Output::Event(SessionEvent::BackendUnreachable {
+                    backend: phase.route.backend.clone(),
+                    why: why.to_string(),
+                }));
+        }
+        if phase.retries >= LOGIN_RETRIES {
+            return self.fail_login(why);
+        }
+        phase.retries += 1;
+        phase.rerouting = Some(why.to_string());
+        let request = RouteRequest {
+            tenant: phase.client.login.tenant.clone(),
+            labels: phase.client.login.labels.clone(),
+        };
+        let (h, from) = (phase.handle, phase.route.clone());
+        self.outputs.push_back(Output::CloseBackend(h));
+        self.outputs.push_back(Output::Transfer(Transfer {
+            from,
+            request,
+            to: None,
+        }));
+    }
+
+    fn fail_login(&mut self, why: &str) {
         let backend = match &self.state {
             State::BackendLogin(phase) => phase.route.backend.to_string(),
             _ => return,
@@ -614,32 +870,566 @@ impl Session {
 
     fn on_timeout(&mut self, now: Timestamp) {
         if self.login_deadline.is_some_and(|d| now >= d) {
-            self.close(CloseReason::LoginTimeout);
-        } else if self.backend_deadline.is_some_and(|d| now >= d) {
-            self.fail_backend("timed out waiting for the backend");
+            return self.close(CloseReason::LoginTimeout);
+        }
+        if self.backend_deadline.is_some_and(|d| now >= d) {
+            return self.retry_login("timed out waiting for the backend", true);
+        }
+        if let State::Forwarding(f) = &self.state {
+            if f.moving.as_ref().is_some_and(|m| now >= m.deadline) {
+                let to = f
+                    .moving
+                    .as_ref()
+                    .and_then(|m| m.target.as_ref())
+                    .map_or_else(|| "the target".to_string(), |t| format!("backend {}", t.route.backend));
+                return self.fail_move(now, MoveFailure::Timeout, format!("{to} did not complete the move in time"));
+            }
+        }
+        self.try_move(now);
+    }
+
+    /// A backend connection closed or could not be opened.
+    fn on_backend_lost(&mut self, now: Timestamp, h: BackendHandle, connect_error: Option<String>) {
+        match &mut self.state {
+            State::BackendLogin(phase) if phase.handle == h => {
+                let (why, unreachable) = match connect_error {
+                    Some(why) => (why, true),
+                    None => ("backend closed the connection during login".to_string(), true),
+                };
+                self.retry_login(&why, unreachable);
+            }
+            State::Forwarding(f) => {
+                if let Some(m) = f.moving.as_mut() {
+                    if let Some(t) = m.target.as_ref().filter(|t| t.handle == h) {
+                        let why = match connect_error {
+                            Some(why) => format!("could not connect to backend {}: {why}", t.route.backend),
+                            None => format!("backend {} closed the connection", t.route.backend),
+                        };
+                        if matches!(t.phase, TargetPhase::Connecting(_)) {
+                            self.outputs
+                                .push_back(Output::Event(SessionEvent::BackendUnreachable {
+                                    backend: t.route.backend.clone(),
+                                    why: why.clone(),
+                                }));
+                        }
+                        return self.fail_move(now, MoveFailure::Target, why);
+                    }
+                    if h == f.backend {
+                        // The source died mid-move: carry on from what ferry knows, if it knows enough.
+                        m.source_alive = false;
+                        if !matches!(m.source, SourceRead::Done(_)) {
+                            let state = f.forward.state();
+                            if state.user_values_known() {
+                                m.source = SourceRead::Done(state.user_values().to_vec());
+                                return self.maybe_restore(now);
+                            }
+                            return self.fail_move(
+                                now,
+                                MoveFailure::Source,
+                                "the source backend closed while ferry read the user variables".into(),
+                            );
+                        }
+                        return;
+                    }
+                    return;
+                }
+                if h != f.backend {
+                    return;
+                }
+                self.backend_died(now);
+            }
+            _ => {}
         }
     }
 
-    /// After tracked traffic: report a changed status, and close if shutting down at a safe point.
-    ///
-    /// The status goes out before the bytes queued since `start`, so that by
-    /// the time a client has its reply, operators see the state it left.
-    fn after_tracking(&mut self, start: usize) {
+    /// The session's backend connection is gone while no move runs.
+    fn backend_died(&mut self, now: Timestamp) {
         let State::Forwarding(f) = &mut self.state else {
             return;
         };
-        if !f.take_status_change() {
+        let status = f.forward.status();
+        let backend = f.identity.route.backend.clone();
+        let known = f.forward.state().user_values_known();
+        if f.forward.is_idle() && status.safe && known && !self.shutting_down {
+            // Failover: nothing in flight, nothing that cannot move; the client never notices.
+            let request = MoveRequest {
+                trigger: Trigger::Failover,
+                to: None,
+            };
+            f.request = None;
+            return self.start_move(now, request, false);
+        }
+        let err = errors::lost_backend(&backend, status.in_txn);
+        if !f.forward.is_idle() {
+            // A command in flight has an unknown outcome: never retried, the client hears it.
+            if !f.forward.response_started() {
+                self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
+            }
+            return self.close(CloseReason::BackendClosed);
+        }
+        if self.shutting_down {
+            return self.close(CloseReason::BackendClosed);
+        }
+        // Idle but not movable (a transaction, a temporary table, unknown user variables):
+        // the client learns it with its next command, as from a server that went away.
+        f.lost = Some(err);
+    }
+
+    fn on_client_closed(&mut self, now: Timestamp) {
+        if self.is_moving() {
+            self.fail_move(now, MoveFailure::Client, "the client closed the connection".into());
+        }
+        self.quit_backend_if_idle();
+        self.close(CloseReason::ClientClosed)
+    }
+
+    fn on_migrate(&mut self, now: Timestamp, request: MoveRequest) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        if f.moving.is_some() || f.lost.is_some() {
             return;
         }
-        let status = f.status();
+        if request.to.as_ref() == Some(&f.identity.route.backend) {
+            return;
+        }
+        // An operator's request wins over the balancer's; otherwise the newest stands.
+        if f.request.as_ref().is_some_and(|r| r.trigger == Trigger::Admin) && request.trigger != Trigger::Admin {
+            return;
+        }
+        f.request = Some(request);
+        self.try_move(now);
+    }
+
+    fn on_close_request(&mut self, why: String) {
+        let State::Forwarding(f) = &self.state else {
+            return self.close(CloseReason::Closed(why));
+        };
+        if f.forward.is_idle() || !f.forward.response_started() {
+            let err = errors::connection_closed(&why);
+            self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
+        }
+        self.quit_backend_if_idle();
+        self.close(CloseReason::Closed(why));
+    }
+
+    /// Starts the pending move if the session is at a safe point.
+    fn try_move(&mut self, now: Timestamp) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        if f.moving.is_some() || f.lost.is_some() || self.shutting_down {
+            return;
+        }
+        if f.retry_after.is_some_and(|t| now < t) {
+            return;
+        }
+        if f.request.is_none() || !f.forward.is_idle() || !f.forward.status().safe {
+            return;
+        }
+        let request = f.request.take().expect("checked");
+        self.start_move(now, request, true);
+    }
+
+    fn start_move(&mut self, now: Timestamp, request: MoveRequest, source_alive: bool) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        let from = f.identity.route.clone();
+        let mut m = Move::new(request.clone(), now, self.config.backend_timeout, from.clone());
+        m.source_alive = source_alive;
+        if !source_alive {
+            m.source = SourceRead::Done(f.forward.state().user_values().to_vec());
+        }
+        f.moving = Some(Box::new(m));
+        self.outputs
+            .push_back(Output::Event(SessionEvent::MoveStarted(request.trigger)));
+        self.outputs.push_back(Output::Transfer(Transfer {
+            from,
+            request: RouteRequest {
+                tenant: f.identity.client.login.tenant.clone(),
+                labels: f.identity.client.login.labels.clone(),
+            },
+            to: request.to,
+        }));
+    }
+
+    /// Bytes from the source while ferry reads its user variables.
+    fn on_source_data(&mut self, now: Timestamp, data: Bytes) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        let Some(m) = f.moving.as_mut() else {
+            return;
+        };
+        let injected = match &mut m.source {
+            SourceRead::Types(q) | SourceRead::Values(q, _) => q,
+            _ => return,
+        };
+        if let Err(e) = injected.feed(&data) {
+            return self.fail_move(now, MoveFailure::Source, format!("reading the user variables: {e}"));
+        }
+        let Some(reply) = injected.poll_reply() else {
+            return;
+        };
+        let rows = match reply {
+            Reply::Rows(rows) => rows,
+            Reply::Err(e) => {
+                return self.fail_move(now, MoveFailure::Source, format!("reading the user variables: {}", e.message))
+            }
+            other => return self.fail_move(now, MoveFailure::Source, format!("reading the user variables: unexpected {other:?}")),
+        };
+        match std::mem::replace(&mut m.source, SourceRead::NotStarted) {
+            SourceRead::Types(mut q) => {
+                let types = match restore::parse_user_variable_types(&rows) {
+                    Ok(t) => t,
+                    Err(e) => return self.fail_move(now, MoveFailure::Source, e),
+                };
+                match restore::user_values_query(&types) {
+                    None => m.source = SourceRead::Done(Vec::new()),
+                    Some(sql) => {
+                        let bytes = q.request(&Request::Query(sql));
+                        m.source = SourceRead::Values(q, types);
+                        self.outputs.push_back(Output::ToBackend(f.backend, bytes));
+                        return;
+                    }
+                }
+            }
+            SourceRead::Values(_, types) => {
+                let values = match rows.first().map(|r| restore::parse_user_values(&types, r)) {
+                    Some(Ok(v)) => v,
+                    Some(Err(e)) => return self.fail_move(now, MoveFailure::Source, e),
+                    None => return self.fail_move(now, MoveFailure::Source, "the user variables query returned no row".into()),
+                };
+                m.source = SourceRead::Done(values);
+            }
+            other => m.source = other,
+        }
+        self.maybe_restore(now);
+    }
+
+    /// Bytes from the target: its login, then the replies to the restore.
+    fn on_target_data(&mut self, now: Timestamp, data: Bytes) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        let Some(t) = f.moving.as_mut().and_then(|m| m.target.as_mut()) else {
+            return;
+        };
+        let backend = t.route.backend.clone();
+        let source_caps = f.forward.backend_caps();
+        if let TargetPhase::Restoring(r) = &mut t.phase {
+            if let Err(e) = r.injected.feed(&data) {
+                return self.fail_move(now, MoveFailure::Restore, format!("restoring on backend {}: {e}", backend));
+            }
+            return self.on_restore_replies(now);
+        }
+        t.rx.extend(&data);
+        loop {
+            let TargetPhase::LoggingIn(login) = &mut t.phase else {
+                break;
+            };
+            let packet = match t.rx.decode() {
+                Ok(Some(p)) => p,
+                Ok(None) => return,
+                Err(e) => return self.fail_move(now, MoveFailure::Target, format!("logging in to backend {}: {e}", backend)),
+            };
+            match login.handle(packet) {
+                BackendStep::Send(bytes) => self.outputs.push_back(Output::ToBackend(t.handle, bytes)),
+                BackendStep::Wait => {}
+                BackendStep::Done(session) => {
+                    if session.capabilities != source_caps {
+                        let why = format!(
+                            "backend {backend} offers other capabilities (0x{:08x}, the session has 0x{source_caps:08x})",
+                            session.capabilities
+                        );
+                        return self.fail_move(now, MoveFailure::Target, why);
+                    }
+                    t.phase = TargetPhase::LoggedIn(session);
+                }
+                BackendStep::Refused(err) => {
+                    return self.fail_move(
+                        now,
+                        MoveFailure::Target,
+                        format!("backend {} refused the login: {} {}", backend, err.code, err.message),
+                    )
+                }
+                BackendStep::Failed(why) => {
+                    return self.fail_move(now, MoveFailure::Target, format!("logging in to backend {}: {why}", backend))
+                }
+            }
+        }
+        if !t.rx.take_remaining().is_empty() {
+            return self.fail_move(now, MoveFailure::Target, "the target sent bytes after its login".into());
+        }
+        self.maybe_restore(now);
+    }
+
+    /// Once the target is logged in and the user variables are known: send the whole restore.
+    fn maybe_restore(&mut self, now: Timestamp) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        let Some(m) = f.moving.as_mut() else {
+            return;
+        };
+        let Some(values) = m.user_values().map(<[_]>::to_vec) else {
+            return;
+        };
+        let Some(t) = m.target.as_mut() else {
+            return;
+        };
+        if !matches!(t.phase, TargetPhase::LoggedIn(_)) {
+            return;
+        }
+        let TargetPhase::LoggedIn(session) =
+            std::mem::replace(&mut t.phase, TargetPhase::Connecting(Box::new(placeholder_login())))
+        else {
+            unreachable!("checked above");
+        };
+        let steps = restore::plan(f.forward.state(), &values, f.forward.last_prepared());
+        let mut injected = Injected::new(session.capabilities, self.config.max_packet_size);
+        let mut out = BytesMut::new();
+        for step in &steps {
+            let request = match step {
+                Step::Query { sql, .. } => Request::Query(sql.clone()),
+                Step::InitDb(db) => Request::InitDb(db.clone()),
+                Step::Prepare { sql, .. } => Request::Prepare(sql.clone()),
+            };
+            injected.write(&request, &mut out);
+        }
+        t.phase = TargetPhase::Restoring(Box::new(Restoring {
+            session: *session,
+            injected,
+            steps: steps.into(),
+            ids: BTreeMap::new(),
+            skipped: Vec::new(),
+        }));
+        if !out.is_empty() {
+            self.outputs.push_back(Output::ToBackend(t.handle, out.freeze()));
+        }
+        self.on_restore_replies(now);
+    }
+
+    fn on_restore_replies(&mut self, now: Timestamp) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        let Some(t) = f.moving.as_mut().and_then(|m| m.target.as_mut()) else {
+            return;
+        };
+        let TargetPhase::Restoring(r) = &mut t.phase else {
+            return;
+        };
+        let backend = t.route.backend.clone();
+        while let Some(reply) = r.injected.poll_reply() {
+            let Some(step) = r.steps.pop_front() else {
+                return self.fail_move(now, MoveFailure::Restore, "a reply ferry did not ask for".into());
+            };
+            let failure = match (step, reply) {
+                (
+                    Step::Prepare {
+                        client_id,
+                        params,
+                        columns,
+                        ..
+                    },
+                    Reply::Prepared {
+                        id,
+                        params: p,
+                        columns: c,
+                    },
+                ) => {
+                    r.ids.insert(client_id, id);
+                    (p != params || c != columns).then(|| {
+                        format!(
+                            "prepared statement {client_id} has {p} parameters and {c} columns on backend {backend}, {params} and {columns} before"
+                        )
+                    })
+                }
+                (Step::Prepare { client_id, .. }, Reply::Err(e)) => Some(format!(
+                    "prepared statement {client_id} cannot be prepared again on backend {backend}: {} {}",
+                    e.code, e.message
+                )),
+                (Step::InitDb(db), Reply::Err(e)) if e.code == restore::UNKNOWN_DATABASE => {
+                    r.skipped.push(format!("database `{db}` no longer exists; the session has none"));
+                    None
+                }
+                (
+                    Step::Query {
+                        on_error: OnError::Variable(name),
+                        ..
+                    },
+                    Reply::Err(e),
+                ) if restore::SKIPPABLE_VARIABLE_ERRORS.contains(&e.code) => {
+                    r.skipped.push(format!("variable {name}: {}", e.message));
+                    None
+                }
+                (step, Reply::Err(e)) => Some(format!(
+                    "restoring on backend {backend} failed at {}: {} {}",
+                    describe_step(&step),
+                    e.code,
+                    e.message
+                )),
+                (_, Reply::Ok(_) | Reply::Rows(_)) => None,
+                (step, reply) => Some(format!(
+                    "unexpected reply to {}: {reply:?}",
+                    describe_step(&step)
+                )),
+            };
+            if let Some(why) = failure {
+                return self.fail_move(now, MoveFailure::Restore, why);
+            }
+        }
+        if r.steps.is_empty() && r.injected.outstanding() == 0 {
+            self.finish_move(now);
+        }
+    }
+
+    /// The target holds the whole session: swap, let the held command go, quit the source.
+    fn finish_move(&mut self, now: Timestamp) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        let Some(m) = f.moving.take() else {
+            return;
+        };
+        let Move {
+            request,
+            started,
+            from,
+            target,
+            source,
+            source_alive,
+            held,
+            held_since,
+            ..
+        } = *m;
+        let Some(Target {
+            handle,
+            route,
+            phase: TargetPhase::Restoring(r),
+            ..
+        }) = target
+        else {
+            return;
+        };
+        let Restoring {
+            session, ids, skipped, ..
+        } = *r;
+        let old = f.backend;
+        f.forward.replace_backend(&session, ids);
+        if let SourceRead::Done(values) = source {
+            f.forward.state_mut().set_user_values(values);
+        }
+        f.backend = handle;
+        f.identity.route = route.clone();
+        f.identity.backend_salt = session.handshake.auth_data.clone();
+        if source_alive {
+            self.outputs
+                .push_back(Output::ToBackend(old, frame(&[COM_QUIT], 0)));
+        }
+        self.outputs.push_back(Output::CloseBackend(old));
+        self.outputs
+            .push_back(Output::Event(SessionEvent::Moved(MoveReport {
+                trigger: request.trigger,
+                from: from.backend,
+                to: Some(route.backend),
+                outcome: Ok(()),
+                duration: now.since(started),
+                paused: held_since.map(|t| now.since(t)),
+                backend_connection_id: Some(session.handshake.connection_id),
+                skipped,
+            })));
+        self.last_status = SessionStatus::default();
+        self.after_tracking(now, self.outputs.len());
+        if !held.is_empty() {
+            self.on_client_data(now, held.freeze());
+        }
+    }
+
+    /// Abandons the move: the session stays where it was, untouched.
+    fn fail_move(&mut self, now: Timestamp, kind: MoveFailure, why: String) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        let Some(m) = f.moving.take() else {
+            return;
+        };
+        let Move {
+            request,
+            started,
+            from,
+            target,
+            source_alive,
+            held,
+            held_since,
+            ..
+        } = *m;
+        let mut to = None;
+        if let Some(t) = target {
+            if matches!(t.phase, TargetPhase::LoggedIn(_) | TargetPhase::Restoring(_)) {
+                self.outputs
+                    .push_back(Output::ToBackend(t.handle, frame(&[COM_QUIT], 0)));
+            }
+            self.outputs.push_back(Output::CloseBackend(t.handle));
+            self.outputs.push_back(Output::TransferBack {
+                moved: t.route.clone(),
+                original: from.clone(),
+            });
+            to = Some(t.route.backend);
+        }
+        f.retry_after = Some(now + self.config.move_backoff);
+        self.outputs
+            .push_back(Output::Event(SessionEvent::Moved(MoveReport {
+                trigger: request.trigger,
+                from: from.backend.clone(),
+                to,
+                outcome: Err((kind, why)),
+                duration: now.since(started),
+                paused: held_since.map(|t| now.since(t)),
+                backend_connection_id: None,
+                skipped: Vec::new(),
+            })));
+        if !source_alive {
+            // Failover failed: the session cannot continue anywhere.
+            let in_txn = f.forward.status().in_txn;
+            f.lost = Some(errors::lost_backend(&from.backend, in_txn));
+            self.outputs.push_back(Output::CloseBackend(f.backend));
+            if !held.is_empty() {
+                self.on_client_data(now, held.freeze());
+            }
+            return;
+        }
+        if !held.is_empty() {
+            self.on_client_data(now, held.freeze());
+        }
+    }
+
+    /// After tracked traffic: report a changed status, start a pending move,
+    /// close if shutting down at a safe point.
+    ///
+    /// The status goes out before the bytes queued since `start`, so that by
+    /// the time a client has its reply, operators see the state it left.
+    fn after_tracking(&mut self, now: Timestamp, start: usize) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        if !f.forward.take_status_change() {
+            return;
+        }
+        let status = f.forward.status();
         if status != self.last_status {
             self.last_status = status.clone();
             let event = Output::Event(SessionEvent::Status(status.clone()));
             self.outputs.insert(start.min(self.outputs.len()), event);
         }
-        if self.shutting_down && status.safe {
+        if self.shutting_down && status.safe && f.moving.is_none() {
             self.quit_backend_if_idle();
-            self.close(CloseReason::Shutdown);
+            return self.close(CloseReason::Shutdown);
+        }
+        if f.request.is_some() {
+            self.try_move(now);
         }
     }
 
@@ -647,7 +1437,7 @@ impl Session {
         self.shutting_down = true;
         match &mut self.state {
             State::Forwarding(f) => {
-                if f.status().safe {
+                if f.forward.status().safe && f.moving.is_none() {
                     self.quit_backend_if_idle();
                     self.close(CloseReason::Shutdown);
                 }
@@ -660,9 +1450,9 @@ impl Session {
     /// Says goodbye to the backend (COM_QUIT) when no command is in flight, so it logs no aborted connection.
     fn quit_backend_if_idle(&mut self) {
         if let State::Forwarding(f) = &self.state {
-            if f.is_idle() {
+            if f.forward.is_idle() && f.lost.is_none() {
                 self.outputs
-                    .push_back(Output::ToBackend(frame(&[COM_QUIT], 0)));
+                    .push_back(Output::ToBackend(f.backend, frame(&[COM_QUIT], 0)));
             }
         }
     }
@@ -675,5 +1465,43 @@ impl Session {
         self.login_deadline = None;
         self.backend_deadline = None;
         self.outputs.push_back(Output::Close(reason));
+    }
+}
+
+fn to_output(s: Send, h: BackendHandle) -> Output {
+    match s {
+        Send::ToClient(b) => Output::ToClient(b),
+        Send::ToBackend(b) => Output::ToBackend(h, b),
+    }
+}
+
+/// A login that is never driven: stands in while a phase is moved out.
+fn placeholder_login() -> BackendLogin {
+    BackendLogin::new(
+        crate::packets::HandshakeResponse {
+            capabilities: 0,
+            mariadb_capabilities: 0,
+            max_packet_size: 0,
+            collation: 0,
+            user: String::new(),
+            auth_response: Vec::new(),
+            database: None,
+            auth_plugin: None,
+            attributes: Vec::new(),
+        },
+        crate::auth::Secret::from_password(""),
+        0,
+        false,
+    )
+}
+
+fn describe_step(step: &Step) -> String {
+    match step {
+        Step::Query { sql, .. } => {
+            let cut: String = sql.chars().take(60).collect();
+            format!("\"{cut}\"")
+        }
+        Step::InitDb(db) => format!("USE `{db}`"),
+        Step::Prepare { client_id, .. } => format!("preparing statement {client_id}"),
     }
 }

@@ -12,6 +12,7 @@ mod sql;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::restore::{PrepareContext, UserVariable};
 use crate::tracker::{Command, Event, Outcome, SqlText, TrackItem};
 
 use sql::{Effects, PrepareSource, TableName};
@@ -32,6 +33,8 @@ pub struct PreparedStatement {
     pub columns: u16,
     /// Parameter types last bound with `new_params_bound_flag = 1`.
     pub param_types: Option<Vec<u16>>,
+    /// The database, `sql_mode` and character set it was prepared under.
+    pub context: PrepareContext,
     /// What executing it does (classified once, at prepare time).
     effects: Effects,
 }
@@ -82,6 +85,8 @@ pub enum Blocker {
         /// The statement name.
         name: String,
     },
+    /// The last statement left warnings the client may still read (`SHOW WARNINGS`).
+    Warnings(u16),
 }
 
 impl fmt::Display for Blocker {
@@ -121,6 +126,10 @@ impl fmt::Display for Blocker {
                 f,
                 "prepared statement '{name}' was prepared from a user variable"
             ),
+            Blocker::Warnings(n) => write!(
+                f,
+                "the last statement left {n} warning(s) the client may still read"
+            ),
         }
     }
 }
@@ -144,6 +153,12 @@ pub struct SessionState {
     calc_found_rows: bool,
     unexplained: BTreeSet<String>,
     unclassified: BTreeSet<String>,
+    /// Warnings of the last response, readable until the next command.
+    warnings: u16,
+    /// User variables as last read from the server, and whether a statement
+    /// may have changed them since (then only the server knows them).
+    user_values: Vec<UserVariable>,
+    user_values_stale: bool,
     pending: Pending,
 }
 
@@ -212,6 +227,23 @@ impl SessionState {
         &self.user_variables
     }
 
+    /// User variables as last read from the server (see [`SessionState::user_values_known`]).
+    pub fn user_values(&self) -> &[UserVariable] {
+        &self.user_values
+    }
+
+    /// True when [`SessionState::user_values`] are still what the server has
+    /// (no statement touched a user variable since they were read).
+    pub fn user_values_known(&self) -> bool {
+        !self.user_values_stale
+    }
+
+    /// Records user variables just read from the server.
+    pub fn set_user_values(&mut self, values: Vec<UserVariable>) {
+        self.user_values = values;
+        self.user_values_stale = false;
+    }
+
     /// The last non-zero insert id an OK packet reported.
     pub fn last_insert_id(&self) -> u64 {
         self.last_insert_id
@@ -244,6 +276,9 @@ impl SessionState {
         if self.calc_found_rows {
             b.push(Blocker::CalcFoundRows);
         }
+        if self.warnings > 0 {
+            b.push(Blocker::Warnings(self.warnings));
+        }
         for s in &self.unexplained {
             b.push(Blocker::UnexplainedStateChange {
                 statement: s.clone(),
@@ -270,8 +305,12 @@ impl SessionState {
     /// Takes in one tracker event.
     pub fn on_event(&mut self, event: &Event) {
         match event {
-            Event::Command { command, .. } => self.on_command(command),
+            Event::Command { command, .. } => {
+                self.warnings = 0;
+                self.on_command(command)
+            }
             Event::Ok { ok, trackers, .. } => {
+                self.warnings = ok.warnings;
                 if let Pending::Reset { keep_database } = self.pending {
                     // The OK means the reset happened; what it reports belongs to the new session.
                     self.reset(keep_database);
@@ -302,6 +341,10 @@ impl SessionState {
                             params: *params,
                             columns: *columns,
                             param_types: None,
+                            context: PrepareContext::of(
+                                self.database.as_deref(),
+                                &self.variables,
+                            ),
                             effects,
                         },
                     );
@@ -318,8 +361,10 @@ impl SessionState {
                 let pending = std::mem::take(&mut self.pending);
                 self.on_response(pending, *outcome);
             }
-            Event::Err { .. } | Event::Eof { .. } | Event::LocalInfile { .. } => {}
-            Event::Replication => {}
+            Event::Eof { eof, .. } => self.warnings = eof.warnings,
+            Event::Err { .. } => self.warnings = 0,
+            Event::LocalInfile { .. } => {}
+            Event::Replication | Event::Edit { .. } => {}
         }
     }
 
@@ -487,6 +532,7 @@ impl SessionState {
         self.xa |= e.xa_start;
         self.calc_found_rows |= e.calc_found_rows;
         self.user_variables.extend(e.user_vars.iter().cloned());
+        self.user_values_stale |= !e.user_vars.is_empty();
         if !certain {
             if e.set_transaction {
                 self.set_transaction = true;

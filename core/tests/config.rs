@@ -2,7 +2,8 @@
 
 use ferry_core::auth::{StoredCredential, StoredHash};
 use ferry_core::config::{
-    BackendConfig, Config, ConfigError, UserConfig, WorkState, DEFAULT_MAX_PACKET_SIZE,
+    BackendConfig, Config, ConfigError, RebalanceConfig, UserConfig, WorkState,
+    DEFAULT_MAX_PACKET_SIZE,
 };
 use ferry_core::labels::Labels;
 
@@ -87,8 +88,107 @@ fn the_contract_example_parses_to_exactly_this() {
         shutdown_grace_ms: 30_000,
         user_source: None,
         worker_threads: None,
+        rebalance: RebalanceConfig {
+            interval_ms: 10_000,
+            tolerance: 0.3,
+            moves_per_second: 50,
+            cooldown_ms: 30_000,
+        },
+        drain_timeout_ms: 60_000,
+        migration_backoff_ms: 5_000,
     };
     assert_eq!(config, expected);
+}
+
+/// The first ```ron block of the README: what operators copy.
+fn readme_example() -> String {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find("```ron\n")
+        .expect("the README has a ```ron block")
+        + "```ron\n".len();
+    let len = readme[start..].find("```").expect("the ```ron block ends");
+    readme[start..start + len].to_owned()
+}
+
+#[test]
+fn the_readme_example_still_parses_with_every_default() {
+    let config = Config::parse(&readme_example()).unwrap();
+    assert_eq!(config, Config::parse(EXAMPLE).unwrap());
+    assert_eq!(config.rebalance, RebalanceConfig::default());
+    assert!(config.rebalance.enabled());
+    assert_eq!(config.drain_timeout().as_millis(), 60_000);
+    assert_eq!(config.migration_backoff().as_millis(), 5_000);
+}
+
+#[test]
+fn rebalance_drain_and_backoff_settings_can_be_given() {
+    let config = Config::parse(&with(
+        "    rebalance: (interval_ms: 2000, tolerance: 0.5, moves_per_second: 5, cooldown_ms: 1000),
+    drain_timeout_ms: 0,
+    migration_backoff_ms: 250,",
+    ))
+    .unwrap();
+    assert_eq!(
+        config.rebalance,
+        RebalanceConfig {
+            interval_ms: 2000,
+            tolerance: 0.5,
+            moves_per_second: 5,
+            cooldown_ms: 1000
+        }
+    );
+    assert_eq!(config.rebalance.interval().as_millis(), 2000);
+    assert_eq!(config.rebalance.cooldown().as_millis(), 1000);
+    assert_eq!(config.drain_timeout_ms, 0);
+    assert_eq!(config.migration_backoff().as_millis(), 250);
+    assert_eq!(Config::parse(&config.to_ron()), Ok(config));
+}
+
+#[test]
+fn every_rebalance_field_is_optional_and_zero_interval_disables_it() {
+    let config = Config::parse(&with("rebalance: (interval_ms: 0),")).unwrap();
+    assert_eq!(
+        config.rebalance,
+        RebalanceConfig {
+            interval_ms: 0,
+            ..RebalanceConfig::default()
+        }
+    );
+    assert!(!config.rebalance.enabled());
+    let tolerance_only = Config::parse(&with("rebalance: (tolerance: 0),")).unwrap();
+    assert_eq!(tolerance_only.rebalance.tolerance, 0.0);
+    assert_eq!(tolerance_only.rebalance.moves_per_second, 50);
+}
+
+#[test]
+fn an_unknown_rebalance_field_is_named_with_its_line() {
+    let err = reject(&with("rebalance: (intervall_ms: 5),"));
+    assert_eq!(err.line, 4, "{err}");
+    assert!(err.message.contains("intervall_ms"), "{err}");
+}
+
+#[test]
+fn a_bad_rebalance_tolerance_or_pace_is_rejected_at_its_line() {
+    let negative = reject(&with(
+        "rebalance: (\n        interval_ms: 1000,\n        tolerance: -0.1,\n    ),",
+    ));
+    assert_eq!(
+        negative.to_string(),
+        "line 6, column 9: rebalance tolerance must be a finite number of at least 0 \
+         (0.3 = 30 % above the average), got -0.1"
+    );
+    for bad in ["NaN", "inf"] {
+        let err = reject(&with(&format!("rebalance: (tolerance: {bad}),")));
+        assert!(err.message.contains("finite"), "{bad}: {err}");
+        assert_eq!((err.line, err.column), (4, 13), "{bad}: {err}");
+    }
+    let zero = reject(&with("rebalance: (moves_per_second: 0),"));
+    assert_eq!(
+        zero.to_string(),
+        "line 4, column 13: rebalance moves_per_second must be at least 1, got 0 \
+         (to stop rebalancing, set interval_ms: 0)"
+    );
 }
 
 #[test]

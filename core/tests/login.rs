@@ -13,7 +13,10 @@ use ferry_core::login::client::Greeting;
 use ferry_core::packets::flags::caps::*;
 use ferry_core::packets::flags::status::*;
 use ferry_core::packets::{AuthSwitchRequest, ErrPacket, Handshake, HandshakeResponse, OkPacket};
-use ferry_core::session::{CloseReason, Input, Output, Session, SessionConfig};
+use ferry_core::session::{BackendHandle, CloseReason, Input, Output, Session, SessionConfig};
+
+/// The first backend connection of a session.
+const B0: BackendHandle = BackendHandle(0);
 use ferry_core::users::UserDirectory;
 use ferry_core::wire::{write_packet, PacketDecoder};
 use ferry_core::Timestamp;
@@ -65,6 +68,7 @@ impl Harness {
             login_timeout: Duration::from_secs(10),
             backend_timeout: Duration::from_secs(5),
             max_packet_size: 1 << 20,
+            ..SessionConfig::default()
         };
         let session = Session::new(
             Timestamp::ZERO,
@@ -88,7 +92,7 @@ impl Harness {
     fn feed(&mut self, input: Input) {
         let line = match &input {
             Input::ClientData(b) => format!("client -> ferry  {}", describe(b, Side::FromClient)),
-            Input::BackendData(b) => format!("backend -> ferry {}", describe(b, Side::FromBackend)),
+            Input::BackendData(_, b) => format!("backend -> ferry {}", describe(b, Side::FromBackend)),
             other => format!("input            {other:?}"),
         };
         writeln!(self.trace, "{line}").unwrap();
@@ -109,14 +113,14 @@ impl Harness {
                     self.to_client.push(b.clone());
                     format!("ferry -> client  {}", describe(b, Side::ToClient))
                 }
-                Output::ToBackend(b) => {
+                Output::ToBackend(_, b) => {
                     self.to_backend.push(b.clone());
                     format!("ferry -> backend {}", describe(b, Side::ToBackend))
                 }
                 Output::Route(r) => {
                     format!("route            tenant={:?} labels={}", r.tenant, r.labels)
                 }
-                Output::Connect(r) => format!("connect          {} {}", r.backend, r.addr),
+                Output::Connect(_, r) => format!("connect          {} {}", r.backend, r.addr),
                 Output::Locate(id) => format!("locate           session {id}"),
                 Output::RunElsewhere(r) => format!("run elsewhere    {} {:?}", r.backend, r.sql),
                 Output::Close(reason) => {
@@ -124,6 +128,15 @@ impl Harness {
                     format!("close            {reason:?}")
                 }
                 Output::Event(e) => format!("event            {e:?}"),
+                Output::Transfer(t) => format!(
+                    "transfer         from {} to {:?}",
+                    t.from.backend, t.to
+                ),
+                Output::TransferBack { moved, original } => format!(
+                    "transfer back    {} -> {}",
+                    moved.backend, original.backend
+                ),
+                Output::CloseBackend(h) => format!("close backend    {h}"),
             };
             writeln!(self.trace, "{line}").unwrap();
         }
@@ -139,13 +152,13 @@ impl Harness {
     /// The cluster routes to `id`, ferry connects, and the backend greets it.
     fn backend_greets(&mut self, id: &str) {
         route_to(self, id);
-        self.feed(Input::BackendData(backend_handshake()));
+        self.feed(Input::BackendData(B0, backend_handshake()));
     }
 
     /// The backend accepts the login and ferry's tracker set-up.
     fn backend_accepts(&mut self, ok_seq: u8) {
-        self.feed(Input::BackendData(backend_ok(ok_seq)));
-        self.feed(Input::BackendData(backend_tracker_setup()));
+        self.feed(Input::BackendData(B0, backend_ok(ok_seq)));
+        self.feed(Input::BackendData(B0, backend_tracker_setup()));
     }
 
     /// The salt in ferry's handshake to the client.
@@ -315,7 +328,7 @@ fn route_to(h: &mut Harness, id: &str) {
         addr: "127.0.0.1:3308".parse().unwrap(),
         group: LabelGroup::default(),
     }));
-    h.feed(Input::BackendConnected);
+    h.feed(Input::BackendConnected(B0));
 }
 
 #[test]
@@ -392,7 +405,7 @@ fn a_backend_auth_switch_is_answered_with_the_recovered_secret() {
         }
         .write(b)
     });
-    h.feed(Input::BackendData(switch));
+    h.feed(Input::BackendData(B0, switch));
     assert_eq!(
         &h.to_backend.last().unwrap()[4..],
         &scramble_native(new_salt, b"111")[..]
@@ -412,7 +425,7 @@ fn the_backends_err_reaches_the_client_unchanged_with_the_clients_sequence() {
         "42000",
         "Access denied for user 'root'@'%' to database 'test'",
     );
-    h.feed(Input::BackendData(frame(2, |b| err.write(b))));
+    h.feed(Input::BackendData(B0, frame(2, |b| err.write(b))));
     let last = h.to_client.last().unwrap();
     assert_eq!(last[3], 2, "sequence id continues the client's exchange");
     assert_eq!(ErrPacket::parse(&last[4..]).unwrap(), err);
@@ -462,6 +475,31 @@ fn a_silent_backend_fails_the_login_at_the_backend_timeout() {
     h.client_logs_in("root", "111");
     route_to(&mut h, "cn1");
     h.advance(Duration::from_secs(5));
+    // ferry tries another backend first; with none left the client hears about the first.
+    assert!(h.closed.is_none(), "{}", h.trace);
+    h.feed(Input::Transferred(Err("no other backend".into())));
+    assert!(h.closed.is_some(), "{}", h.trace);
+    insta::assert_snapshot!(h.trace);
+}
+
+#[test]
+fn a_refused_backend_connect_is_retried_on_another_backend() {
+    let mut h = Harness::new();
+    h.client_logs_in("root", "111");
+    route_to(&mut h, "cn1");
+    h.feed(Input::BackendConnectFailed(B0, "connection refused".into()));
+    h.feed(Input::Transferred(Ok(Route {
+        backend: BackendId("cn2".into()),
+        addr: "127.0.0.1:3308".parse().unwrap(),
+        group: LabelGroup::default(),
+    })));
+    let b1 = BackendHandle(1);
+    h.feed(Input::BackendConnected(b1));
+    h.feed(Input::BackendData(b1, backend_handshake()));
+    h.feed(Input::BackendData(b1, backend_ok(2)));
+    h.feed(Input::BackendData(b1, backend_tracker_setup()));
+    assert!(h.session.is_forwarding(), "{}", h.trace);
+    assert_eq!(h.session.backend(), Some(b1));
     insta::assert_snapshot!(h.trace);
 }
 
@@ -498,7 +536,7 @@ fn a_backend_that_refuses_session_tracking_still_serves_but_its_sessions_cannot_
     let mut h = Harness::new();
     h.client_logs_in("root", "111");
     h.backend_greets("cn1");
-    h.feed(Input::BackendData(backend_ok(2)));
+    h.feed(Input::BackendData(B0, backend_ok(2)));
     let err = ErrPacket::new(
         1193,
         "HY000",
@@ -510,7 +548,7 @@ fn a_backend_that_refuses_session_tracking_still_serves_but_its_sessions_cannot_
     let mut both = BytesMut::new();
     write_packet(&mut both, 1, &payload);
     write_packet(&mut both, 1, &payload);
-    h.feed(Input::BackendData(both.freeze()));
+    h.feed(Input::BackendData(B0, both.freeze()));
     assert!(h.session.is_forwarding(), "{}", h.trace);
     let status = h.session.status().unwrap();
     assert!(!status.safe);

@@ -687,7 +687,7 @@ fn a_replaced_server_starts_its_offsets_again_and_keeps_the_statements() {
     client(&mut t, &query_prepare("SELECT ?"));
     server(&mut t, &[prepare_ok(4, 0, 1), coldef(), eof(0)]);
     assert!(t.is_idle());
-    t.server_replaced(DEPRECATE);
+    t.server_replaced(DEPRECATE, Default::default());
     assert_eq!(t.server_offset(), 0);
     let ev = client(&mut t, &execute(4, 0, 1, Some(&[3])));
     assert!(

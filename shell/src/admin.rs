@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
-use ferry_core::cluster::{Backend, BackendId, Health, Removal};
+use ferry_core::cluster::{Backend, BackendId, Health, LabelGroup, Removal, Route, RouteRequest};
+use ferry_core::session::{Control, MoveRequest, Trigger};
 use ferry_core::config::{BackendConfig, WorkState};
 use ferry_core::labels::Labels;
 use http_body_util::{BodyExt, Full, Limited};
@@ -362,6 +363,7 @@ fn delete_backend(shared: &Shared, id: &str) -> Reply {
 fn session_json(entry: &crate::registry::SessionEntry) -> Value {
     use std::sync::atomic::Ordering::Relaxed;
     let info = entry.info();
+    let moves = entry.moves();
     json!({
         "id": entry.id,
         "tenant": info.as_ref().and_then(|i| i.tenant.clone()),
@@ -373,6 +375,16 @@ fn session_json(entry: &crate::registry::SessionEntry) -> Value {
         "safe": entry.safe.load(Relaxed),
         "blocked_by": entry.blocked_by(),
         "migrations": entry.migrations.load(Relaxed),
+        "pending_migration": moves.pending.map(|t| t.as_str()),
+        "last_migration": moves.last.as_ref().map(|r| json!({
+            "trigger": r.trigger.as_str(),
+            "from": r.from.0,
+            "to": r.to.as_ref().map(|b| b.0.clone()),
+            "outcome": if r.outcome.is_ok() { "ok" } else { "failed" },
+            "reason": r.outcome.as_ref().err().map(|(_, why)| why.clone()),
+            "duration_ms": r.duration.as_secs_f64() * 1000.0,
+            "skipped": r.skipped,
+        })),
     })
 }
 
@@ -410,7 +422,7 @@ struct Migrate {
 }
 
 fn migrate(shared: &Shared, id: &str, body: &[u8]) -> Reply {
-    let result = (|| {
+    let result: Result<Reply, Reply> = (|| {
         let entry = session_entry(shared, id)?;
         let request: Migrate = if body.iter().all(u8::is_ascii_whitespace) {
             Migrate::default()
@@ -422,23 +434,47 @@ fn migrate(shared: &Shared, id: &str, body: &[u8]) -> Reply {
                 )
             })?
         };
-        if let Some(to) = &request.to {
-            let cluster = shared.cluster.lock().expect("cluster lock");
-            let target = cluster
-                .backend(&BackendId(to.clone()))
-                .ok_or_else(|| Reply::error(404, format!("no backend '{to}' to migrate to")))?;
-            if entry.info().is_some_and(|i| i.backend == target.id) {
-                return Err(Reply::error(
-                    409,
-                    format!("session {id} already runs on '{to}'"),
-                ));
+        let info = entry
+            .info()
+            .ok_or_else(|| Reply::error(404, format!("no session {id}")))?;
+        let to = match &request.to {
+            None => None,
+            Some(to) => {
+                let cluster = shared.cluster.lock().expect("cluster lock");
+                let target = cluster
+                    .backend(&BackendId(to.clone()))
+                    .ok_or_else(|| Reply::error(404, format!("no backend '{to}' to migrate to")))?;
+                if info.backend == target.id {
+                    return Err(Reply::error(
+                        409,
+                        format!("session {id} already runs on '{to}'"),
+                    ));
+                }
+                let request = RouteRequest {
+                    tenant: info.tenant.clone(),
+                    labels: info.labels.clone(),
+                };
+                // Refused now with the reason, rather than failing later in the session.
+                let from = Route {
+                    backend: info.backend.clone(),
+                    addr: target.addr,
+                    group: LabelGroup::of(request.tenant(), &request.labels),
+                };
+                cluster.check_target(&from, &request, &target.id).map_err(|why| {
+                    Reply::error(409, format!("session {id} cannot move to '{to}': {why}"))
+                })?;
+                Some(target.id.clone())
             }
+        };
+        if !entry.send(Control::Migrate(MoveRequest {
+            trigger: Trigger::Admin,
+            to: to.clone(),
+        })) {
+            return Err(Reply::error(404, format!("session {id} is closing")));
         }
-        Err(Reply::error(
-            501,
-            format!(
-                "session {id} cannot be migrated: migration is not available in this version of ferry yet"
-            ),
+        Ok(Reply::json(
+            202,
+            json!({ "id": entry.id, "requested": true, "to": to.map(|b| b.0) }),
         ))
     })();
     result.unwrap_or_else(|e| e)

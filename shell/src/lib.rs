@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod clock;
+pub mod control;
 pub mod health;
 pub mod metrics;
 pub mod probe;

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use ferry_core::cluster::{Backend, Health};
 use ferry_core::config::WorkState;
-use ferry_core::session::CloseReason;
+use ferry_core::session::{CloseReason, MoveFailure, MoveReport, Trigger};
 
 /// Why a login failed, as a metric label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +62,7 @@ impl LoginFailure {
             CloseReason::LoginRefused(why) if why.starts_with("backend") => LoginFailure::Backend,
             CloseReason::BackendClosed => LoginFailure::Backend,
             CloseReason::LoginRefused(_) => LoginFailure::Refused,
+            CloseReason::Closed(_) => LoginFailure::ClientGone,
         }
     }
 }
@@ -69,8 +70,11 @@ impl LoginFailure {
 /// Upper bounds (seconds) of the migration duration histogram.
 const MIGRATION_BUCKETS: [f64; 8] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
 
-/// Why a migration failed, as a metric label (migration is not implemented yet: all zero).
-const MIGRATION_FAILURES: [&str; 4] = ["blocked", "target_login", "restore", "timeout"];
+const TRIGGERS: usize = Trigger::ALL.len();
+const FAILURES: usize = MoveFailure::ALL.len();
+
+/// Upper bounds (seconds) of the histogram of how long a client command waited for a move.
+const PAUSE_BUCKETS: [f64; 8] = [0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5];
 
 /// The proxy's counters.
 #[derive(Debug, Default)]
@@ -88,11 +92,12 @@ pub struct Metrics {
     pub bytes_from_backends: AtomicU64,
     /// Route requests no backend could take.
     pub route_failures: AtomicU64,
-    /// Migrations begun.
-    pub migrations_started: AtomicU64,
-    /// Migrations completed.
-    pub migrations_succeeded: AtomicU64,
-    migrations_failed: [AtomicU64; 4],
+    migrations_started: [AtomicU64; TRIGGERS],
+    migrations_succeeded: [AtomicU64; TRIGGERS],
+    migrations_failed: [[AtomicU64; FAILURES]; TRIGGERS],
+    pause_buckets: [AtomicU64; 8],
+    pause_count: AtomicU64,
+    pause_sum_micros: AtomicU64,
     migration_buckets: [AtomicU64; 8],
     migration_count: AtomicU64,
     migration_sum_micros: AtomicU64,
@@ -121,8 +126,47 @@ impl Metrics {
         self.logins_failed[i].load(Relaxed)
     }
 
+    /// Counts a move that started.
+    pub fn migration_started(&self, trigger: Trigger) {
+        self.migrations_started[trigger_index(trigger)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts a move that ended, with its duration and the pause it caused.
+    pub fn migration_ended(&self, report: &MoveReport) {
+        let t = trigger_index(report.trigger);
+        match &report.outcome {
+            Ok(()) => {
+                self.migrations_succeeded[t].fetch_add(1, Relaxed);
+                self.migration_duration(report.duration.as_secs_f64());
+            }
+            Err((kind, _)) => {
+                let k = MoveFailure::ALL
+                    .iter()
+                    .position(|f| f == kind)
+                    .unwrap_or(0);
+                self.migrations_failed[t][k].fetch_add(1, Relaxed);
+            }
+        }
+        if let Some(paused) = report.paused {
+            let seconds = paused.as_secs_f64();
+            for (i, bound) in PAUSE_BUCKETS.iter().enumerate() {
+                if seconds <= *bound {
+                    self.pause_buckets[i].fetch_add(1, Relaxed);
+                }
+            }
+            self.pause_count.fetch_add(1, Relaxed);
+            self.pause_sum_micros
+                .fetch_add(paused.as_micros() as u64, Relaxed);
+        }
+    }
+
+    /// Moves that succeeded, all triggers.
+    pub fn migrations_succeeded(&self) -> u64 {
+        self.migrations_succeeded.iter().map(|c| c.load(Relaxed)).sum()
+    }
+
     /// Records the duration of a completed migration.
-    pub fn migration_duration(&self, seconds: f64) {
+    fn migration_duration(&self, seconds: f64) {
         for (i, bound) in MIGRATION_BUCKETS.iter().enumerate() {
             if seconds <= *bound {
                 self.migration_buckets[i].fetch_add(1, Relaxed);
@@ -291,43 +335,78 @@ impl Metrics {
             &mut out,
             "ferry_migrations_started_total",
             "counter",
-            "Session migrations begun.",
+            "Session moves begun, by trigger.",
         );
-        put(
-            &mut out,
-            format!(
-                "ferry_migrations_started_total {}",
-                load(&self.migrations_started)
-            ),
-        );
+        for t in Trigger::ALL {
+            put(
+                &mut out,
+                format!(
+                    "ferry_migrations_started_total{{trigger=\"{t}\"}} {}",
+                    load(&self.migrations_started[trigger_index(t)])
+                ),
+            );
+        }
         head(
             &mut out,
             "ferry_migrations_succeeded_total",
             "counter",
-            "Session migrations completed.",
+            "Session moves completed, by trigger.",
         );
-        put(
-            &mut out,
-            format!(
-                "ferry_migrations_succeeded_total {}",
-                load(&self.migrations_succeeded)
-            ),
-        );
+        for t in Trigger::ALL {
+            put(
+                &mut out,
+                format!(
+                    "ferry_migrations_succeeded_total{{trigger=\"{t}\"}} {}",
+                    load(&self.migrations_succeeded[trigger_index(t)])
+                ),
+            );
+        }
         head(
             &mut out,
             "ferry_migrations_failed_total",
             "counter",
-            "Session migrations that failed, by reason.",
+            "Session moves abandoned (the session stayed), by trigger and reason.",
         );
-        for (i, why) in MIGRATION_FAILURES.iter().enumerate() {
+        for t in Trigger::ALL {
+            for (k, why) in MoveFailure::ALL.iter().enumerate() {
+                put(
+                    &mut out,
+                    format!(
+                        "ferry_migrations_failed_total{{trigger=\"{t}\",reason=\"{}\"}} {}",
+                        why.as_str(),
+                        load(&self.migrations_failed[trigger_index(t)][k])
+                    ),
+                );
+            }
+        }
+        head(
+            &mut out,
+            "ferry_migration_pause_seconds",
+            "histogram",
+            "How long a client command waited because its session was moving.",
+        );
+        for (i, bound) in PAUSE_BUCKETS.iter().enumerate() {
             put(
                 &mut out,
                 format!(
-                    "ferry_migrations_failed_total{{reason=\"{why}\"}} {}",
-                    load(&self.migrations_failed[i])
+                    "ferry_migration_pause_seconds_bucket{{le=\"{bound}\"}} {}",
+                    load(&self.pause_buckets[i])
                 ),
             );
         }
+        let pauses = load(&self.pause_count);
+        put(
+            &mut out,
+            format!("ferry_migration_pause_seconds_bucket{{le=\"+Inf\"}} {pauses}"),
+        );
+        put(
+            &mut out,
+            format!(
+                "ferry_migration_pause_seconds_sum {}",
+                load(&self.pause_sum_micros) as f64 / 1e6
+            ),
+        );
+        put(&mut out, format!("ferry_migration_pause_seconds_count {pauses}"));
         head(
             &mut out,
             "ferry_migration_duration_seconds",
@@ -432,4 +511,8 @@ mod tests {
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
     }
+}
+
+fn trigger_index(t: Trigger) -> usize {
+    Trigger::ALL.iter().position(|x| *x == t).unwrap_or(0)
 }

@@ -11,7 +11,9 @@ use ferry_core::cluster::{BackendChange, BackendId, Cluster, NoBackend, Route, R
 use ferry_core::config::Config;
 use ferry_core::login::client::Greeting;
 use ferry_core::packets::flags::caps::FERRY_SUPPORTED;
-use ferry_core::session::{CloseReason, Session, SessionConfig, SessionEvent, SessionLocation};
+use ferry_core::session::{
+    CloseReason, Session, SessionConfig, SessionEvent, SessionLocation, Transfer,
+};
 use ferry_core::users::UserDirectory;
 use ferry_core::usersync::SyncedUsers;
 use futures_lite::FutureExt;
@@ -149,6 +151,7 @@ pub fn session_config(config: &Config) -> SessionConfig {
         login_timeout: Duration::from_millis(config.login_timeout_ms),
         backend_timeout: Duration::from_millis(config.backend_timeout_ms),
         max_packet_size: config.max_packet_size,
+        move_backoff: Duration::from_millis(config.migration_backoff_ms),
     }
 }
 
@@ -164,24 +167,26 @@ impl Router for Arc<Shared> {
 
 /// The router one session's pump talks to: the cluster, plus the session's
 /// registry entry and the metrics.
-pub struct SessionHooks {
+pub struct SessionHooks<T: Clock> {
     shared: Arc<Shared>,
     entry: Arc<SessionEntry>,
     logged_in: AtomicBool,
+    clock: T,
 }
 
-impl SessionHooks {
+impl<T: Clock> SessionHooks<T> {
     /// Hooks for the session with registry entry `entry`.
-    pub fn new(shared: Arc<Shared>, entry: Arc<SessionEntry>) -> Self {
+    pub fn new(shared: Arc<Shared>, entry: Arc<SessionEntry>, clock: T) -> Self {
         SessionHooks {
             shared,
             entry,
             logged_in: AtomicBool::new(false),
+            clock,
         }
     }
 }
 
-impl Drop for SessionHooks {
+impl<T: Clock> Drop for SessionHooks<T> {
     fn drop(&mut self) {
         // Runs however the session ended, also when shutdown cut it.
         if self.logged_in.load(Ordering::Relaxed) {
@@ -193,7 +198,7 @@ impl Drop for SessionHooks {
     }
 }
 
-impl Router for SessionHooks {
+impl<T: Clock> Router for SessionHooks<T> {
     fn route(&self, req: &RouteRequest) -> Result<Route, NoBackend> {
         let routed = self.shared.cluster.lock().expect("cluster lock").route(req);
         if routed.is_err() {
@@ -222,6 +227,30 @@ impl Router for SessionHooks {
                 self.entry.set_blocked_by(status.blocked_by.clone());
                 return;
             }
+            SessionEvent::MoveStarted(trigger) => {
+                self.entry.move_started();
+                self.shared.metrics.migration_started(*trigger);
+                return;
+            }
+            SessionEvent::Moved(report) => {
+                self.entry.move_ended(report, self.clock.now());
+                self.shared.metrics.migration_ended(report);
+                return;
+            }
+            SessionEvent::BackendUnreachable { backend, why } => {
+                // Passive health: out of routing at once; the checks bring it back.
+                let change = self
+                    .shared
+                    .cluster
+                    .lock()
+                    .expect("cluster lock")
+                    .mark_unreachable(backend);
+                if change.is_some() {
+                    warn!(backend = %backend, reason = %why, "backend unreachable: taken out of routing until health checks pass");
+                }
+                log_change(change);
+                return;
+            }
         };
         self.entry.set_info(SessionInfo {
             tenant: login.tenant.clone(),
@@ -235,6 +264,28 @@ impl Router for SessionHooks {
             m.sessions_total.fetch_add(1, Ordering::Relaxed);
             m.sessions_current.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    fn transfer(&self, t: &Transfer) -> Result<Route, String> {
+        let moved = self
+            .shared
+            .cluster
+            .lock()
+            .expect("cluster lock")
+            .transfer(&t.from, &t.request, t.to.as_ref())
+            .map_err(|e| e.to_string())?;
+        log_change(moved.change);
+        Ok(moved.route)
+    }
+
+    fn transfer_back(&self, moved: &Route, original: &Route) {
+        let change = self
+            .shared
+            .cluster
+            .lock()
+            .expect("cluster lock")
+            .transfer_back(moved, original);
+        log_change(change);
     }
 
     fn locate(&self, conn_id: u32) -> Option<SessionLocation> {
@@ -353,54 +404,67 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        shared
-            .metrics
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
         ex.spawn(async move {
-            let conn_id = shared.connection_id();
-            let registration = shared.registry.register(conn_id);
-            let identity = shared.identity.read().expect("identity lock").clone();
-            let greeting = Greeting {
-                server_version: identity.version,
-                connection_id: conn_id,
-                salt: fresh_salt(),
-                collation: DEFAULT_COLLATION,
-                capabilities: identity.capabilities,
-            };
-            let users = shared.users.read().expect("users lock").clone();
-            let session_config = shared.session_config.read().expect("config lock").clone();
-            let session = Session::new(
-                clock.now(),
-                session_config,
-                greeting,
-                users,
-                peer.ip().to_string(),
-            );
-            let hooks = SessionHooks::new(shared.clone(), registration.entry.clone());
-            let shutdown = shared.shutdown_requested();
-            let pump = pump::run(
-                conn_id,
-                session,
-                stream,
-                &TcpConnector,
-                &hooks,
-                &clock,
-                shutdown,
-            );
-            // A bug in one session must not take the proxy down: the panic ends
-            // this task only (its sockets close and its count is released on unwind).
-            if let Err(panic) = std::panic::AssertUnwindSafe(pump).catch_unwind().await {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                error!(conn_id, panic = %what, "session task panicked; closed");
-            }
-            drop(hooks);
-            drop(registration);
+            run_session(shared, stream, peer, &TcpConnector, &clock, fresh_salt()).await;
         })
         .detach();
     }
+}
+
+/// Runs one accepted client connection to its end: registers it, builds its
+/// session, pumps it (the same code for the binary and the simulator).
+/// `salt` is the random salt of ferry's handshake.
+pub async fn run_session<S, K, T>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    connector: &K,
+    clock: &T,
+    salt: [u8; 20],
+) where
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
+    K: Connector,
+    T: Clock,
+{
+    shared
+        .metrics
+        .connections_total
+        .fetch_add(1, Ordering::Relaxed);
+    let conn_id = shared.connection_id();
+    let mut registration = shared.registry.register(conn_id);
+    let identity = shared.identity.read().expect("identity lock").clone();
+    let greeting = Greeting {
+        server_version: identity.version,
+        connection_id: conn_id,
+        salt,
+        collation: DEFAULT_COLLATION,
+        capabilities: identity.capabilities,
+    };
+    let users = shared.users.read().expect("users lock").clone();
+    let session_config = shared.session_config.read().expect("config lock").clone();
+    let session = Session::new(
+        clock.now(),
+        session_config,
+        greeting,
+        users,
+        peer.ip().to_string(),
+    );
+    let hooks = SessionHooks::new(shared.clone(), registration.entry.clone(), clock.clone());
+    let shutdown = shared.shutdown_requested();
+    let control = registration.control.take().expect("a fresh registration");
+    let pump = pump::run(
+        conn_id, session, stream, connector, &hooks, clock, shutdown, control,
+    );
+    // A bug in one session must not take the proxy down: the panic ends
+    // this task only (its sockets close and its count is released on unwind).
+    if let Err(panic) = std::panic::AssertUnwindSafe(pump).catch_unwind().await {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        error!(conn_id, panic = %what, "session task panicked; closed");
+    }
+    drop(hooks);
+    drop(registration);
 }

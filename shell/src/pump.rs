@@ -16,9 +16,11 @@ use ferry_core::cluster::{NoBackend, Route, RouteRequest};
 use ferry_core::kill::RemoteStatement;
 use ferry_core::packets::ErrPacket;
 use ferry_core::query::QueryClient;
-use ferry_core::session::{CloseReason, Input, Output, Session, SessionEvent, SessionLocation};
+use ferry_core::session::{
+    BackendHandle, CloseReason, Control, Input, Output, Session, SessionEvent, SessionLocation, Transfer,
+};
 use futures_io::{AsyncRead, AsyncWrite};
-use futures_lite::{AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncWriteExt, FutureExt, Stream};
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
@@ -44,6 +46,12 @@ pub trait Router: Send + Sync + 'static {
     fn on_read(&self, _from_client: bool, _n: usize) {}
     /// The session ended. Default: nothing.
     fn on_close(&self, _reason: &CloseReason) {}
+    /// Moves a session's count to another backend (see [`Transfer`]). Default: refused.
+    fn transfer(&self, _transfer: &Transfer) -> Result<Route, String> {
+        Err("moving sessions is not supported here".into())
+    }
+    /// A move failed: counts the session on `original` again instead of `moved`. Default: nothing.
+    fn transfer_back(&self, _moved: &Route, _original: &Route) {}
     /// Where the session with ferry connection id `conn_id` lives. Default: nowhere.
     fn locate(&self, _conn_id: u32) -> Option<SessionLocation> {
         None
@@ -155,15 +163,33 @@ impl<R: Router> Drop for Lease<'_, R> {
     }
 }
 
+/// One open backend connection of the session.
+struct BackendConn<S> {
+    handle: BackendHandle,
+    stream: S,
+    buf: ReadBuf,
+    gate: ReadGate,
+}
+
+/// A backend connection being opened: polled beside the sockets, never awaited alone.
+type Connecting<'a, S> = (
+    BackendHandle,
+    Pin<Box<dyn Future<Output = io::Result<S>> + Send + 'a>>,
+);
+
 enum Wake {
     Client(io::Result<usize>),
-    Backend(io::Result<usize>),
+    Backend(usize, io::Result<usize>),
+    Connected(BackendHandle, io::Result<()>),
+    Control(Option<Control>),
     Timer,
     Shutdown,
 }
 
 /// Runs one session to its end. `conn_id` is for logs; when `shutdown`
-/// completes, the session closes at its next safe point.
+/// completes, the session closes at its next safe point; `control` carries
+/// commands from the proxy (move, close).
+#[allow(clippy::too_many_arguments)]
 pub async fn run<C, K, R, T>(
     conn_id: u32,
     mut session: Session,
@@ -172,6 +198,7 @@ pub async fn run<C, K, R, T>(
     router: &R,
     clock: &T,
     shutdown: impl Future<Output = ()>,
+    control: async_channel::Receiver<Control>,
 ) -> CloseReason
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -179,18 +206,19 @@ where
     R: Router,
     T: Clock,
 {
-    let mut backend: Option<K::Stream> = None;
+    let mut backends: Vec<BackendConn<K::Stream>> = Vec::with_capacity(2);
+    let mut connecting: Vec<Connecting<'_, K::Stream>> = Vec::new();
+    let mut fresh: Option<(BackendHandle, K::Stream)> = None;
     let mut lease = Lease {
         router,
         route: None,
     };
     let mut client_buf = ReadBuf::new();
-    let mut backend_buf = ReadBuf::new();
     let mut timer: Option<(ferry_core::Timestamp, Pin<Box<T::Sleep>>)> = None;
     let mut backend_first = false;
     let mut client_gate = ReadGate::new();
-    let mut backend_gate = ReadGate::new();
     let mut shutdown = Some(Box::pin(shutdown));
+    let mut control = Some(Box::pin(control));
     loop {
         while let Some(output) = session.poll_output() {
             match output {
@@ -200,14 +228,21 @@ where
                         session.handle(clock.now(), Input::ClientClosed);
                     }
                 }
-                Output::ToBackend(bytes) => {
-                    let result = match backend.as_mut() {
-                        Some(b) => b.write_all(&bytes).await,
+                Output::ToBackend(h, bytes) => {
+                    let result = match backends.iter_mut().find(|b| b.handle == h) {
+                        Some(b) => b.stream.write_all(&bytes).await,
                         None => Err(io::ErrorKind::NotConnected.into()),
                     };
                     if let Err(e) = result {
-                        debug!(conn_id, error = %e, "write to backend failed");
-                        session.handle(clock.now(), Input::BackendClosed);
+                        debug!(conn_id, backend = %h, error = %e, "write to backend failed");
+                        session.handle(clock.now(), Input::BackendClosed(h));
+                    }
+                }
+                Output::CloseBackend(h) => {
+                    connecting.retain(|(c, _)| *c != h);
+                    if let Some(i) = backends.iter().position(|b| b.handle == h) {
+                        let mut b = backends.swap_remove(i);
+                        let _ = b.stream.close().await;
                     }
                 }
                 Output::Route(req) => {
@@ -220,6 +255,17 @@ where
                     };
                     session.handle(clock.now(), input);
                 }
+                Output::Transfer(transfer) => {
+                    let result = router.transfer(&transfer);
+                    if let Ok(route) = &result {
+                        lease.route = Some(route.clone());
+                    }
+                    session.handle(clock.now(), Input::Transferred(result));
+                }
+                Output::TransferBack { moved, original } => {
+                    router.transfer_back(&moved, &original);
+                    lease.route = Some(original);
+                }
                 Output::RunElsewhere(statement) => {
                     let result = run_elsewhere(connector, clock, statement).await;
                     session.handle(clock.now(), Input::RanElsewhere(result));
@@ -227,45 +273,33 @@ where
                 Output::Locate(id) => {
                     session.handle(clock.now(), Input::Located(router.locate(id)))
                 }
-                Output::Connect(route) => {
-                    let input = connect(&session, connector, clock, route.addr)
-                        .await
-                        .map_or_else(Input::BackendConnectFailed, |stream| {
-                            backend = Some(stream);
-                            Input::BackendConnected
-                        });
-                    session.handle(clock.now(), input);
+                Output::Connect(h, route) => {
+                    connecting.push((h, Box::pin(connector.connect(route.addr))));
                 }
                 Output::Event(event) => {
                     router.on_event(&event);
-                    let SessionEvent::LoggedIn {
-                        login,
-                        route,
-                        backend_connection_id,
-                    } = event
-                    else {
-                        continue;
-                    };
-                    info!(
-                        conn_id,
-                        tenant = login.tenant.as_deref().unwrap_or(""),
-                        user = %login.user,
-                        labels = %login.labels,
-                        backend = %route.backend,
-                        backend_connection_id,
-                        "session logged in"
-                    );
+                    log_event(conn_id, &event);
                 }
                 Output::Close(reason) => {
                     let _ = client.close().await;
-                    if let Some(mut b) = backend.take() {
-                        let _ = b.close().await;
+                    for mut b in backends.drain(..) {
+                        let _ = b.stream.close().await;
                     }
                     log_close(conn_id, &reason);
                     router.on_close(&reason);
                     return reason;
                 }
             }
+        }
+        if let Some((h, stream)) = fresh.take() {
+            backends.push(BackendConn {
+                handle: h,
+                stream,
+                buf: ReadBuf::new(),
+                gate: ReadGate::new(),
+            });
+            session.handle(clock.now(), Input::BackendConnected(h));
+            continue;
         }
 
         let deadline = session.poll_timeout();
@@ -279,14 +313,16 @@ where
                     .poll_read(cx, &mut client, client_buf.room())
                     .map(Wake::Client)
             };
-            let mut poll_backend = |cx: &mut Context<'_>| match backend.as_mut() {
-                Some(b) => backend_gate
-                    .poll_read(cx, b, backend_buf.room())
-                    .map(Wake::Backend),
-                None => Poll::Pending,
+            let mut poll_backends = |cx: &mut Context<'_>| {
+                for (i, b) in backends.iter_mut().enumerate() {
+                    if let Poll::Ready(r) = b.gate.poll_read(cx, &mut b.stream, b.buf.room()) {
+                        return Poll::Ready(Wake::Backend(i, r));
+                    }
+                }
+                Poll::Pending
             };
             let first = if backend_first {
-                poll_backend(cx)
+                poll_backends(cx)
             } else {
                 poll_client(cx)
             };
@@ -296,10 +332,26 @@ where
             let second = if backend_first {
                 poll_client(cx)
             } else {
-                poll_backend(cx)
+                poll_backends(cx)
             };
             if second.is_ready() {
                 return second;
+            }
+            for i in 0..connecting.len() {
+                if let Poll::Ready(r) = connecting[i].1.as_mut().poll(cx) {
+                    let (h, _) = connecting.swap_remove(i);
+                    return Poll::Ready(Wake::Connected(
+                        h,
+                        r.map(|stream| {
+                            fresh = Some((h, stream));
+                        }),
+                    ));
+                }
+            }
+            if let Some(rx) = control.as_mut() {
+                if let Poll::Ready(c) = rx.as_mut().poll_next(cx) {
+                    return Poll::Ready(Wake::Control(c));
+                }
             }
             if let Some((_, sleep)) = timer.as_mut() {
                 if sleep.as_mut().poll(cx).is_ready() {
@@ -319,13 +371,22 @@ where
                 router.on_read(true, n);
                 session.handle(now, Input::ClientData(client_buf.take(n)))
             }
-            Wake::Backend(Ok(0)) | Wake::Backend(Err(_)) => {
-                session.handle(now, Input::BackendClosed)
+            Wake::Backend(i, Ok(0)) | Wake::Backend(i, Err(_)) => {
+                let b = backends.swap_remove(i);
+                session.handle(now, Input::BackendClosed(b.handle))
             }
-            Wake::Backend(Ok(n)) => {
+            Wake::Backend(i, Ok(n)) => {
                 router.on_read(false, n);
-                session.handle(now, Input::BackendData(backend_buf.take(n)))
+                let b = &mut backends[i];
+                let data = b.buf.take(n);
+                session.handle(now, Input::BackendData(b.handle, data))
             }
+            Wake::Connected(_, Ok(())) => {}
+            Wake::Connected(h, Err(e)) => {
+                session.handle(now, Input::BackendConnectFailed(h, e.to_string()))
+            }
+            Wake::Control(Some(c)) => session.handle(now, Input::Control(c)),
+            Wake::Control(None) => control = None,
             Wake::Timer => {
                 timer = None;
                 session.handle(now, Input::Timeout)
@@ -335,6 +396,52 @@ where
                 session.handle(now, Input::Shutdown)
             }
         }
+    }
+}
+
+fn log_event(conn_id: u32, event: &SessionEvent) {
+    match event {
+        SessionEvent::LoggedIn {
+            login,
+            route,
+            backend_connection_id,
+        } => info!(
+            conn_id,
+            tenant = login.tenant.as_deref().unwrap_or(""),
+            user = %login.user,
+            labels = %login.labels,
+            backend = %route.backend,
+            backend_connection_id,
+            "session logged in"
+        ),
+        SessionEvent::Moved(report) => {
+            let to = report.to.as_ref().map_or_else(String::new, |b| b.to_string());
+            let ms = report.duration.as_secs_f64() * 1000.0;
+            match &report.outcome {
+                Ok(()) => info!(
+                    conn_id,
+                    trigger = %report.trigger,
+                    from = %report.from,
+                    to,
+                    duration_ms = format_args!("{ms:.2}"),
+                    skipped = ?report.skipped,
+                    "session moved"
+                ),
+                Err((_, why)) => warn!(
+                    conn_id,
+                    trigger = %report.trigger,
+                    from = %report.from,
+                    to,
+                    duration_ms = format_args!("{ms:.2}"),
+                    reason = %why,
+                    "session move failed; it stays where it was"
+                ),
+            }
+        }
+        SessionEvent::BackendUnreachable { backend, why } => {
+            warn!(conn_id, backend = %backend, reason = %why, "backend unreachable for a new connection")
+        }
+        SessionEvent::Status(_) | SessionEvent::MoveStarted(_) => {}
     }
 }
 
@@ -370,28 +477,6 @@ async fn run_elsewhere<K: Connector, T: Clock>(
         .map_err(|why: String| format!("could not run the statement on backend {backend}: {why}"))
 }
 
-/// Connects to a backend, giving up at the session's deadline.
-async fn connect<K: Connector, T: Clock>(
-    session: &Session,
-    connector: &K,
-    clock: &T,
-    addr: SocketAddr,
-) -> Result<K::Stream, String> {
-    let attempt = async { connector.connect(addr).await.map_err(|e| e.to_string()) };
-    match session.poll_timeout() {
-        Some(deadline) => {
-            let sleep = clock.sleep_until(deadline);
-            attempt
-                .or(async {
-                    sleep.await;
-                    Err("timed out connecting".to_string())
-                })
-                .await
-        }
-        None => attempt.await,
-    }
-}
-
 fn log_close(conn_id: u32, reason: &CloseReason) {
     match reason {
         CloseReason::ClientClosed => debug!(conn_id, "session closed by client"),
@@ -407,5 +492,6 @@ fn log_close(conn_id: u32, reason: &CloseReason) {
         CloseReason::Shutdown => {
             info!(conn_id, "shutting down: closed the session at a safe point")
         }
+        CloseReason::Closed(why) => info!(conn_id, reason = %why, "session closed by ferry"),
     }
 }

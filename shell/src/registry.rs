@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 
 use ferry_core::cluster::BackendId;
 use ferry_core::labels::Labels;
+use ferry_core::session::{Control, MoveReport, Trigger};
+use ferry_core::Timestamp;
 
 /// Who a session is and where it runs; set when it has logged in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,11 +47,28 @@ pub struct SessionEntry {
     pub migrations: AtomicU32,
     reads: AtomicU64,
     last_read: AtomicU8,
+    moves: Mutex<Moves>,
+    control: async_channel::Sender<Control>,
+}
+
+/// What the admin API and the balancer know of a session's moves.
+#[derive(Clone, Debug, Default)]
+pub struct Moves {
+    /// A move asked for and not finished (the trigger).
+    pub pending: Option<Trigger>,
+    /// A move is running now.
+    pub running: bool,
+    /// How the last move ended.
+    pub last: Option<MoveReport>,
+    /// When the last successful move ended.
+    pub last_moved: Option<Timestamp>,
 }
 
 impl SessionEntry {
-    fn new(id: u32) -> Self {
+    fn new(id: u32, control: async_channel::Sender<Control>) -> Self {
         SessionEntry {
+            moves: Mutex::new(Moves::default()),
+            control,
             id,
             info: Mutex::new(None),
             in_txn: AtomicBool::new(false),
@@ -69,6 +88,51 @@ impl SessionEntry {
     /// Records the login.
     pub fn set_info(&self, info: SessionInfo) {
         *self.info.lock().expect("session info lock") = Some(info);
+    }
+
+    /// Sends the session a command; false if it is gone.
+    pub fn send(&self, control: Control) -> bool {
+        if let Control::Migrate(request) = &control {
+            let mut moves = self.moves.lock().expect("moves lock");
+            if moves.pending.is_none() || request.trigger == Trigger::Admin {
+                moves.pending = Some(request.trigger);
+            }
+        }
+        self.control.try_send(control).is_ok()
+    }
+
+    /// What is known of the session's moves.
+    pub fn moves(&self) -> Moves {
+        self.moves.lock().expect("moves lock").clone()
+    }
+
+    /// A move started.
+    pub fn move_started(&self) {
+        let mut moves = self.moves.lock().expect("moves lock");
+        moves.running = true;
+    }
+
+    /// A move ended at `now`; on success the session runs on `report.to` with a new backend thread.
+    pub fn move_ended(&self, report: &MoveReport, now: Timestamp) {
+        {
+            let mut moves = self.moves.lock().expect("moves lock");
+            moves.running = false;
+            moves.pending = None;
+            moves.last = Some(report.clone());
+            if report.outcome.is_ok() {
+                moves.last_moved = Some(now);
+            }
+        }
+        if report.outcome.is_ok() {
+            self.migrations.fetch_add(1, Relaxed);
+            let mut info = self.info.lock().expect("session info lock");
+            if let (Some(info), Some(to), Some(thread)) =
+                (info.as_mut(), report.to.clone(), report.backend_connection_id)
+            {
+                info.backend = to;
+                info.backend_connection_id = thread;
+            }
+        }
     }
 
     /// Why the session cannot move now.
@@ -121,8 +185,11 @@ pub struct Registry {
 
 impl Registry {
     /// Adds a session accepted with `id`; it is removed when the guard drops.
+    /// The registration holds the receiving end of the session's control channel.
     pub fn register(self: &Arc<Self>, id: u32) -> Registration {
-        let entry = Arc::new(SessionEntry::new(id));
+        // A few commands at most are ever queued: moves are de-duplicated by the session.
+        let (tx, rx) = async_channel::bounded(8);
+        let entry = Arc::new(SessionEntry::new(id, tx));
         self.sessions
             .lock()
             .expect("registry lock")
@@ -130,6 +197,7 @@ impl Registry {
         Registration {
             registry: self.clone(),
             entry,
+            control: Some(rx),
         }
     }
 
@@ -169,6 +237,8 @@ pub struct Registration {
     registry: Arc<Registry>,
     /// The session's entry.
     pub entry: Arc<SessionEntry>,
+    /// Commands for the session (taken by its pump).
+    pub control: Option<async_channel::Receiver<Control>>,
 }
 
 impl Drop for Registration {

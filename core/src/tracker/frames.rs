@@ -35,7 +35,16 @@ pub(crate) trait Reader {
     ///
     /// Called again each time the collected prefix reaches the last answer while
     /// payload remains; answering `head.len()` stops collecting.
-    fn want(&mut self, head: &[u8], multi_frame: bool) -> Result<usize, TrackError>;
+    /// `offset` is where the packet starts in the stream.
+    /// `offset` is where the packet starts in the stream, `payload_len` its
+    /// payload length as far as its frame headers have told.
+    fn want(
+        &mut self,
+        offset: u64,
+        payload_len: u64,
+        head: &[u8],
+        multi_frame: bool,
+    ) -> Result<usize, TrackError>;
 
     /// A logical packet is complete.
     fn packet(&mut self, packet: Packet<'_>) -> Result<(), TrackError>;
@@ -166,7 +175,7 @@ impl Frames {
             data = &data[n..];
             let more = !data.is_empty() || later > 0 || self.continued;
             if head.len() == p.want && more {
-                let want = reader.want(head, p.multi_frame)?;
+                let want = reader.want(p.offset, p.payload_len, head, p.multi_frame)?;
                 // Never shrink: what was collected stays collected.
                 p.want = want.max(head.len());
             }

@@ -22,7 +22,7 @@ use crate::packets::flags::caps::CLIENT_DEPRECATE_EOF;
 use crate::packets::flags::command::*;
 use crate::packets::flags::status::*;
 use crate::packets::{EofPacket, ErrPacket, OkPacket};
-use crate::wire::MAX_FRAME_PAYLOAD;
+use crate::wire::{HEADER_LEN, MAX_FRAME_PAYLOAD};
 
 pub use crate::packets::session_state::TrackItem;
 pub use command::{Command, SqlText, CURSOR_TYPE_READ_ONLY, LAST_PREPARED, SQL_LIMIT};
@@ -125,6 +125,19 @@ pub enum Event {
     },
     /// The connection turned into a replication stream; the tracker stops following it.
     Replication,
+    /// Bytes to replace in one direction before they are passed on: statement
+    /// ids translated between what the client knows and what the backend
+    /// gave after a migration, or parameter types re-sent to a new backend.
+    Edit {
+        /// Which stream the bytes are in.
+        direction: Direction,
+        /// Offset of the first byte replaced.
+        offset: u64,
+        /// How many bytes are replaced.
+        len: u64,
+        /// What replaces them.
+        bytes: Vec<u8>,
+    },
 }
 
 /// Why the tracker could not follow the conversation.
@@ -179,6 +192,10 @@ impl Tracker {
                 last_prepared: None,
                 cursors: BTreeSet::new(),
                 long_data: BTreeSet::new(),
+                ids: StmtIds::default(),
+                types: BTreeMap::new(),
+                resend_types: BTreeSet::new(),
+                edited: None,
                 events: VecDeque::new(),
                 error: None,
                 dir: Direction::Client,
@@ -221,16 +238,38 @@ impl Tracker {
     }
 
     /// The server side is a new connection (after a migration): its byte offsets
-    /// start again at 0 and `capabilities` are those in force on it.
+    /// start again at 0, `capabilities` are those in force on it, and `ids`
+    /// maps every live statement's client id to its id on the new connection.
     ///
     /// Call only at a safe point; statements, cursors and transaction state carry on.
-    pub fn server_replaced(&mut self, capabilities: u32) {
+    /// The first execute of each statement on the new connection re-sends its
+    /// parameter types (the new server has never seen them).
+    pub fn server_replaced(&mut self, capabilities: u32, ids: BTreeMap<u32, u32>) {
         debug_assert!(
             self.is_idle(),
             "the server is replaced only between commands"
         );
         self.server = Frames::new(self.server.frame_limit());
         self.conv.caps = capabilities;
+        self.conv.ids = StmtIds::from_map(ids);
+        self.conv.resend_types = self.conv.types.keys().copied().collect();
+    }
+
+    /// Whether client bytes may need editing before they reach the backend
+    /// (statement ids differ, or types must be re-sent): the driver then holds
+    /// back bytes from [`Tracker::client_collecting_from`].
+    pub fn edits_client(&self) -> bool {
+        !self.conv.ids.is_identity() || !self.conv.resend_types.is_empty()
+    }
+
+    /// Start offset of a client packet whose head is still being collected.
+    pub fn client_collecting_from(&self) -> Option<u64> {
+        self.client.collecting_from()
+    }
+
+    /// The statement the client last prepared (MariaDB's "last prepared" id refers to it).
+    pub fn last_prepared(&self) -> Option<u32> {
+        self.conv.last_prepared
     }
 
     /// The next observation, in stream order.
@@ -359,10 +398,95 @@ struct Conversation {
     last_prepared: Option<u32>,
     cursors: BTreeSet<u32>,
     long_data: BTreeSet<u32>,
+    /// Statement ids as the client knows them and as the backend gave them.
+    ids: StmtIds,
+    /// Parameter types last bound per statement (client id).
+    types: BTreeMap<u32, Vec<u16>>,
+    /// Statements whose next execute must carry their types (first on a new backend).
+    resend_types: BTreeSet<u32>,
+    /// Offset of the client packet whose edits were already worked out.
+    edited: Option<u64>,
     events: VecDeque<Event>,
     error: Option<TrackError>,
     /// The direction being fed.
     dir: Direction,
+}
+
+/// Statement ids as the client knows them and as the backend connection gave them.
+///
+/// Equal until a migration re-prepares statements on a new connection; from
+/// then on every live statement has an explicit pair, and an id the client
+/// never got maps to 0 (which no server hands out), so it fails there as it
+/// would have failed directly instead of hitting another statement.
+#[derive(Debug, Default)]
+enum StmtIds {
+    #[default]
+    Identity,
+    Mapped {
+        to_backend: BTreeMap<u32, u32>,
+        to_client: BTreeMap<u32, u32>,
+    },
+}
+
+impl StmtIds {
+    fn from_map(ids: BTreeMap<u32, u32>) -> Self {
+        if ids.iter().all(|(c, b)| c == b) {
+            return StmtIds::Identity;
+        }
+        let to_client = ids.iter().map(|(c, b)| (*b, *c)).collect();
+        StmtIds::Mapped {
+            to_backend: ids,
+            to_client,
+        }
+    }
+
+    fn is_identity(&self) -> bool {
+        matches!(self, StmtIds::Identity)
+    }
+
+    /// The backend's id for the client's `id` (MariaDB's "last prepared" passes through).
+    fn backend(&self, id: u32) -> u32 {
+        match self {
+            StmtIds::Identity => id,
+            _ if id == LAST_PREPARED => id,
+            StmtIds::Mapped { to_backend, .. } => to_backend.get(&id).copied().unwrap_or(0),
+        }
+    }
+
+    /// The client id for a statement the backend just prepared as `backend`.
+    fn adopt(&mut self, backend: u32) -> u32 {
+        let StmtIds::Mapped {
+            to_backend,
+            to_client,
+        } = self
+        else {
+            return backend;
+        };
+        let client = if to_backend.contains_key(&backend) {
+            let top = to_backend.keys().next_back().copied().unwrap_or(0);
+            (top.max(backend) + 1..LAST_PREPARED)
+                .find(|c| !to_backend.contains_key(c))
+                .unwrap_or(0)
+        } else {
+            backend
+        };
+        to_backend.insert(client, backend);
+        to_client.insert(backend, client);
+        client
+    }
+
+    /// The client closed its statement `id`.
+    fn forget(&mut self, id: u32) {
+        if let StmtIds::Mapped {
+            to_backend,
+            to_client,
+        } = self
+        {
+            if let Some(b) = to_backend.remove(&id) {
+                to_client.remove(&b);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -592,10 +716,79 @@ impl Conversation {
 
     /// Clears what a new session on the same connection does not inherit.
     fn forget_statements(&mut self) {
+        self.ids = StmtIds::Identity;
+        self.types.clear();
+        self.resend_types.clear();
         self.params.clear();
         self.last_prepared = None;
         self.cursors.clear();
         self.long_data.clear();
+    }
+
+    /// Works out, once per client command, the edits its bytes need on the way
+    /// to the backend: the backend's statement id, and the parameter types on
+    /// the first execute after a migration if the client did not send them.
+    fn client_edits(&mut self, offset: u64, payload_len: u64, head: &[u8]) {
+        if self.edited == Some(offset) {
+            return;
+        }
+        self.edited = Some(offset);
+        let code = head[0];
+        let is_stmt_command = matches!(
+            code,
+            COM_STMT_EXECUTE
+                | COM_STMT_FETCH
+                | COM_STMT_CLOSE
+                | COM_STMT_RESET
+                | COM_STMT_SEND_LONG_DATA
+        );
+        if !is_stmt_command || head.len() < 5 {
+            return;
+        }
+        let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+        let resolved = match (id, self.last_prepared) {
+            (LAST_PREPARED, Some(last)) => last,
+            _ => id,
+        };
+        let mut edits = Vec::new();
+        if code == COM_STMT_EXECUTE && self.resend_types.contains(&resolved) {
+            let n = self.params_of(resolved).unwrap_or(0) as usize;
+            let flag_at = 10 + n.div_ceil(8);
+            let types = self.types.get(&resolved).filter(|t| t.len() == n);
+            let grown = payload_len + 2 * n as u64;
+            match (head.get(flag_at), types) {
+                (Some(1), _) => {
+                    self.resend_types.remove(&resolved);
+                }
+                (Some(_), Some(types)) if n > 0 && grown < MAX_FRAME_PAYLOAD as u64 => {
+                    let mut flag = vec![1u8];
+                    for t in types {
+                        flag.extend_from_slice(&t.to_le_bytes());
+                    }
+                    edits.push((offset, 3, grown.to_le_bytes()[..3].to_vec()));
+                    edits.push((offset + HEADER_LEN as u64 + flag_at as u64, 1, flag));
+                    self.resend_types.remove(&resolved);
+                }
+                _ => {}
+            }
+        }
+        let backend = self.ids.backend(id);
+        if backend != id {
+            edits.push((
+                offset + HEADER_LEN as u64 + 1,
+                4,
+                backend.to_le_bytes().to_vec(),
+            ));
+        }
+        edits.sort_by_key(|e| e.0);
+        for (offset, len, bytes) in edits {
+            self.events.push_back(Event::Edit {
+                direction: Direction::Client,
+                offset,
+                len,
+                bytes,
+            });
+        }
     }
 
     fn parse_ok(&mut self, p: &Packet<'_>) -> Result<u16, TrackError> {
@@ -818,9 +1011,18 @@ impl Conversation {
     fn prepare_ok(&mut self, p: &Packet<'_>) -> Result<(), TrackError> {
         let mut r = Reader::new(p.head, "prepare OK");
         let parsed = (|| Some((r.u8().ok()?, r.u32().ok()?, r.u16().ok()?, r.u16().ok()?)))();
-        let Some((_, id, columns, params)) = parsed else {
+        let Some((_, backend_id, columns, params)) = parsed else {
             return Err(self.violation(p.offset, "a truncated prepare OK"));
         };
+        let id = self.ids.adopt(backend_id);
+        if id != backend_id {
+            self.events.push_back(Event::Edit {
+                direction: Direction::Server,
+                offset: p.offset + HEADER_LEN as u64 + 1,
+                len: 4,
+                bytes: id.to_le_bytes().to_vec(),
+            });
+        }
         self.params.insert(id, params);
         self.last_prepared = Some(id);
         self.events.push_back(Event::Prepared {
@@ -841,7 +1043,11 @@ impl Conversation {
 
     fn client_packet(&mut self, p: Packet<'_>) -> Result<(), TrackError> {
         match &mut self.phase {
-            Phase::Idle => self.command(p),
+            Phase::Idle => {
+                self.client_edits(p.offset, p.payload_len, p.head);
+                self.edited = None;
+                self.command(p)
+            }
             Phase::Replication => Ok(()),
             Phase::Quit => Err(self.violation(p.offset, "a packet after COM_QUIT")),
             Phase::Busy(r) => match r.expect {
@@ -877,7 +1083,12 @@ impl Conversation {
             Command::Query(_) => Some(Expect::ResultStart { binary: false }),
             Command::Prepare(_) => Some(Expect::PrepareOk),
             Command::InitDb(_) | Command::ResetConnection => Some(Expect::OkOrErr),
-            Command::Execute { id, .. } => {
+            Command::Execute {
+                id, param_types, ..
+            } => {
+                if let Some(types) = param_types {
+                    self.types.insert(*id, types.clone());
+                }
                 // Executing a statement closes its cursor and consumes its long data.
                 self.cursors.remove(id);
                 self.long_data.remove(id);
@@ -898,6 +1109,9 @@ impl Conversation {
                 self.cursors.remove(id);
                 self.long_data.remove(id);
                 self.params.remove(id);
+                self.types.remove(id);
+                self.resend_types.remove(id);
+                self.ids.forget(*id);
                 None
             }
             Command::SendLongData { id, .. } => {
@@ -953,10 +1167,23 @@ impl Conversation {
 }
 
 impl frames::Reader for Conversation {
-    fn want(&mut self, head: &[u8], multi_frame: bool) -> Result<usize, TrackError> {
+    fn want(
+        &mut self,
+        offset: u64,
+        payload_len: u64,
+        head: &[u8],
+        multi_frame: bool,
+    ) -> Result<usize, TrackError> {
         Ok(match self.dir {
             Direction::Client => match self.phase {
-                Phase::Idle => command::wanted(head, |id| self.params_of(id)),
+                Phase::Idle => {
+                    let want = command::wanted(head, |id| self.params_of(id));
+                    if want <= head.len() && !multi_frame {
+                        // The head is complete: the rest passes on before the packet ends.
+                        self.client_edits(offset, payload_len, head);
+                    }
+                    want
+                }
                 _ => head.len(),
             },
             Direction::Server => self

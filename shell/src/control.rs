@@ -1,0 +1,166 @@
+//! The cluster control loop: every tick it looks at where sessions are and
+//! tells sessions to move — off draining and down backends at once, and off
+//! overloaded backends every rebalance interval, paced. The decisions are the
+//! core's ([`Cluster::plan_drain`], [`Cluster::plan_rebalance`]); this loop
+//! only gathers the snapshot and delivers the orders.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_core::cluster::{
+    BackendId, LabelGroup, MoveOrder, Pacer, Route, RouteRequest, SessionId, SessionView,
+};
+use ferry_core::session::{Control, MoveRequest};
+use ferry_core::Timestamp;
+use futures_lite::FutureExt;
+use tracing::{info, warn};
+
+use crate::clock::Clock;
+use crate::proxy::Shared;
+
+/// How often the loop looks.
+const TICK: Duration = Duration::from_millis(50);
+
+/// Most sessions moving at once because of drains and failovers.
+const MAX_CONCURRENT_MOVES: usize = 64;
+
+/// Runs until shutdown begins.
+pub async fn run<T: Clock>(shared: Arc<Shared>, clock: T) {
+    let mut control = Loop::new(&shared, clock.now());
+    loop {
+        let next = clock.now() + TICK;
+        let stop = async {
+            clock.sleep_until(next).await;
+            false
+        }
+        .or(async {
+            shared.shutdown_requested().await;
+            true
+        })
+        .await;
+        if stop {
+            return;
+        }
+        control.tick(&shared, clock.now());
+    }
+}
+
+/// The loop's memory between ticks.
+struct Loop {
+    pacer: Pacer,
+    last_rebalance: Timestamp,
+    /// Stuck drains last reported, so each is logged once.
+    stuck: BTreeMap<BackendId, String>,
+}
+
+impl Loop {
+    fn new(shared: &Shared, now: Timestamp) -> Self {
+        let policy = shared.config().rebalance.policy();
+        Loop {
+            pacer: Pacer::new(policy.moves_per_second),
+            last_rebalance: now,
+            stuck: BTreeMap::new(),
+        }
+    }
+
+    /// One look: drain orders, expired drains, and (every interval) rebalance orders.
+    fn tick(&mut self, shared: &Shared, now: Timestamp) {
+        let config = shared.config();
+        let policy = config.rebalance.policy();
+        let views = snapshot(shared);
+        let moving = views.iter().filter(|v| v.moving).count();
+        let (drain, rebalance) = {
+            let mut cluster = shared.cluster.lock().expect("cluster lock");
+            let drain = cluster.plan_drain(
+                &views,
+                now,
+                Duration::from_millis(config.drain_timeout_ms),
+            );
+            let due = !policy.interval.is_zero() && now.since(self.last_rebalance) >= policy.interval;
+            let rebalance = if due {
+                self.last_rebalance = now;
+                cluster.plan_rebalance(&views, now, &policy)
+            } else {
+                Vec::new()
+            };
+            (drain, rebalance)
+        };
+
+        let stuck: BTreeMap<BackendId, String> = drain.stuck.iter().cloned().collect();
+        for (id, why) in &stuck {
+            if self.stuck.get(id) != Some(why) {
+                warn!(backend = %id, reason = %why, "drain is stuck: its sessions have nowhere to go");
+            }
+        }
+        for id in self.stuck.keys() {
+            if !stuck.contains_key(id) {
+                info!(backend = %id, "drain is no longer stuck");
+            }
+        }
+        self.stuck = stuck;
+
+        for session in &drain.expired {
+            if let Some(entry) = shared.registry.get(session.0) {
+                let backend = entry.info().map(|i| i.backend.to_string()).unwrap_or_default();
+                info!(conn_id = session.0, backend, "drain timed out: closing the session");
+                entry.send(Control::Close(format!(
+                    "ferry: backend {backend} was drained and the session could not move in time"
+                )));
+            }
+        }
+
+        let room = MAX_CONCURRENT_MOVES.saturating_sub(moving);
+        deliver(shared, drain.orders.into_iter().take(room));
+        let n = self.pacer.take(now, rebalance.len());
+        if !rebalance.is_empty() {
+            info!(planned = rebalance.len(), starting = n, "rebalancing");
+        }
+        deliver(shared, rebalance.into_iter().take(n));
+    }
+}
+
+fn deliver(shared: &Shared, orders: impl Iterator<Item = MoveOrder>) {
+    for order in orders {
+        if let Some(entry) = shared.registry.get(order.session.0) {
+            entry.send(Control::Migrate(MoveRequest {
+                trigger: order.trigger,
+                to: order.to,
+            }));
+        }
+    }
+}
+
+/// Where every logged-in session is, as the cluster's planners want it.
+pub fn snapshot(shared: &Shared) -> Vec<SessionView> {
+    let entries = shared.registry.all();
+    let cluster = shared.cluster.lock().expect("cluster lock");
+    entries
+        .iter()
+        .filter_map(|e| {
+            let info = e.info()?;
+            let addr = cluster.backend(&info.backend)?.addr;
+            let request = RouteRequest {
+                tenant: info.tenant.clone(),
+                labels: info.labels.clone(),
+            };
+            let tenant = info
+                .tenant
+                .as_deref()
+                .or_else(|| info.labels.get(ferry_core::labels::ACCOUNT));
+            let moves = e.moves();
+            Some(SessionView {
+                id: SessionId(e.id),
+                route: Route {
+                    backend: info.backend.clone(),
+                    addr,
+                    group: LabelGroup::of(tenant, &info.labels),
+                },
+                request,
+                movable: e.safe.load(std::sync::atomic::Ordering::Relaxed),
+                moving: moves.running || moves.pending.is_some(),
+                last_moved: moves.last_moved,
+            })
+        })
+        .collect()
+}
