@@ -158,8 +158,9 @@ pub fn full_state(names: &[&str], binary: bool, tag: &str) -> Spec {
     l.push(sql(
         "PREPARE txt_pipes FROM 'SELECT ''a'' || ''b'', COUNT(*) FROM t'",
     ));
-    l.push(sql("SET @stmt_text = 'SELECT HEX(v) FROM t WHERE id = ?'"));
-    l.push(sql("PREPARE txt_dyn FROM @stmt_text"));
+    l.push(sql(
+        "PREPARE txt_dyn FROM 'SELECT HEX(v) FROM t WHERE id = ?'",
+    ));
     let mut snapshot = vec![
         Line::Query(
             "vars".into(),

@@ -559,6 +559,53 @@ fn a_temporary_table_blocks_the_move_and_the_api_says_why() {
     });
 }
 
+/// `PREPARE s FROM @var`: the text is the variable's value at PREPARE time,
+/// which may have changed since. Either the statement moves with the text it
+/// was prepared from, or the session says why it cannot move (and moves once
+/// the statement is gone). It is never moved with the wrong text or lost.
+#[test]
+fn a_statement_prepared_from_a_variable_moves_intact_or_blocks_with_a_reason() {
+    let _servers = servers::shared();
+    let ferry = pool_config().start();
+    let admin = Admin::of(&ferry);
+    let mut c = login(&ferry, "app", "secret");
+    let id = u64::from(c.connection_id());
+    c.query_drop("SET @q = 'SELECT 42'").unwrap();
+    c.query_drop("PREPARE from_var FROM @q").unwrap();
+    c.query_drop("SET @q = 'SELECT 43'").unwrap();
+    let port0 = port_of(&mut c);
+    admin.request_migration(id, None);
+    let s = admin.wait_for(
+        "the session to move or to say why it cannot",
+        MOVE_TIMEOUT,
+        |a| {
+            let s = a.session(id);
+            let moved = s["migrations"].as_u64() == Some(1);
+            let blocked = s["blocked_by"].to_string().contains("from_var");
+            (moved || blocked, s)
+        },
+    );
+    if s["migrations"].as_u64() == Some(1) {
+        assert_ne!(port_of(&mut c), port0);
+        let v: Option<i64> = c.query_first("EXECUTE from_var").unwrap();
+        assert_eq!(
+            v,
+            Some(42),
+            "the statement moved with the text it was prepared from"
+        );
+    } else {
+        assert_eq!(port_of(&mut c), port0, "blocked, yet moved: {s:#}");
+        let v: Option<i64> = c.query_first("EXECUTE from_var").unwrap();
+        assert_eq!(v, Some(42));
+        c.query_drop("DEALLOCATE PREPARE from_var").unwrap();
+        let s = admin.wait_migrated(id, 1, MOVE_TIMEOUT);
+        assert_last_migration(&s, "admin", &admin.backend_id_of_port(port0), None);
+        assert_ne!(port_of(&mut c), port0);
+    }
+    let q: Option<String> = c.query_first("SELECT @q").unwrap();
+    assert_eq!(q.as_deref(), Some("SELECT 43"));
+}
+
 // ------------------------------------------------------------- KILL
 
 /// Waits until `cid` runs a statement starting with `prefix` on `server`.
