@@ -118,11 +118,12 @@ enum Step {
     Failed(String),
 }
 
-fn step<T>(route: &dyn Route, tag: &str, r: mysql::Result<T>) -> Step {
+fn step<T>(route: &dyn Route, tag: &str, sql: &str, r: mysql::Result<T>) -> Step {
+    let what = sql.split_whitespace().next().unwrap_or("");
     match r {
         Ok(_) => Step::Ok,
-        Err(e) if route.lost(tag, &e) => Step::Lost(format!("{tag}: {e:?}")),
-        Err(e) => Step::Failed(format!("{tag}: {e:?}")),
+        Err(e) if route.lost(tag, &e) => Step::Lost(format!("{tag}: {what}: {e:?}")),
+        Err(e) => Step::Failed(format!("{tag}: {sql}: {e:?}")),
     }
 }
 
@@ -206,13 +207,9 @@ fn writer(
             let single = seq % 4 < 2;
             if single {
                 let id = next_id(&mut seq);
-                match step(
-                    route,
-                    &tag,
-                    c.query_drop(format!(
-                        "INSERT INTO {table} (id, writer, kind) VALUES ({id}, {w}, 'single')"
-                    )),
-                ) {
+                let sql =
+                    format!("INSERT INTO {table} (id, writer, kind) VALUES ({id}, {w}, 'single')");
+                match step(route, &tag, &sql, c.query_drop(&sql)) {
                     Step::Ok => {
                         report.acked.push(id);
                         count.fetch_add(1, Ordering::Relaxed);
@@ -239,7 +236,7 @@ fn writer(
                 ];
                 for (i, sql) in statements.iter().enumerate() {
                     let commit = i == statements.len() - 1;
-                    match step(route, &tag, c.query_drop(sql)) {
+                    match step(route, &tag, sql, c.query_drop(sql)) {
                         Step::Ok => {}
                         Step::Lost(e) => {
                             if commit {
@@ -310,6 +307,13 @@ fn verify(nodes: &[SocketAddr], table: &str, reports: &[Report]) {
             stray.iter().filter(|id| rolled_back.contains(id)).count(),
             &stray[..stray.len().min(20)]
         );
+        if first.is_none() {
+            eprintln!(
+                "galera: of {} statements with an unknown outcome, {} committed",
+                unknown.len(),
+                unknown.intersection(&present).count()
+            );
+        }
         match &first {
             None => first = Some(present),
             Some(f) => assert_eq!(f, &present, "node {addr} differs from node {}", nodes[0]),
