@@ -62,6 +62,11 @@ pub struct Backend {
     pub groups: BTreeMap<LabelGroup, u32>,
     /// Removed by an operator: forgotten as soon as its last session is gone.
     pub removing: bool,
+    /// Down only because a new connection failed (passive health), not yet
+    /// confirmed by `fall` failed checks: no new sessions, but its live
+    /// sessions are not moved away (a full connection table refuses new
+    /// connections while existing ones work).
+    pub suspect: bool,
     checks: HealthCounter,
     /// When [`Cluster::plan_drain`] first saw it draining; None while working.
     drain_since: Option<Timestamp>,
@@ -119,7 +124,7 @@ pub struct RouteRequest {
 
 impl RouteRequest {
     /// The tenant, given as a tenant or as the `account` label.
-    pub fn tenant(&self) -> Option<&str> {
+    fn tenant(&self) -> Option<&str> {
         self.tenant.as_deref().or_else(|| self.labels.get(ACCOUNT))
     }
 }
@@ -243,7 +248,45 @@ impl fmt::Display for SessionId {
     }
 }
 
-pub use crate::migrate::Trigger;
+/// Why a session is asked to move.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Trigger {
+    /// An operator asked for it.
+    Admin,
+    /// Its backend holds more than its share of the session's label group.
+    Rebalance,
+    /// Its backend is draining or being removed.
+    Drain,
+    /// Health checks find its backend down.
+    Failover,
+}
+
+impl Trigger {
+    /// Every trigger, for metrics.
+    pub const ALL: [Trigger; 4] = [
+        Trigger::Admin,
+        Trigger::Rebalance,
+        Trigger::Drain,
+        Trigger::Failover,
+    ];
+
+    /// `admin`, `rebalance`, `drain` or `failover`: for metric labels and JSON.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Trigger::Admin => "admin",
+            Trigger::Rebalance => "rebalance",
+            Trigger::Drain => "drain",
+            Trigger::Failover => "failover",
+        }
+    }
+}
+
+impl fmt::Display for Trigger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// One session the cluster wants moved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,8 +343,8 @@ pub enum NoTarget {
     },
     /// The requested backend belongs to a tenant other than the session's.
     OtherTenant(BackendId),
-    /// The requested backend is the shared pool, but backends of the
-    /// session's own tenant and labels are available.
+    /// The requested backend is the shared pool, but a backend of the
+    /// session's own tenant and labels takes sessions (its own one included).
     PoolNotNeeded {
         /// The backend.
         backend: BackendId,
@@ -532,6 +575,7 @@ impl Cluster {
             connections: 0,
             groups: BTreeMap::new(),
             removing: false,
+            suspect: false,
             checks: HealthCounter::default(),
             drain_since: None,
             drain_stuck: None,
@@ -605,21 +649,32 @@ impl Cluster {
         report
     }
 
-    /// A new connection to `id` was refused or reset: it takes no new
-    /// sessions until its health checks pass `rise` times (passive health).
-    pub fn mark_unreachable(&mut self, id: &BackendId) -> Option<BackendChange> {
-        let b = self.backends.get_mut(id)?;
-        let health = b.checks.force_down()?;
-        b.health = health;
-        Some(BackendChange::Health(id.clone(), health))
-    }
-
     /// Records one health check of `id`; returns the change if its health flipped.
     pub fn record_check(&mut self, id: &BackendId, ok: bool) -> Option<BackendChange> {
         let policy = self.policy;
         let b = self.backends.get_mut(id)?;
-        let health = b.checks.record(ok, policy)?;
+        let changed = b.checks.record(ok, policy);
+        if !ok && b.checks.failures() >= policy.fall.max(1) {
+            // The checks confirm it down.
+            b.suspect = false;
+        }
+        let health = changed?;
         b.health = health;
+        b.suspect = false;
+        Some(BackendChange::Health(id.clone(), health))
+    }
+
+    /// Takes a backend out of routing at once because connecting to it failed
+    /// (passive health), without waiting for `fall` failed checks; `rise`
+    /// good checks bring it back. Returns the change if its health flipped.
+    ///
+    /// While it is down, [`Cluster::plan_drain`] orders its sessions away
+    /// (trigger `Failover`), including those whose connections still work.
+    pub fn mark_unreachable(&mut self, id: &BackendId) -> Option<BackendChange> {
+        let b = self.backends.get_mut(id)?;
+        let health = b.checks.force_down()?;
+        b.health = health;
+        b.suspect = true;
         Some(BackendChange::Health(id.clone(), health))
     }
 
@@ -648,21 +703,19 @@ impl Cluster {
         Ok(self.count_on(&id, group))
     }
 
-    /// The backends that may take a session asking for `req`, leaving out
-    /// `except`: the working, healthy ones that serve its tenant and labels;
-    /// failing those, the unlabelled ones.
+    /// The backends that may take a session asking for `req`: the working,
+    /// healthy ones that serve its tenant and labels; failing those, the
+    /// unlabelled ones. `except` is left out afterwards, so a session on its
+    /// tenant's only backend has no candidate, rather than the shared pool.
     fn candidates(&self, req: &RouteRequest, except: Option<&BackendId>) -> Vec<&Backend> {
         let tenant = req.tenant();
-        let open = || {
-            self.backends
-                .values()
-                .filter(|b| b.takes_new_sessions() && Some(&b.id) != except)
-        };
-        let serving: Vec<&Backend> = open().filter(|b| b.serves(tenant, &req.labels)).collect();
-        if !serving.is_empty() {
-            return serving;
+        let open = || self.backends.values().filter(|b| b.takes_new_sessions());
+        let mut list: Vec<&Backend> = open().filter(|b| b.serves(tenant, &req.labels)).collect();
+        if list.is_empty() {
+            list = open().filter(|b| b.labels.is_empty()).collect();
         }
-        open().filter(|b| b.labels.is_empty()).collect()
+        list.retain(|b| Some(&b.id) != except);
+        list
     }
 
     /// The candidate with the fewest connections, ties broken at random.
@@ -693,13 +746,14 @@ impl Cluster {
 
     /// Moves the count of a session counted on `from` to another backend, as
     /// its move starts: `to` if given, else the backend `route` would choose
-    /// with `from` left out. Nothing changes on error.
+    /// for the session, other than `from`. Nothing changes on error.
     ///
-    /// `to` must take new sessions (working, healthy, not being removed), not
-    /// be `from`, and be a candidate for `req` by the rules of
-    /// [`Cluster::route`]: an operator cannot send a tenant's session to
-    /// another tenant's backend, nor to the shared pool while the tenant has
-    /// backends of its own.
+    /// `to` must not be `from` and must pass [`Cluster::eligible`]: an
+    /// operator cannot send a tenant's session to another tenant's backend,
+    /// nor to the shared pool while a backend of its own takes sessions.
+    /// Without `to`, a session whose own backend is the only one serving it
+    /// (and still takes sessions) has nowhere to go: it is not pushed into
+    /// the pool, which rebalancing would only undo.
     ///
     /// `from` may name a backend that is gone (forgotten after a removal while
     /// the session's earlier move failed); then only the target is counted.
@@ -714,8 +768,9 @@ impl Cluster {
         to: Option<&BackendId>,
     ) -> Result<Transferred, NoTarget> {
         let target = match to {
+            Some(to) if *to == from.backend => return Err(NoTarget::Same(to.clone())),
             Some(to) => {
-                self.check_target(from, req, to)?;
+                self.eligible(to, req)?;
                 to.clone()
             }
             None => {
@@ -731,21 +786,17 @@ impl Cluster {
         Ok(Transferred { route, change })
     }
 
-    /// Why `to` cannot take a session counted on `from`, if it cannot
-    /// (the admin API asks before it sends a move).
-    pub fn check_target(
-        &self,
-        from: &Route,
-        req: &RouteRequest,
-        to: &BackendId,
-    ) -> Result<(), NoTarget> {
+    /// Whether `to` may take a session asking for `req`, by the rules of
+    /// [`Cluster::route`]: it exists, works, is healthy and not being
+    /// removed, and is where routing could send the session now (serving its
+    /// tenant and labels, or the shared pool when no backend does). Does not
+    /// look at where the session is; [`Cluster::transfer`] refuses its own
+    /// backend.
+    pub fn eligible(&self, to: &BackendId, req: &RouteRequest) -> Result<(), NoTarget> {
         let b = self
             .backends
             .get(to)
             .ok_or_else(|| NoTarget::Unknown(to.clone()))?;
-        if *to == from.backend {
-            return Err(NoTarget::Same(to.clone()));
-        }
         let closed = |why| {
             Err(NoTarget::Closed {
                 backend: to.clone(),
@@ -763,11 +814,7 @@ impl Cluster {
         if b.health == Health::Down {
             return closed("down");
         }
-        if self
-            .candidates(req, Some(&from.backend))
-            .iter()
-            .any(|c| c.id == *to)
-        {
+        if self.candidates(req, None).iter().any(|c| c.id == *to) {
             return Ok(());
         }
         let tenant = req.tenant().map(str::to_string);
@@ -1022,7 +1069,7 @@ impl Cluster {
             let backend = self.backends.get(from);
             let trigger = match backend {
                 None => Trigger::Drain,
-                Some(b) if b.health == Health::Down => Trigger::Failover,
+                Some(b) if b.health == Health::Down && !b.suspect => Trigger::Failover,
                 Some(b) if b.draining() => Trigger::Drain,
                 Some(_) => continue,
             };

@@ -95,3 +95,8 @@ pub fn lost_backend(backend: &BackendId, in_transaction: bool) -> ErrPacket {
 pub fn connection_closed(why: &str) -> ErrPacket {
     ErrPacket::new(1927, "70100", format!("Connection was killed: {why}"))
 }
+
+/// ER_KILL_DENIED_ERROR: `KILL` of a session of another tenant.
+pub fn not_owner(id: u32) -> ErrPacket {
+    ErrPacket::new(1095, "HY000", format!("You are not owner of thread {id}"))
+}

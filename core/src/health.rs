@@ -54,12 +54,9 @@ impl HealthCounter {
         self.health
     }
 
-    /// A connection to the backend was refused or reset: down at once
-    /// (passive health); `rise` successful checks bring it back.
-    pub fn force_down(&mut self) -> Option<Health> {
-        self.failures = 0;
-        self.successes = 0;
-        (std::mem::replace(&mut self.health, Health::Down) == Health::Up).then_some(Health::Down)
+    /// Failed checks in a row.
+    pub fn failures(&self) -> u32 {
+        self.failures
     }
 
     /// Records one check result; returns the new health if it changed.
@@ -80,6 +77,18 @@ impl HealthCounter {
             }
         }
         None
+    }
+
+    /// Takes it `down` at once (a connection to it failed outright, say);
+    /// `rise` good checks in a row bring it back. Returns `Down` if it changed.
+    pub fn force_down(&mut self) -> Option<Health> {
+        self.successes = 0;
+        if self.health == Health::Down {
+            return None;
+        }
+        self.health = Health::Down;
+        self.failures = 0;
+        Some(Health::Down)
     }
 }
 
@@ -129,6 +138,18 @@ mod tests {
             assert_eq!(c.record(i % 2 == 0, P), None);
         }
         assert_eq!(c.health(), Health::Down);
+    }
+
+    #[test]
+    fn forced_down_needs_rise_good_checks_to_come_back() {
+        let mut c = HealthCounter::default();
+        c.record(true, P);
+        assert_eq!(c.force_down(), Some(Health::Down));
+        assert_eq!(c.force_down(), None, "reported once");
+        assert_eq!(c.record(true, P), None);
+        c.force_down(); // a new failure restarts the count of good checks
+        assert_eq!(c.record(true, P), None);
+        assert_eq!(c.record(true, P), Some(Health::Up));
     }
 
     #[test]

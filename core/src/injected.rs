@@ -65,9 +65,14 @@ enum Reading {
     /// The first packet of the response.
     Start(Shape),
     /// Column definitions of a result set.
-    Columns { left: u64 },
+    Columns {
+        left: u64,
+    },
     ColumnsEof,
-    Rows { rows: Vec<Row>, bytes: usize },
+    Rows {
+        rows: Vec<Row>,
+        bytes: usize,
+    },
     /// Definitions after a prepare OK: `params` then `columns`, each run followed by an EOF unless deprecated.
     PrepareDefs {
         reply: Reply,
@@ -126,9 +131,12 @@ impl Injected {
     }
 
     /// Feeds bytes from the backend. An error means the connection can no longer be followed.
+    ///
+    /// Decoding stops once every request is answered: bytes after that belong
+    /// to someone else (see [`Injected::take_rest`]).
     pub fn feed(&mut self, data: &[u8]) -> Result<(), String> {
         self.decoder.extend(data);
-        loop {
+        while self.outstanding() > 0 {
             let packet = match self.decoder.decode() {
                 Ok(Some(p)) => p,
                 Ok(None) => return Ok(()),
@@ -136,6 +144,12 @@ impl Injected {
             };
             self.packet(&packet.payload)?;
         }
+        Ok(())
+    }
+
+    /// Bytes received after the last reply (the client's responses, once ferry's are done).
+    pub fn take_rest(&mut self) -> BytesMut {
+        self.decoder.take_remaining()
     }
 
     /// The next complete reply, in request order.
@@ -175,7 +189,9 @@ impl Injected {
                     }
                     self.done(Reply::Ok(ok));
                 }
-                (Shape::Query, Some(0xFB)) => return Err("the backend asked for a LOCAL INFILE".into()),
+                (Shape::Query, Some(0xFB)) => {
+                    return Err("the backend asked for a LOCAL INFILE".into())
+                }
                 (Shape::Query, Some(_)) => {
                     let n = Reader::new(p, "column count")
                         .lenenc_int()
@@ -220,7 +236,9 @@ impl Injected {
             Reading::Rows { mut rows, bytes } => match first {
                 Some(0xFE) if p.len() < 0xFF_FFFF => {
                     let status = if self.deprecate_eof() {
-                        OkPacket::parse(p, self.caps).map_err(|e| e.to_string())?.status
+                        OkPacket::parse(p, self.caps)
+                            .map_err(|e| e.to_string())?
+                            .status
                     } else {
                         EofPacket::parse(p).map_err(|e| e.to_string())?.status
                     };
@@ -357,7 +375,10 @@ mod tests {
             let replies: Vec<Reply> = std::iter::from_fn(|| q2.poll_reply()).collect();
             assert_eq!(replies.len(), 4, "chunk {chunk}");
             assert!(matches!(replies[0], Reply::Ok(_)));
-            assert_eq!(replies[1], Reply::Rows(vec![vec![Some(b"1".to_vec()), None]]));
+            assert_eq!(
+                replies[1],
+                Reply::Rows(vec![vec![Some(b"1".to_vec()), None]])
+            );
             assert!(matches!(&replies[2], Reply::Err(e) if e.code == 1049));
             assert_eq!(
                 replies[3],
@@ -369,8 +390,13 @@ mod tests {
             );
             assert_eq!(q2.outstanding(), 0);
         }
-        // A packet nobody asked for is an error, not a panic.
-        let mut idle = Injected::new(CLIENT_PROTOCOL_41, 1 << 20);
-        assert!(idle.feed(&frame(1, &[0, 0, 0, 2, 0, 0, 0])).is_err());
+        // Bytes after the last reply are left for whoever comes next.
+        let mut one = Injected::new(CLIENT_PROTOCOL_41, 1 << 20);
+        one.request(&Request::InitDb("x".into()));
+        let mut two = frame(1, &[0, 0, 0, 2, 0, 0, 0]);
+        two.extend(frame(1, &[0, 0, 0, 2, 0, 0, 0]));
+        one.feed(&two).unwrap();
+        assert!(matches!(one.poll_reply(), Some(Reply::Ok(_))));
+        assert_eq!(one.take_rest().len(), 11);
     }
 }

@@ -12,7 +12,6 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use serde::{Deserialize, Serialize};
 
 use crate::cluster::{BackendId, Route};
 use crate::injected::Injected;
@@ -24,44 +23,7 @@ use crate::Timestamp;
 /// Most client bytes held while a move runs; more abandons the move.
 pub const HELD_LIMIT: usize = 1 << 20;
 
-/// Why a session moves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Trigger {
-    /// An operator asked (`POST /api/sessions/{id}/migrate`).
-    Admin,
-    /// The balancer evens out backends.
-    Rebalance,
-    /// Its backend is draining.
-    Drain,
-    /// Its backend went away.
-    Failover,
-}
-
-impl Trigger {
-    /// Every trigger, for metrics.
-    pub const ALL: [Trigger; 4] = [
-        Trigger::Admin,
-        Trigger::Rebalance,
-        Trigger::Drain,
-        Trigger::Failover,
-    ];
-
-    /// Lower-case name, for logs, metrics and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Admin => "admin",
-            Trigger::Rebalance => "rebalance",
-            Trigger::Drain => "drain",
-            Trigger::Failover => "failover",
-        }
-    }
-}
-
-impl fmt::Display for Trigger {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use crate::cluster::Trigger;
 
 /// What kind of failure abandoned a move (a metric label; the message says more).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

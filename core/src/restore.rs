@@ -116,7 +116,9 @@ pub struct UserVariableType {
 }
 
 /// Reads the rows of [`USER_VARIABLES_QUERY`].
-pub fn parse_user_variable_types(rows: &[Vec<Option<Vec<u8>>>]) -> Result<Vec<UserVariableType>, String> {
+pub fn parse_user_variable_types(
+    rows: &[Vec<Option<Vec<u8>>>],
+) -> Result<Vec<UserVariableType>, String> {
     rows.iter()
         .map(|row| {
             let text = |i: usize| {
@@ -315,10 +317,15 @@ pub fn user_value_literal(value: &UserValue) -> String {
             charset,
             collation,
         } => {
-            if hex.is_empty() {
-                format!("CONVERT('' USING {charset}) COLLATE {collation}")
+            let collate = if charset == "binary" {
+                String::new()
             } else {
-                format!("_{charset} X'{hex}' COLLATE {collation}")
+                format!(" COLLATE `{}`", collation.replace('`', "``"))
+            };
+            if hex.is_empty() {
+                format!("CONVERT('' USING {charset}){collate}")
+            } else {
+                format!("_{charset} X'{hex}'{collate}")
             }
         }
     }
@@ -340,7 +347,9 @@ impl PrepareContext {
             database: database.map(str::to_string),
             variables: variables
                 .iter()
-                .filter(|(k, _)| k.as_str() == "sql_mode" || CHARSET_VARIABLES.contains(&k.as_str()))
+                .filter(|(k, _)| {
+                    k.as_str() == "sql_mode" || CHARSET_VARIABLES.contains(&k.as_str())
+                })
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         }
@@ -363,7 +372,11 @@ fn restorable(name: &str) -> bool {
 /// Every step that rebuilds `state` (with user variables `user_vars`) on a
 /// fresh connection. The statement the client prepared last (`last_prepared`)
 /// is prepared last, so MariaDB's "last prepared" id means the same statement.
-pub fn plan(state: &SessionState, user_vars: &[UserVariable], last_prepared: Option<u32>) -> Vec<Step> {
+pub fn plan(
+    state: &SessionState,
+    user_vars: &[UserVariable],
+    last_prepared: Option<u32>,
+) -> Vec<Step> {
     let mut steps = Vec::new();
     // Where the new connection stands while the plan runs.
     let mut db: Option<String> = None;
@@ -423,7 +436,12 @@ pub fn plan(state: &SessionState, user_vars: &[UserVariable], last_prepared: Opt
             if i > 0 {
                 sql.push_str(", ");
             }
-            let _ = write!(sql, "{} = {}", user_var(&v.name), user_value_literal(&v.value));
+            let _ = write!(
+                sql,
+                "{} = {}",
+                user_var(&v.name),
+                user_value_literal(&v.value)
+            );
         }
         steps.push(Step::Query {
             sql,
@@ -433,7 +451,11 @@ pub fn plan(state: &SessionState, user_vars: &[UserVariable], last_prepared: Opt
     for n in state.named_prepared() {
         if let Some(text) = &n.sql {
             steps.push(Step::Query {
-                sql: format!("PREPARE `{}` FROM {}", n.name.replace('`', "``"), quote(text, backslash)),
+                sql: format!(
+                    "PREPARE `{}` FROM {}",
+                    n.name.replace('`', "``"),
+                    quote(text, backslash)
+                ),
                 on_error: OnError::Abort,
             });
         }
@@ -461,7 +483,11 @@ fn set_context_variables(
     for name in names {
         match (now.get(name), want.get(name)) {
             (a, Some(b)) if a != Some(b) => {
-                changes.push(set_variable(name, b, backslash_escapes(sql_mode.as_deref())));
+                changes.push(set_variable(
+                    name,
+                    b,
+                    backslash_escapes(sql_mode.as_deref()),
+                ));
                 if name == "sql_mode" {
                     sql_mode = Some(b.clone());
                 }

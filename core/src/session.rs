@@ -23,6 +23,7 @@ use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
 use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedClient};
 use crate::login::{err_frame, frame};
 use crate::migrate::{Move, Restoring, SourceRead, Target, TargetPhase, HELD_LIMIT};
+use crate::packets::flags::caps::CLIENT_CONNECT_WITH_DB;
 use crate::packets::flags::command::{COM_CHANGE_USER, COM_QUIT};
 use crate::packets::ErrPacket;
 use crate::packets::{ChangeUser, OkPacket};
@@ -114,6 +115,8 @@ pub struct SessionLocation {
     pub thread: u32,
     /// The backend's address.
     pub addr: std::net::SocketAddr,
+    /// The session's tenant: a KILL only reaches sessions of the killer's own tenant.
+    pub tenant: Option<String>,
 }
 
 /// A request to move the session's count from one backend to another.
@@ -153,6 +156,13 @@ pub enum Output {
     Locate(u32),
     /// Run a statement on another backend as this client; answer with [`Input::RanElsewhere`].
     RunElsewhere(RemoteStatement),
+    /// Close another session (a `KILL CONNECTION` through ferry). No answer.
+    CloseSession {
+        /// Its ferry connection id.
+        id: u32,
+        /// Why, for its client and the logs.
+        why: String,
+    },
     /// The session is over: flush what was queued, close every connection, release the route.
     Close(CloseReason),
     /// Something worth logging or counting.
@@ -245,6 +255,9 @@ struct Forwarding {
     /// The backend died with a transaction open or state that cannot move:
     /// the client's next command gets this and the connection closes.
     lost: Option<ErrPacket>,
+    /// Replies to ferry's own commands still to come on the backend in use
+    /// (a move was abandoned while it read from there): consumed before the client's.
+    stale: Option<Injected>,
 }
 
 /// A logged-in client, its route and its backend's salt (for COM_CHANGE_USER, KILL and moves).
@@ -273,6 +286,8 @@ pub struct Session {
     next_handle: u32,
     /// The time of the event being handled.
     now: Timestamp,
+    /// The connection id ferry gave the client.
+    id: u32,
 }
 
 /// The payload if `data` is exactly one command packet (clients send short commands in one write).
@@ -294,6 +309,7 @@ impl Session {
         users: Arc<UserDirectory>,
         peer_host: String,
     ) -> Self {
+        let greeting_id = greeting.connection_id;
         let (login, handshake) = ClientLogin::start(greeting, peer_host.clone());
         let login_max = LOGIN_MAX_PACKET.min(config.max_packet_size);
         let mut session = Session {
@@ -309,6 +325,7 @@ impl Session {
             peer_host,
             next_handle: 0,
             now,
+            id: greeting_id,
         };
         session.outputs.push_back(Output::ToClient(handshake));
         session
@@ -412,7 +429,11 @@ impl Session {
                 m.held.extend_from_slice(&data);
                 m.held_since.get_or_insert(now);
                 if m.held.len() > HELD_LIMIT {
-                    self.fail_move(now, MoveFailure::Client, "the client sent more than ferry holds during a move".into());
+                    self.fail_move(
+                        now,
+                        MoveFailure::Client,
+                        "the client sent more than ferry holds during a move".into(),
+                    );
                 }
             }
             // Commands ferry answers or rewrites itself arrive whole, between responses.
@@ -522,9 +543,12 @@ impl Session {
                         };
                         phase.route = route.clone();
                         phase.handle = handle;
-                        phase.rx = PacketDecoder::new(LOGIN_MAX_PACKET.min(self.config.max_packet_size));
-                        phase.login =
-                            Self::backend_login(&phase.client, phase.client.response.database.clone());
+                        phase.rx =
+                            PacketDecoder::new(LOGIN_MAX_PACKET.min(self.config.max_packet_size));
+                        phase.login = Self::backend_login(
+                            &phase.client,
+                            phase.client.response.database.clone(),
+                        );
                         self.backend_deadline = Some(now + self.config.backend_timeout);
                         self.outputs.push_back(Output::Connect(handle, route));
                     }
@@ -555,7 +579,8 @@ impl Session {
                 self.outputs.push_back(Output::Connect(handle, route));
                 if m.source_alive {
                     // Read the user variables meanwhile: the client is idle, the source too.
-                    let mut q = Injected::new(f.forward.backend_caps(), self.config.max_packet_size);
+                    let mut q =
+                        Injected::new(f.forward.backend_caps(), self.config.max_packet_size);
                     let bytes = q.request(&Request::Query(restore::USER_VARIABLES_QUERY.into()));
                     m.source = SourceRead::Types(q);
                     self.outputs.push_back(Output::ToBackend(f.backend, bytes));
@@ -566,17 +591,25 @@ impl Session {
     }
 
     fn on_backend_connected(&mut self, h: BackendHandle) {
-        let State::Forwarding(f) = &mut self.state else {
-            return;
-        };
-        if let Some(t) = f.moving.as_mut().and_then(|m| m.target.as_mut()) {
-            if t.handle == h {
-                if let TargetPhase::Connecting(login) =
-                    std::mem::replace(&mut t.phase, TargetPhase::Connecting(Box::new(placeholder_login())))
-                {
-                    t.phase = TargetPhase::LoggingIn(login);
+        let wanted = match &mut self.state {
+            State::BackendLogin(phase) => phase.handle == h,
+            State::Forwarding(f) => match f.moving.as_mut().and_then(|m| m.target.as_mut()) {
+                Some(t) if t.handle == h => {
+                    if let TargetPhase::Connecting(login) = std::mem::replace(
+                        &mut t.phase,
+                        TargetPhase::Connecting(Box::new(placeholder_login())),
+                    ) {
+                        t.phase = TargetPhase::LoggingIn(login);
+                    }
+                    true
                 }
-            }
+                _ => false,
+            },
+            _ => false,
+        };
+        if !wanted {
+            // Opened for a login or a move that has given up on it meanwhile.
+            self.outputs.push_back(Output::CloseBackend(h));
         }
     }
 
@@ -591,7 +624,9 @@ impl Session {
                     if m.target.as_ref().is_some_and(|t| t.handle == h) {
                         return self.on_target_data(now, data);
                     }
-                    if h == f.backend && !matches!(m.source, SourceRead::NotStarted | SourceRead::Done(_)) {
+                    if h == f.backend
+                        && !matches!(m.source, SourceRead::NotStarted | SourceRead::Done(_))
+                    {
                         return self.on_source_data(now, data);
                     }
                 }
@@ -599,9 +634,27 @@ impl Session {
                     // A connection the session already left.
                     return;
                 }
+                let mut data = data;
+                if let Some(stale) = f.stale.as_mut() {
+                    if let Err(e) = stale.feed(&data) {
+                        return self.close(CloseReason::BackendProtocolError(e));
+                    }
+                    while stale.poll_reply().is_some() {}
+                    if stale.outstanding() > 0 {
+                        return;
+                    }
+                    data = stale.take_rest().freeze();
+                    f.stale = None;
+                    if data.is_empty() {
+                        return;
+                    }
+                }
                 let start = self.outputs.len();
                 let outputs = &mut self.outputs;
-                match f.forward.from_server(data, &mut |s| outputs.push_back(to_output(s, h))) {
+                match f
+                    .forward
+                    .from_server(data, &mut |s| outputs.push_back(to_output(s, h)))
+                {
                     Ok(()) => self.after_tracking(now, start),
                     Err(e) => self.close(CloseReason::BackendProtocolError(e.to_string())),
                 }
@@ -642,7 +695,11 @@ impl Session {
             mut rx,
             ..
         } = *phase;
-        let forward = Forward::new(client.capabilities, &backend, client.response.database.clone());
+        let forward = Forward::new(
+            client.capabilities,
+            &backend,
+            client.response.database.clone(),
+        );
         let mut ok = BytesMut::new();
         backend.ok.write(&mut ok, client.capabilities);
         self.outputs
@@ -666,6 +723,7 @@ impl Session {
             retry_after: None,
             moving: None,
             lost: None,
+            stale: None,
         }));
         self.backend_deadline = None;
         // Nothing should follow a login OK before the client's first command, but never drop bytes.
@@ -683,7 +741,10 @@ impl Session {
         let h = f.backend;
         let start = self.outputs.len();
         let outputs = &mut self.outputs;
-        match f.forward.from_client(data, &mut |s| outputs.push_back(to_output(s, h))) {
+        match f
+            .forward
+            .from_client(data, &mut |s| outputs.push_back(to_output(s, h)))
+        {
             Ok(()) => self.after_tracking(self.now, start),
             Err(e) => self.close(CloseReason::ProtocolError(e.to_string())),
         }
@@ -709,6 +770,30 @@ impl Session {
         };
         let err = match location {
             None => errors::no_such_thread(kill.target),
+            // Tenants never reach each other's sessions, whatever the backend would allow.
+            Some(at) if at.tenant != identity.client.login.tenant => errors::not_owner(kill.target),
+            Some(_) if !kill.query_only && kill.target == self.id => {
+                let err = errors::connection_closed("the session killed itself");
+                self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
+                self.quit_backend_if_idle();
+                return self.close(CloseReason::Closed("killed itself".into()));
+            }
+            Some(_) if !kill.query_only => {
+                // ferry closes the session itself: its backend may change under a
+                // KILL, and a backend connection that merely closed is failed over.
+                self.outputs.push_back(Output::CloseSession {
+                    id: kill.target,
+                    why: format!("killed by connection {}", self.id),
+                });
+                let ok = OkPacket {
+                    status: f.forward.server_status(),
+                    ..OkPacket::default()
+                };
+                let mut payload = BytesMut::new();
+                ok.write(&mut payload, identity.client.capabilities);
+                self.outputs.push_back(Output::ToClient(frame(&payload, 1)));
+                return;
+            }
             Some(at) if at.backend == identity.route.backend => {
                 return self.forward_client(frame(&kill.payload_for(at.thread), 0));
             }
@@ -881,8 +966,15 @@ impl Session {
                     .moving
                     .as_ref()
                     .and_then(|m| m.target.as_ref())
-                    .map_or_else(|| "the target".to_string(), |t| format!("backend {}", t.route.backend));
-                return self.fail_move(now, MoveFailure::Timeout, format!("{to} did not complete the move in time"));
+                    .map_or_else(
+                        || "the target".to_string(),
+                        |t| format!("backend {}", t.route.backend),
+                    );
+                return self.fail_move(
+                    now,
+                    MoveFailure::Timeout,
+                    format!("{to} did not complete the move in time"),
+                );
             }
         }
         self.try_move(now);
@@ -894,7 +986,10 @@ impl Session {
             State::BackendLogin(phase) if phase.handle == h => {
                 let (why, unreachable) = match connect_error {
                     Some(why) => (why, true),
-                    None => ("backend closed the connection during login".to_string(), true),
+                    None => (
+                        "backend closed the connection during login".to_string(),
+                        true,
+                    ),
                 };
                 self.retry_login(&why, unreachable);
             }
@@ -902,15 +997,18 @@ impl Session {
                 if let Some(m) = f.moving.as_mut() {
                     if let Some(t) = m.target.as_ref().filter(|t| t.handle == h) {
                         let why = match connect_error {
-                            Some(why) => format!("could not connect to backend {}: {why}", t.route.backend),
+                            Some(why) => {
+                                format!("could not connect to backend {}: {why}", t.route.backend)
+                            }
                             None => format!("backend {} closed the connection", t.route.backend),
                         };
                         if matches!(t.phase, TargetPhase::Connecting(_)) {
-                            self.outputs
-                                .push_back(Output::Event(SessionEvent::BackendUnreachable {
+                            self.outputs.push_back(Output::Event(
+                                SessionEvent::BackendUnreachable {
                                     backend: t.route.backend.clone(),
                                     why: why.clone(),
-                                }));
+                                },
+                            ));
                         }
                         return self.fail_move(now, MoveFailure::Target, why);
                     }
@@ -926,7 +1024,8 @@ impl Session {
                             return self.fail_move(
                                 now,
                                 MoveFailure::Source,
-                                "the source backend closed while ferry read the user variables".into(),
+                                "the source backend closed while ferry read the user variables"
+                                    .into(),
                             );
                         }
                         return;
@@ -977,7 +1076,11 @@ impl Session {
 
     fn on_client_closed(&mut self, now: Timestamp) {
         if self.is_moving() {
-            self.fail_move(now, MoveFailure::Client, "the client closed the connection".into());
+            self.fail_move(
+                now,
+                MoveFailure::Client,
+                "the client closed the connection".into(),
+            );
         }
         self.quit_backend_if_idle();
         self.close(CloseReason::ClientClosed)
@@ -994,7 +1097,11 @@ impl Session {
             return;
         }
         // An operator's request wins over the balancer's; otherwise the newest stands.
-        if f.request.as_ref().is_some_and(|r| r.trigger == Trigger::Admin) && request.trigger != Trigger::Admin {
+        if f.request
+            .as_ref()
+            .is_some_and(|r| r.trigger == Trigger::Admin)
+            && request.trigger != Trigger::Admin
+        {
             return;
         }
         f.request = Some(request);
@@ -1036,7 +1143,12 @@ impl Session {
             return;
         };
         let from = f.identity.route.clone();
-        let mut m = Move::new(request.clone(), now, self.config.backend_timeout, from.clone());
+        let mut m = Move::new(
+            request.clone(),
+            now,
+            self.config.backend_timeout,
+            from.clone(),
+        );
         m.source_alive = source_alive;
         if !source_alive {
             m.source = SourceRead::Done(f.forward.state().user_values().to_vec());
@@ -1067,7 +1179,11 @@ impl Session {
             _ => return,
         };
         if let Err(e) = injected.feed(&data) {
-            return self.fail_move(now, MoveFailure::Source, format!("reading the user variables: {e}"));
+            return self.fail_move(
+                now,
+                MoveFailure::Source,
+                format!("reading the user variables: {e}"),
+            );
         }
         let Some(reply) = injected.poll_reply() else {
             return;
@@ -1075,9 +1191,19 @@ impl Session {
         let rows = match reply {
             Reply::Rows(rows) => rows,
             Reply::Err(e) => {
-                return self.fail_move(now, MoveFailure::Source, format!("reading the user variables: {}", e.message))
+                return self.fail_move(
+                    now,
+                    MoveFailure::Source,
+                    format!("reading the user variables: {}", e.message),
+                )
             }
-            other => return self.fail_move(now, MoveFailure::Source, format!("reading the user variables: unexpected {other:?}")),
+            other => {
+                return self.fail_move(
+                    now,
+                    MoveFailure::Source,
+                    format!("reading the user variables: unexpected {other:?}"),
+                )
+            }
         };
         match std::mem::replace(&mut m.source, SourceRead::NotStarted) {
             SourceRead::Types(mut q) => {
@@ -1099,7 +1225,13 @@ impl Session {
                 let values = match rows.first().map(|r| restore::parse_user_values(&types, r)) {
                     Some(Ok(v)) => v,
                     Some(Err(e)) => return self.fail_move(now, MoveFailure::Source, e),
-                    None => return self.fail_move(now, MoveFailure::Source, "the user variables query returned no row".into()),
+                    None => {
+                        return self.fail_move(
+                            now,
+                            MoveFailure::Source,
+                            "the user variables query returned no row".into(),
+                        )
+                    }
                 };
                 m.source = SourceRead::Done(values);
             }
@@ -1120,25 +1252,35 @@ impl Session {
         let source_caps = f.forward.backend_caps();
         if let TargetPhase::Restoring(r) = &mut t.phase {
             if let Err(e) = r.injected.feed(&data) {
-                return self.fail_move(now, MoveFailure::Restore, format!("restoring on backend {}: {e}", backend));
+                return self.fail_move(
+                    now,
+                    MoveFailure::Restore,
+                    format!("restoring on backend {}: {e}", backend),
+                );
             }
             return self.on_restore_replies(now);
         }
         t.rx.extend(&data);
-        loop {
-            let TargetPhase::LoggingIn(login) = &mut t.phase else {
-                break;
-            };
+        while let TargetPhase::LoggingIn(login) = &mut t.phase {
             let packet = match t.rx.decode() {
                 Ok(Some(p)) => p,
                 Ok(None) => return,
-                Err(e) => return self.fail_move(now, MoveFailure::Target, format!("logging in to backend {}: {e}", backend)),
+                Err(e) => {
+                    return self.fail_move(
+                        now,
+                        MoveFailure::Target,
+                        format!("logging in to backend {}: {e}", backend),
+                    )
+                }
             };
             match login.handle(packet) {
-                BackendStep::Send(bytes) => self.outputs.push_back(Output::ToBackend(t.handle, bytes)),
+                BackendStep::Send(bytes) => {
+                    self.outputs.push_back(Output::ToBackend(t.handle, bytes))
+                }
                 BackendStep::Wait => {}
                 BackendStep::Done(session) => {
-                    if session.capabilities != source_caps {
+                    // The target logs in without a database (it is restored with COM_INIT_DB).
+                    if (session.capabilities ^ source_caps) & !CLIENT_CONNECT_WITH_DB != 0 {
                         let why = format!(
                             "backend {backend} offers other capabilities (0x{:08x}, the session has 0x{source_caps:08x})",
                             session.capabilities
@@ -1151,16 +1293,27 @@ impl Session {
                     return self.fail_move(
                         now,
                         MoveFailure::Target,
-                        format!("backend {} refused the login: {} {}", backend, err.code, err.message),
+                        format!(
+                            "backend {} refused the login: {} {}",
+                            backend, err.code, err.message
+                        ),
                     )
                 }
                 BackendStep::Failed(why) => {
-                    return self.fail_move(now, MoveFailure::Target, format!("logging in to backend {}: {why}", backend))
+                    return self.fail_move(
+                        now,
+                        MoveFailure::Target,
+                        format!("logging in to backend {}: {why}", backend),
+                    )
                 }
             }
         }
         if !t.rx.take_remaining().is_empty() {
-            return self.fail_move(now, MoveFailure::Target, "the target sent bytes after its login".into());
+            return self.fail_move(
+                now,
+                MoveFailure::Target,
+                "the target sent bytes after its login".into(),
+            );
         }
         self.maybe_restore(now);
     }
@@ -1182,9 +1335,10 @@ impl Session {
         if !matches!(t.phase, TargetPhase::LoggedIn(_)) {
             return;
         }
-        let TargetPhase::LoggedIn(session) =
-            std::mem::replace(&mut t.phase, TargetPhase::Connecting(Box::new(placeholder_login())))
-        else {
+        let TargetPhase::LoggedIn(session) = std::mem::replace(
+            &mut t.phase,
+            TargetPhase::Connecting(Box::new(placeholder_login())),
+        ) else {
             unreachable!("checked above");
         };
         let steps = restore::plan(f.forward.state(), &values, f.forward.last_prepared());
@@ -1206,7 +1360,8 @@ impl Session {
             skipped: Vec::new(),
         }));
         if !out.is_empty() {
-            self.outputs.push_back(Output::ToBackend(t.handle, out.freeze()));
+            self.outputs
+                .push_back(Output::ToBackend(t.handle, out.freeze()));
         }
         self.on_restore_replies(now);
     }
@@ -1224,7 +1379,11 @@ impl Session {
         let backend = t.route.backend.clone();
         while let Some(reply) = r.injected.poll_reply() {
             let Some(step) = r.steps.pop_front() else {
-                return self.fail_move(now, MoveFailure::Restore, "a reply ferry did not ask for".into());
+                return self.fail_move(
+                    now,
+                    MoveFailure::Restore,
+                    "a reply ferry did not ask for".into(),
+                );
             };
             let failure = match (step, reply) {
                 (
@@ -1315,7 +1474,10 @@ impl Session {
             return;
         };
         let Restoring {
-            session, ids, skipped, ..
+            session,
+            ids,
+            skipped,
+            ..
         } = *r;
         let old = f.backend;
         f.forward.replace_backend(&session, ids);
@@ -1361,14 +1523,23 @@ impl Session {
             started,
             from,
             target,
+            source,
             source_alive,
             held,
             held_since,
             ..
         } = *m;
+        if let SourceRead::Types(q) | SourceRead::Values(q, _) = source {
+            if q.outstanding() > 0 && source_alive {
+                f.stale = Some(q);
+            }
+        }
         let mut to = None;
         if let Some(t) = target {
-            if matches!(t.phase, TargetPhase::LoggedIn(_) | TargetPhase::Restoring(_)) {
+            if matches!(
+                t.phase,
+                TargetPhase::LoggedIn(_) | TargetPhase::Restoring(_)
+            ) {
                 self.outputs
                     .push_back(Output::ToBackend(t.handle, frame(&[COM_QUIT], 0)));
             }

@@ -341,10 +341,7 @@ impl SessionState {
                             params: *params,
                             columns: *columns,
                             param_types: None,
-                            context: PrepareContext::of(
-                                self.database.as_deref(),
-                                &self.variables,
-                            ),
+                            context: PrepareContext::of(self.database.as_deref(), &self.variables),
                             effects,
                         },
                     );

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use ferry_core::cluster::{
-    BackendChange, BackendId, BalancePolicy, Cluster, DrainPlan, DrainStatus, LabelGroup,
+    BackendChange, BackendId, BalancePolicy, Cluster, DrainPlan, DrainStatus, Health, LabelGroup,
     MoveOrder, NoTarget, Pacer, Route, RouteRequest, SessionId, SessionView, Transferred, Trigger,
 };
 use ferry_core::config::{BackendConfig, WorkState};
@@ -222,7 +222,7 @@ fn without_a_target_the_refusal_names_tenant_and_labels() {
 }
 
 #[test]
-fn a_tenant_without_other_own_backends_falls_back_to_the_pool_like_routing() {
+fn the_pool_takes_a_tenant_session_only_when_routing_would_send_it_there() {
     let mut c = Cluster::new(
         &[backend("a1", &[("account", "acc1")]), backend("pool", &[])],
         1,
@@ -230,13 +230,29 @@ fn a_tenant_without_other_own_backends_falls_back_to_the_pool_like_routing() {
     let acc1 = req(Some("acc1"), &[]);
     let from = c.route(&acc1).unwrap();
     assert_eq!(from.backend, id("a1"));
-    // a1 itself is left out, so the tenant has no other own backend: the pool takes it,
-    // just as routing would if a1 could not take sessions.
+    // While a1 takes sessions, routing sends acc1 there, not to the pool: a
+    // move has nowhere to go, and the pool may not be named.
+    assert_eq!(
+        c.transfer(&from, &acc1, None).unwrap_err().to_string(),
+        "no other backend can take tenant acc1"
+    );
+    assert_eq!(
+        c.eligible(&id("pool"), &acc1).unwrap_err().to_string(),
+        "backend 'pool' is the shared pool, used only when no backend serves tenant acc1"
+    );
+    assert_eq!(c.eligible(&id("a1"), &acc1), Ok(()));
+    // a1 draining: routing would use the pool, and so does the move.
+    c.set_state(&id("a1"), WorkState::Draining).unwrap();
+    assert_eq!(c.eligible(&id("pool"), &acc1), Ok(()));
     let moved = c.transfer(&from, &acc1, None).unwrap();
     assert_eq!(moved.route.backend, id("pool"));
     assert_eq!(moved.route.group, LabelGroup("acc1".into()));
+    assert_eq!(moved.change, Some(BackendChange::Drained(id("a1"))));
+    // Back to work: the session may go home, by name.
+    c.set_state(&id("a1"), WorkState::Working).unwrap();
     let back = c.transfer(&moved.route, &acc1, Some(&id("a1"))).unwrap();
     assert_eq!(back.route.backend, id("a1"));
+    assert_eq!(c.backend(&id("pool")).unwrap().connections, 0);
 }
 
 #[test]
@@ -1116,4 +1132,55 @@ fn the_pacer_handles_small_rates_and_odd_clocks() {
     assert_eq!(fast.take(at_ms(1), 1000), 1);
     assert_eq!(fast.next_at(at_ms(1)), at_ms(2));
     assert_eq!(fast.take(at_ms(1), 0), 0);
+}
+
+#[test]
+fn triggers_and_ids_read_as_metric_labels() {
+    let names: Vec<String> = Trigger::ALL
+        .iter()
+        .map(|t| {
+            assert_eq!(t.to_string(), t.as_str());
+            assert_eq!(
+                ron::to_string(t).unwrap(),
+                t.as_str(),
+                "serialised as in metrics"
+            );
+            t.as_str().to_string()
+        })
+        .collect();
+    assert_eq!(names, ["admin", "rebalance", "drain", "failover"]);
+    assert_eq!(SessionId(42).to_string(), "42");
+}
+
+#[test]
+fn an_unreachable_backend_takes_no_new_sessions_but_keeps_its_live_ones_until_checks_confirm() {
+    let mut c = three();
+    c.set_health_policy(ferry_core::health::HealthPolicy { fall: 3, rise: 2 });
+    let routes = place(&mut c, &plain(), &[("cn1", 2)]);
+    assert_eq!(
+        c.mark_unreachable(&id("cn1")),
+        Some(BackendChange::Health(id("cn1"), Health::Down))
+    );
+    assert_eq!(c.mark_unreachable(&id("cn1")), None, "reported once");
+    assert_eq!(c.mark_unreachable(&id("nope")), None);
+    for _ in 0..6 {
+        assert_ne!(c.route(&plain()).unwrap().backend, id("cn1"));
+    }
+    // One refused connect (a full connection table, say) does not move live sessions.
+    let plan = c.plan_drain(&views(&routes, &plain()), NOW, MINUTE);
+    assert_eq!(ordered(&plan), []);
+    // Checks that confirm it down do.
+    for _ in 0..3 {
+        c.record_check(&id("cn1"), false);
+    }
+    let plan = c.plan_drain(&views(&routes, &plain()), NOW, MINUTE);
+    assert_eq!(
+        ordered(&plan),
+        [(0, Trigger::Failover), (1, Trigger::Failover)]
+    );
+    assert_eq!(c.record_check(&id("cn1"), true), None);
+    assert_eq!(
+        c.record_check(&id("cn1"), true),
+        Some(BackendChange::Health(id("cn1"), Health::Up))
+    );
 }

@@ -92,7 +92,9 @@ impl Harness {
     fn feed(&mut self, input: Input) {
         let line = match &input {
             Input::ClientData(b) => format!("client -> ferry  {}", describe(b, Side::FromClient)),
-            Input::BackendData(_, b) => format!("backend -> ferry {}", describe(b, Side::FromBackend)),
+            Input::BackendData(_, b) => {
+                format!("backend -> ferry {}", describe(b, Side::FromBackend))
+            }
             other => format!("input            {other:?}"),
         };
         writeln!(self.trace, "{line}").unwrap();
@@ -128,15 +130,14 @@ impl Harness {
                     format!("close            {reason:?}")
                 }
                 Output::Event(e) => format!("event            {e:?}"),
-                Output::Transfer(t) => format!(
-                    "transfer         from {} to {:?}",
-                    t.from.backend, t.to
-                ),
-                Output::TransferBack { moved, original } => format!(
-                    "transfer back    {} -> {}",
-                    moved.backend, original.backend
-                ),
+                Output::Transfer(t) => {
+                    format!("transfer         from {} to {:?}", t.from.backend, t.to)
+                }
+                Output::TransferBack { moved, original } => {
+                    format!("transfer back    {} -> {}", moved.backend, original.backend)
+                }
                 Output::CloseBackend(h) => format!("close backend    {h}"),
+                Output::CloseSession { id, why } => format!("close session    {id}: {why}"),
             };
             writeln!(self.trace, "{line}").unwrap();
         }

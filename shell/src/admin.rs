@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use bytes::Bytes;
-use ferry_core::cluster::{Backend, BackendId, Health, LabelGroup, Removal, Route, RouteRequest};
-use ferry_core::session::{Control, MoveRequest, Trigger};
+use ferry_core::cluster::{Backend, BackendId, Cluster, Health, Removal, RouteRequest};
 use ferry_core::config::{BackendConfig, WorkState};
 use ferry_core::labels::Labels;
+use ferry_core::session::{Control, MoveRequest, Trigger};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
@@ -199,7 +199,10 @@ fn state_name(state: WorkState) -> &'static str {
     }
 }
 
-fn backend_json(b: &Backend) -> Value {
+fn backend_json(cluster: &Cluster, b: &Backend) -> Value {
+    let drain = cluster
+        .drain_status(&b.id)
+        .map(|d| json!({ "since_ms": d.since.as_micros() / 1000, "stuck": d.stuck }));
     json!({
         "id": b.id.0,
         "addr": b.addr.to_string(),
@@ -209,6 +212,7 @@ fn backend_json(b: &Backend) -> Value {
         "connections": b.connections,
         "groups": b.groups.iter().map(|(g, n)| (g.0.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "removing": b.removing,
+        "drain": drain,
     })
 }
 
@@ -216,7 +220,12 @@ fn list_backends(shared: &Shared) -> Reply {
     let cluster = shared.cluster.lock().expect("cluster lock");
     Reply::json(
         200,
-        Value::Array(cluster.backends().map(backend_json).collect()),
+        Value::Array(
+            cluster
+                .backends()
+                .map(|b| backend_json(&cluster, b))
+                .collect(),
+        ),
     )
 }
 
@@ -227,7 +236,7 @@ fn not_found_backend(id: &str) -> Reply {
 fn get_backend(shared: &Shared, id: &str) -> Reply {
     let cluster = shared.cluster.lock().expect("cluster lock");
     match cluster.backend(&BackendId(id.to_string())) {
-        Some(b) => Reply::json(200, backend_json(b)),
+        Some(b) => Reply::json(200, backend_json(&cluster, b)),
         None => not_found_backend(id),
     }
 }
@@ -318,7 +327,7 @@ fn put_backend(shared: &Shared, id: &str, body: &[u8]) -> Reply {
               "{} backend through the admin API", if created { "added" } else { "updated" });
         Ok(Reply::json(
             if created { 201 } else { 200 },
-            backend_json(b),
+            backend_json(&cluster, b),
         ))
     })();
     result.unwrap_or_else(|e| e)
@@ -332,7 +341,7 @@ fn set_state(shared: &Shared, id: &str, state: WorkState) -> Reply {
             let b = cluster.backend(&bid).expect("known");
             info!(backend = %id, state = state_name(b.state), connections = b.connections,
                   "work state set through the admin API");
-            Reply::json(200, backend_json(b))
+            Reply::json(200, backend_json(&cluster, b))
         }
         Err(_) => not_found_backend(id),
     }
@@ -455,12 +464,7 @@ fn migrate(shared: &Shared, id: &str, body: &[u8]) -> Reply {
                     labels: info.labels.clone(),
                 };
                 // Refused now with the reason, rather than failing later in the session.
-                let from = Route {
-                    backend: info.backend.clone(),
-                    addr: target.addr,
-                    group: LabelGroup::of(request.tenant(), &request.labels),
-                };
-                cluster.check_target(&from, &request, &target.id).map_err(|why| {
+                cluster.eligible(&target.id, &request).map_err(|why| {
                     Reply::error(409, format!("session {id} cannot move to '{to}': {why}"))
                 })?;
                 Some(target.id.clone())
@@ -614,9 +618,10 @@ mod tests {
     }
 
     #[test]
-    fn migrate_validates_then_says_it_is_not_available_yet() {
+    fn migrate_validates_then_hands_the_request_to_the_session() {
         let s = shared();
-        let reg = s.registry.register(5);
+        let mut reg = s.registry.register(5);
+        let control = reg.control.take().unwrap();
         reg.entry.set_info(crate::registry::SessionInfo {
             tenant: None,
             user: "app".into(),
@@ -651,8 +656,28 @@ mod tests {
             "/api/sessions/5/migrate",
             r#"{"to": "cn2"}"#,
         );
-        assert_eq!(status, 501);
-        assert!(body["error"].as_str().unwrap().contains("not available"));
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["requested"], true);
+        assert_eq!(
+            control.try_recv().unwrap(),
+            Control::Migrate(MoveRequest {
+                trigger: Trigger::Admin,
+                to: Some(BackendId("cn2".into())),
+            })
+        );
+        let (_, sessions) = call(&s, Method::GET, "/api/sessions", "");
+        assert_eq!(sessions[0]["pending_migration"], "admin");
+        assert_eq!(sessions[0]["last_migration"], Value::Null);
+        // Without a target: any eligible backend.
+        let (status, _) = call(&s, Method::POST, "/api/sessions/5/migrate", "");
+        assert_eq!(status, 202);
+        assert_eq!(
+            control.try_recv().unwrap(),
+            Control::Migrate(MoveRequest {
+                trigger: Trigger::Admin,
+                to: None,
+            })
+        );
     }
 
     #[test]

@@ -50,6 +50,8 @@ pub async fn run<T: Clock>(shared: Arc<Shared>, clock: T) {
 struct Loop {
     pacer: Pacer,
     last_rebalance: Timestamp,
+    /// Rebalance orders of the last plan not yet started (paced out tick by tick).
+    queue: std::collections::VecDeque<MoveOrder>,
     /// Stuck drains last reported, so each is logged once.
     stuck: BTreeMap<BackendId, String>,
 }
@@ -60,6 +62,7 @@ impl Loop {
         Loop {
             pacer: Pacer::new(policy.moves_per_second),
             last_rebalance: now,
+            queue: std::collections::VecDeque::new(),
             stuck: BTreeMap::new(),
         }
     }
@@ -70,14 +73,11 @@ impl Loop {
         let policy = config.rebalance.policy();
         let views = snapshot(shared);
         let moving = views.iter().filter(|v| v.moving).count();
+        let due = !policy.interval.is_zero() && now.since(self.last_rebalance) >= policy.interval;
         let (drain, rebalance) = {
             let mut cluster = shared.cluster.lock().expect("cluster lock");
-            let drain = cluster.plan_drain(
-                &views,
-                now,
-                Duration::from_millis(config.drain_timeout_ms),
-            );
-            let due = !policy.interval.is_zero() && now.since(self.last_rebalance) >= policy.interval;
+            let drain =
+                cluster.plan_drain(&views, now, Duration::from_millis(config.drain_timeout_ms));
             let rebalance = if due {
                 self.last_rebalance = now;
                 cluster.plan_rebalance(&views, now, &policy)
@@ -102,21 +102,32 @@ impl Loop {
 
         for session in &drain.expired {
             if let Some(entry) = shared.registry.get(session.0) {
-                let backend = entry.info().map(|i| i.backend.to_string()).unwrap_or_default();
-                info!(conn_id = session.0, backend, "drain timed out: closing the session");
+                let backend = entry
+                    .info()
+                    .map(|i| i.backend.to_string())
+                    .unwrap_or_default();
+                info!(
+                    conn_id = session.0,
+                    backend, "drain timed out: closing the session"
+                );
                 entry.send(Control::Close(format!(
                     "ferry: backend {backend} was drained and the session could not move in time"
                 )));
             }
         }
 
+        // Drains and failovers: as many at once as the cap allows (each move is a few round trips).
         let room = MAX_CONCURRENT_MOVES.saturating_sub(moving);
         deliver(shared, drain.orders.into_iter().take(room));
-        let n = self.pacer.take(now, rebalance.len());
-        if !rebalance.is_empty() {
-            info!(planned = rebalance.len(), starting = n, "rebalancing");
+        if due {
+            if !rebalance.is_empty() {
+                info!(planned = rebalance.len(), "rebalancing");
+            }
+            // A new plan replaces what is left of the last one: it saw the latest counts.
+            self.queue = rebalance.into();
         }
-        deliver(shared, rebalance.into_iter().take(n));
+        let n = self.pacer.take(now, self.queue.len());
+        deliver(shared, self.queue.drain(..n));
     }
 }
 

@@ -113,8 +113,11 @@ fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
         }
         ex.spawn(usersync::run(shared.clone())).detach();
         ex.spawn(health::run(ex.clone(), shared.clone())).detach();
-        ex.spawn(ferry_shell::control::run(shared.clone(), ferry_shell::clock::SystemClock::new()))
-            .detach();
+        ex.spawn(ferry_shell::control::run(
+            shared.clone(),
+            ferry_shell::clock::SystemClock::new(),
+        ))
+        .detach();
         serve(ex.clone(), shared.clone(), listener).await?;
         drain(&shared).await;
         Ok(())

@@ -140,10 +140,7 @@ impl Metrics {
                 self.migration_duration(report.duration.as_secs_f64());
             }
             Err((kind, _)) => {
-                let k = MoveFailure::ALL
-                    .iter()
-                    .position(|f| f == kind)
-                    .unwrap_or(0);
+                let k = MoveFailure::ALL.iter().position(|f| f == kind).unwrap_or(0);
                 self.migrations_failed[t][k].fetch_add(1, Relaxed);
             }
         }
@@ -162,7 +159,10 @@ impl Metrics {
 
     /// Moves that succeeded, all triggers.
     pub fn migrations_succeeded(&self) -> u64 {
-        self.migrations_succeeded.iter().map(|c| c.load(Relaxed)).sum()
+        self.migrations_succeeded
+            .iter()
+            .map(|c| c.load(Relaxed))
+            .sum()
     }
 
     /// Records the duration of a completed migration.
@@ -406,7 +406,10 @@ impl Metrics {
                 load(&self.pause_sum_micros) as f64 / 1e6
             ),
         );
-        put(&mut out, format!("ferry_migration_pause_seconds_count {pauses}"));
+        put(
+            &mut out,
+            format!("ferry_migration_pause_seconds_count {pauses}"),
+        );
         head(
             &mut out,
             "ferry_migration_duration_seconds",
@@ -470,6 +473,10 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+fn trigger_index(t: Trigger) -> usize {
+    Trigger::ALL.iter().position(|x| *x == t).unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -511,8 +518,4 @@ mod tests {
             assert!(value.parse::<f64>().is_ok(), "{line}");
         }
     }
-}
-
-fn trigger_index(t: Trigger) -> usize {
-    Trigger::ALL.iter().position(|x| *x == t).unwrap_or(0)
 }

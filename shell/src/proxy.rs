@@ -301,7 +301,14 @@ impl<T: Clock> Router for SessionHooks<T> {
             backend: info.backend,
             thread: info.backend_connection_id,
             addr,
+            tenant: info.tenant,
         })
+    }
+
+    fn close_session(&self, id: u32, why: &str) {
+        if let Some(entry) = self.shared.registry.get(id) {
+            entry.send(ferry_core::session::Control::Close(why.to_string()));
+        }
     }
 
     fn on_read(&self, from_client: bool, n: usize) {

@@ -17,7 +17,8 @@ use ferry_core::kill::RemoteStatement;
 use ferry_core::packets::ErrPacket;
 use ferry_core::query::QueryClient;
 use ferry_core::session::{
-    BackendHandle, CloseReason, Control, Input, Output, Session, SessionEvent, SessionLocation, Transfer,
+    BackendHandle, CloseReason, Control, Input, Output, Session, SessionEvent, SessionLocation,
+    Transfer,
 };
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::{AsyncWriteExt, FutureExt, Stream};
@@ -52,6 +53,8 @@ pub trait Router: Send + Sync + 'static {
     }
     /// A move failed: counts the session on `original` again instead of `moved`. Default: nothing.
     fn transfer_back(&self, _moved: &Route, _original: &Route) {}
+    /// Closes the session with ferry connection id `id` (a KILL through ferry). Default: nothing.
+    fn close_session(&self, _id: u32, _why: &str) {}
     /// Where the session with ferry connection id `conn_id` lives. Default: nowhere.
     fn locate(&self, _conn_id: u32) -> Option<SessionLocation> {
         None
@@ -270,6 +273,7 @@ where
                     let result = run_elsewhere(connector, clock, statement).await;
                     session.handle(clock.now(), Input::RanElsewhere(result));
                 }
+                Output::CloseSession { id, why } => router.close_session(id, &why),
                 Output::Locate(id) => {
                     session.handle(clock.now(), Input::Located(router.locate(id)))
                 }
@@ -415,7 +419,10 @@ fn log_event(conn_id: u32, event: &SessionEvent) {
             "session logged in"
         ),
         SessionEvent::Moved(report) => {
-            let to = report.to.as_ref().map_or_else(String::new, |b| b.to_string());
+            let to = report
+                .to
+                .as_ref()
+                .map_or_else(String::new, |b| b.to_string());
             let ms = report.duration.as_secs_f64() * 1000.0;
             match &report.outcome {
                 Ok(()) => info!(

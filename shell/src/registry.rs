@@ -126,9 +126,11 @@ impl SessionEntry {
         if report.outcome.is_ok() {
             self.migrations.fetch_add(1, Relaxed);
             let mut info = self.info.lock().expect("session info lock");
-            if let (Some(info), Some(to), Some(thread)) =
-                (info.as_mut(), report.to.clone(), report.backend_connection_id)
-            {
+            if let (Some(info), Some(to), Some(thread)) = (
+                info.as_mut(),
+                report.to.clone(),
+                report.backend_connection_id,
+            ) {
                 info.backend = to;
                 info.backend_connection_id = thread;
             }
