@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -706,12 +706,14 @@ fn thirty_sessions_on_one_backend_spread_ten_ten_ten_by_rebalancing() {
     // Every client keeps working while sessions move under it.
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+    let rounds: Vec<Arc<AtomicU64>> = (0..30).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let workers: Vec<_> = conns
         .into_iter()
         .enumerate()
         .map(|(i, mut c)| {
             let stop = stop.clone();
             let errors = errors.clone();
+            let round = rounds[i].clone();
             thread::spawn(move || {
                 c.query_drop(format!("SET @me = {i}")).unwrap();
                 let mut port = 0;
@@ -723,6 +725,7 @@ fn thirty_sessions_on_one_backend_spread_ten_ten_ten_by_rebalancing() {
                             .unwrap()
                             .push(format!("client {i}: {other:?}")),
                     }
+                    round.fetch_add(1, Ordering::Relaxed);
                     thread::sleep(Duration::from_millis(25));
                 }
                 port
@@ -733,11 +736,30 @@ fn thirty_sessions_on_one_backend_spread_ten_ten_ten_by_rebalancing() {
     admin.resume("cn3");
     let resumed = Instant::now();
     let want = BTreeMap::from([("cn1".into(), 10), ("cn2".into(), 10), ("cn3".into(), 10)]);
+    // Completed moves: every session's backend, none pending.
     admin.wait_for("10/10/10", Duration::from_secs(20), |a| {
-        let c = a.connections();
-        (c == want, c)
+        let sessions = a.sessions();
+        let mut on: BTreeMap<String, u64> = BTreeMap::new();
+        for s in &sessions {
+            *on.entry(backend_of(s)).or_default() += 1;
+        }
+        let settled = sessions.iter().all(|s| s["pending_migration"].is_null());
+        (settled && on == want, (on, a.connections()))
     });
     let took = resumed.elapsed();
+    assert_eq!(admin.connections(), want, "the balancer's counts");
+    let sessions = admin.sessions();
+    // One more query from every client, then stop.
+    let seen: Vec<u64> = rounds.iter().map(|r| r.load(Ordering::Relaxed)).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rounds
+        .iter()
+        .zip(&seen)
+        .any(|(r, s)| r.load(Ordering::Relaxed) <= *s)
+    {
+        assert!(Instant::now() < deadline, "some client stopped answering");
+        thread::sleep(Duration::from_millis(10));
+    }
     stop.store(true, Ordering::Relaxed);
     let ports: Vec<u16> = workers.into_iter().map(|w| w.join().unwrap()).collect();
     let errors = errors.lock().unwrap().clone();
@@ -759,7 +781,6 @@ fn thirty_sessions_on_one_backend_spread_ten_ten_ten_by_rebalancing() {
         took <= 2 * interval + Duration::from_secs(1),
         "10/10/10 took {took:?}, more than two rebalance intervals"
     );
-    let sessions = admin.sessions();
     let moved: Vec<&Value> = sessions
         .iter()
         .filter(|s| s["migrations"].as_u64() > Some(0))
