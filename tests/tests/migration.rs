@@ -416,8 +416,10 @@ fn migrate_api_validates_and_counts_by_the_contract() {
         );
     }
     admin.drain("cn1");
-    let cn1 = admin.backend("cn1");
-    assert!(cn1["drain"]["since_ms"].is_number(), "{cn1}");
+    admin.wait_for("cn1 to report its drain", Duration::from_secs(5), |a| {
+        let cn1 = a.backend("cn1");
+        (cn1["drain"]["since_ms"].is_number(), cn1)
+    });
 }
 
 // ------------------------------------------------------- transactions
