@@ -6,10 +6,16 @@
 //! - `FERRY_TEST_BACKENDS`: comma-separated `127.0.0.1:PORT` list (at least three),
 //!   each server with users `root`/`111`, `app`/`secret`, `sbtest`/`sbtest`
 //!   (mysql_native_password) and databases `test`, `sbtest`;
-//! - `FERRY_BIN`: the `ferry` binary (default `<workspace>/target/debug/ferry`).
+//! - `FERRY_BIN`: the `ferry` binary (default `<workspace>/target/debug/ferry`);
+//! - `FERRY_TEST_GALERA`: the three SQL addresses of the Galera cluster of
+//!   `scripts/galera` (see [`servers::galera_nodes`]).
 //!
 //! Without `FERRY_TEST_BACKENDS` every test panics: a missing server must be a
 //! failure, never a silent skip.
+
+pub mod admin;
+pub mod servers;
+pub mod state;
 
 use std::fmt::Write as _;
 use std::io::Read;
