@@ -17,6 +17,17 @@ use crate::probe::probe;
 use crate::proxy::{Shared, TcpConnector};
 use crate::pump::Connector;
 
+type Probe<'a> =
+    Pin<Box<dyn Future<Output = Result<ferry_core::packets::Handshake, String>> + Send + 'a>>;
+
+/// One backend's check: who, where, the probe while it runs, its result once done.
+type Check<'a> = (
+    BackendId,
+    SocketAddr,
+    Option<Probe<'a>>,
+    Option<Result<(), String>>,
+);
+
 /// Checks every backend once, concurrently, and records the results.
 pub async fn check_all<K: Connector, T: Clock>(shared: &Arc<Shared>, connector: &K, clock: &T) {
     let health = shared.config.read().expect("config lock").health;
@@ -26,14 +37,7 @@ pub async fn check_all<K: Connector, T: Clock>(shared: &Arc<Shared>, connector: 
         cluster.backends().map(|b| (b.id.clone(), b.addr)).collect()
     };
     let timeout = health.timeout();
-    type Probe<'a> =
-        Pin<Box<dyn Future<Output = Result<ferry_core::packets::Handshake, String>> + Send + 'a>>;
-    let mut probes: Vec<(
-        BackendId,
-        SocketAddr,
-        Option<Probe<'_>>,
-        Option<Result<(), String>>,
-    )> = targets
+    let mut probes: Vec<Check<'_>> = targets
         .into_iter()
         .map(|(id, addr)| {
             let p: Probe<'_> = Box::pin(probe(connector, clock, addr, timeout));
