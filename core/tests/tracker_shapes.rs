@@ -608,13 +608,34 @@ fn quit_has_no_response_and_nothing_may_follow() {
 }
 
 #[test]
-fn a_second_command_while_one_is_outstanding_is_a_violation() {
+fn a_command_sent_before_the_previous_response_waits_its_turn() {
+    // Pipelining (Connector/J's set-up, batches, MariaDB's PREPARE + direct EXECUTE).
     let mut t = Tracker::new(BASE);
     client(&mut t, &query("SELECT SLEEP(1)"));
     let mut out = BytesMut::new();
-    write_packet(&mut out, 0, &query("SELECT 2"));
-    let e = t.client_bytes(&out).unwrap_err().to_string();
-    assert!(e.contains("outstanding"), "{e}");
+    write_packet(&mut out, 0, &query("SET @a = 1"));
+    write_packet(&mut out, 0, &[COM_PING]);
+    t.client_bytes(&out).unwrap();
+    let ev: Vec<Event> = std::iter::from_fn(|| t.poll_event()).collect();
+    assert!(ev.is_empty(), "queued commands start only in turn: {ev:?}");
+    assert!(!t.is_idle());
+    let ev = server(&mut t, &[ok(0, BASE)]);
+    let names: Vec<String> = ev
+        .iter()
+        .map(|e| match e {
+            Event::Command { command, .. } => format!("command {:02x}", command.code()),
+            Event::ResponseDone { .. } => "done".into(),
+            _ => "other".into(),
+        })
+        .filter(|n| n != "other")
+        .collect();
+    assert_eq!(names, ["done", "command 03"], "{ev:?}");
+    server(&mut t, &[ok(0, BASE)]);
+    server(&mut t, &[ok(0, BASE)]);
+    assert!(t.is_idle(), "both queued commands answered");
+    // A response with nothing asked is still a violation.
+    let e = server_err(&mut t, &[ok(0, BASE)]);
+    assert!(e.contains("no command is outstanding"), "{e}");
 }
 
 #[test]

@@ -113,7 +113,11 @@ pub(crate) fn wanted(head: &[u8], params: impl Fn(u32) -> Option<u16>) -> usize 
         COM_STMT_EXECUTE if head.len() < 10 => 10,
         COM_STMT_EXECUTE => {
             let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
-            let n = params(id).unwrap_or(0) as usize;
+            // Not known yet (its prepare is still unanswered): collect enough to read the types later.
+            let Some(n) = params(id) else {
+                return 1 + SQL_LIMIT;
+            };
+            let n = n as usize;
             if n == 0 {
                 return head.len();
             }
@@ -154,12 +158,11 @@ pub(crate) fn parse(
             r.u32().ok()?;
             let n = params(id).unwrap_or(0) as usize;
             let mut param_types = None;
-            if n > 0 {
-                r.bytes(n.div_ceil(8)).ok()?;
-                if r.u8().ok()? == 1 {
-                    let types = (0..n).map(|_| r.u16()).collect::<Result<Vec<_>, _>>();
-                    param_types = Some(types.ok()?);
-                }
+            // A head too short for the types (a statement unknown when it was
+            // collected) only means the types are not known.
+            if n > 0 && r.bytes(n.div_ceil(8)).is_ok() && r.u8().ok() == Some(1) {
+                let types = (0..n).map(|_| r.u16()).collect::<Result<Vec<_>, _>>();
+                param_types = types.ok();
             }
             Command::Execute {
                 id,

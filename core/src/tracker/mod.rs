@@ -196,6 +196,8 @@ impl Tracker {
                 types: BTreeMap::new(),
                 resend_types: BTreeSet::new(),
                 edited: None,
+                queue: VecDeque::new(),
+                queued_bytes: 0,
                 events: VecDeque::new(),
                 error: None,
                 dir: Direction::Client,
@@ -406,6 +408,11 @@ struct Conversation {
     resend_types: BTreeSet<u32>,
     /// Offset of the client packet whose edits were already worked out.
     edited: Option<u64>,
+    /// Commands the client sent before the responses to earlier ones
+    /// (pipelining): each starts when the one before it is answered.
+    queue: VecDeque<Queued>,
+    /// Bytes of command heads in `queue`.
+    queued_bytes: usize,
     events: VecDeque<Event>,
     error: Option<TrackError>,
     /// The direction being fed.
@@ -488,6 +495,17 @@ impl StmtIds {
         }
     }
 }
+
+/// A pipelined command waiting for the responses before it.
+#[derive(Debug)]
+struct Queued {
+    offset: u64,
+    head: Vec<u8>,
+    truncated: bool,
+}
+
+/// Most bytes of pipelined command heads the tracker holds (each at most [`SQL_LIMIT`] + 1).
+pub const PIPELINE_LIMIT: usize = 4 << 20;
 
 #[derive(Debug)]
 enum Phase {
@@ -704,6 +722,52 @@ impl Conversation {
     fn finish(&mut self, outcome: Outcome) {
         self.phase = Phase::Idle;
         self.events.push_back(Event::ResponseDone { outcome });
+        self.next_queued();
+    }
+
+    /// Starts the pipelined commands that are next, until one awaits a response.
+    fn next_queued(&mut self) {
+        while matches!(self.phase, Phase::Idle) {
+            let Some(q) = self.queue.pop_front() else {
+                return;
+            };
+            self.queued_bytes -= q.head.len();
+            if let Err(e) = self.command_at(q.offset, &q.head, q.truncated) {
+                self.error = Some(e);
+                return;
+            }
+        }
+    }
+
+    /// True while a `COM_STMT_PREPARE` is unanswered (MariaDB's "last prepared"
+    /// id then means a statement whose parameter count is not known yet).
+    fn prepare_pending(&self) -> bool {
+        let current = matches!(&self.phase, Phase::Busy(r) if r.command == COM_STMT_PREPARE);
+        current
+            || self
+                .queue
+                .iter()
+                .any(|q| q.head.first() == Some(&COM_STMT_PREPARE))
+    }
+
+    /// Parameter count for sizing a command head: unknown for "last prepared" behind a pending prepare.
+    fn params_for_head(&self, id: u32) -> Option<u16> {
+        if id == LAST_PREPARED && self.prepare_pending() {
+            return None;
+        }
+        self.params_of(id)
+    }
+
+    /// Whether the next client packet is a command (as opposed to file data or auth data).
+    fn expects_command(&self) -> bool {
+        match &self.phase {
+            Phase::Idle => true,
+            Phase::Busy(r) => !matches!(
+                r.expect,
+                Expect::InfileData | Expect::ChangeUser(Turn::Client | Turn::Either)
+            ),
+            Phase::Replication | Phase::Quit => false,
+        }
     }
 
     /// Updates the transaction state from a status and the trackers that came with it.
@@ -1064,21 +1128,43 @@ impl Conversation {
                     r.expect = Expect::ChangeUser(Turn::Server);
                     Ok(())
                 }
-                _ => {
-                    let what = command_name(r.command);
-                    Err(self.violation(
-                        p.offset,
-                        format!("a new packet while the response to {what} is outstanding"),
-                    ))
-                }
+                _ => self.enqueue(p),
             },
         }
     }
 
+    /// A command sent before the response to the one before it (pipelining).
+    fn enqueue(&mut self, p: Packet<'_>) -> Result<(), TrackError> {
+        self.client_edits(p.offset, p.payload_len, p.head);
+        self.edited = None;
+        if p.head.is_empty() {
+            return Err(self.violation(p.offset, "an empty command packet"));
+        }
+        if self.queued_bytes + p.head.len() > PIPELINE_LIMIT {
+            return Err(self.violation(
+                p.offset,
+                format!(
+                    "more than {PIPELINE_LIMIT} bytes of commands sent ahead of their responses"
+                ),
+            ));
+        }
+        self.queued_bytes += p.head.len();
+        self.queue.push_back(Queued {
+            offset: p.offset,
+            head: p.head.to_vec(),
+            truncated: p.truncated,
+        });
+        Ok(())
+    }
+
     fn command(&mut self, p: Packet<'_>) -> Result<(), TrackError> {
+        self.command_at(p.offset, p.head, p.truncated)
+    }
+
+    fn command_at(&mut self, offset: u64, head: &[u8], truncated: bool) -> Result<(), TrackError> {
         let params = |id| self.params_of(id);
-        let Some(command) = command::parse(p.head, p.truncated, params, self.last_prepared) else {
-            return Err(self.violation(p.offset, "an empty or truncated command packet"));
+        let Some(command) = command::parse(head, truncated, params, self.last_prepared) else {
+            return Err(self.violation(offset, "an empty or truncated command packet"));
         };
         let code = command.code();
         let mut stmt = None;
@@ -1133,15 +1219,13 @@ impl Conversation {
                 | COM_PROCESS_KILL | COM_PING | COM_TIME | COM_DELAYED_INSERT | COM_TABLE_DUMP
                 | COM_CONNECT_OUT | COM_REGISTER_SLAVE | COM_DAEMON => Expect::OkOrErr,
                 other => {
-                    return Err(
-                        self.violation(p.offset, format!("unsupported command 0x{other:02x}"))
-                    )
+                    return Err(self.violation(offset, format!("unsupported command 0x{other:02x}")))
                 }
             }),
         };
         self.events.push_back(Event::Command {
             command,
-            offset: p.offset,
+            offset: offset,
         });
         match (expect, code) {
             (Some(expect), _) => {
@@ -1178,17 +1262,15 @@ impl frames::Reader for Conversation {
         multi_frame: bool,
     ) -> Result<usize, TrackError> {
         Ok(match self.dir {
-            Direction::Client => match self.phase {
-                Phase::Idle => {
-                    let want = command::wanted(head, |id| self.params_of(id));
-                    if want <= head.len() && !multi_frame {
-                        // The head is complete: the rest passes on before the packet ends.
-                        self.client_edits(offset, payload_len, head);
-                    }
-                    want
+            Direction::Client if self.expects_command() => {
+                let want = command::wanted(head, |id| self.params_for_head(id));
+                if want <= head.len() && !multi_frame {
+                    // The head is complete: the rest passes on before the packet ends.
+                    self.client_edits(offset, payload_len, head);
                 }
-                _ => head.len(),
-            },
+                want
+            }
+            Direction::Client => head.len(),
             Direction::Server => self
                 .classify(Some(head[0]), multi_frame)
                 .want()
