@@ -1223,10 +1223,7 @@ impl Conversation {
                 }
             }),
         };
-        self.events.push_back(Event::Command {
-            command,
-            offset: offset,
-        });
+        self.events.push_back(Event::Command { command, offset });
         match (expect, code) {
             (Some(expect), _) => {
                 self.phase = Phase::Busy(Response {
