@@ -1533,6 +1533,113 @@ fn a_failover_whose_target_fails_fails_the_command_that_waited_for_it() {
     assert_lost(&h, mark, false);
 }
 
+// ================================================================= reading back what only the server knows
+
+/// `SET @a = 1` on b0 (with statement 1 prepared): the client has its OK,
+/// then ferry asks b0 for the user variables and LAST_INSERT_ID().
+fn after_a_set() -> Harness {
+    let mut h = idle_with_a_statement();
+    let mark = h.outputs.len();
+    h.exchange(
+        query("SET @a = 1"),
+        ok_tracked(&[TrackItem::StateChange(true)]),
+    );
+    let out = since(&h, mark);
+    let answered = out
+        .iter()
+        .position(|o| matches!(o, Output::ToClient(_)))
+        .expect("the client has its OK");
+    let asked = out
+        .iter()
+        .position(|o| *o == Output::ToBackend(B0, server_values_read()))
+        .expect("ferry asks b0");
+    assert!(answered < asked, "{}", h.trace);
+    h
+}
+
+/// b0 answers the read after [`after_a_set`]: `@a` is the INT 1.
+fn b0_tells_a_is_1(h: &mut Harness) {
+    let mark = h.outputs.len();
+    h.backend(
+        B0,
+        replies(&[
+            user_variable_types(&[("a", "INT", None)]),
+            last_insert_id_is(0),
+        ]),
+    );
+    assert_eq!(written(h, B0, mark), [query("SELECT @`a`")], "{}", h.trace);
+    h.backend(B0, result_set(&["@`a`"], &[&[Some("1")]]));
+}
+
+#[test]
+fn a_user_variable_a_set_changed_is_read_back_before_the_clients_next_command() {
+    let mut h = after_a_set();
+    let mark = h.outputs.len();
+    let select = query("SELECT @a");
+    h.client(select.clone());
+    assert!(
+        written(&h, B0, mark).is_empty(),
+        "the command waits for ferry's read:\n{}",
+        h.trace
+    );
+    b0_tells_a_is_1(&mut h);
+    assert_eq!(
+        written(&h, B0, mark),
+        [query("SELECT @`a`"), select],
+        "{}",
+        h.trace
+    );
+    assert!(
+        to_client(&h, mark).is_empty(),
+        "ferry's answers are ferry's"
+    );
+    let answer = result_set(&["@a"], &[&[Some("1")]]);
+    h.backend(B0, answer.clone());
+    assert_eq!(to_client(&h, mark), [answer], "{}", h.trace);
+    let state = h.session.session_state().unwrap();
+    assert!(state.server_values_known());
+    assert_eq!(
+        state.user_values(),
+        [UserVariable {
+            name: "a".into(),
+            value: UserValue::Number(UserType::Int, "1".into())
+        }]
+    );
+}
+
+#[test]
+fn a_failover_restores_the_user_variables_a_set_changed() {
+    let mut h = after_a_set();
+    b0_tells_a_is_1(&mut h);
+    let before = carried_now(&h);
+    let mark = h.outputs.len();
+    h.feed(Input::BackendClosed(B0));
+    assert!(since(&h, mark).contains(&Output::Event(SessionEvent::MoveStarted(Trigger::Failover))));
+    h.feed(Input::Transferred(Ok(route("cn2"))));
+    h.target_logs_in(B1, 502);
+    let restore: Vec<String> = written(&h, B1, mark)
+        .iter()
+        .flat_map(|b| packets(b))
+        .filter(|p| p[0] == COM_QUERY)
+        .map(|p| String::from_utf8_lossy(&p[1..]).into_owned())
+        .collect();
+    assert_eq!(
+        restore.last().map(String::as_str),
+        Some("SET @`a` = 1"),
+        "{}",
+        h.trace
+    );
+    h.backend(B1, replies(&[ok(1), prepared(3, 1, 1), ok(1)]));
+    assert_eq!(moves(&h, mark)[0].outcome, Ok(()), "{}", h.trace);
+    assert!(
+        written(&h, B0, mark).is_empty(),
+        "nothing for a dead backend"
+    );
+    assert!(to_client(&h, mark).is_empty(), "the client noticed nothing");
+    assert_eq!(h.session.backend(), Some(B1));
+    assert_eq!(carried_now(&h), before);
+}
+
 // ================================================================= a model: any interleaving
 
 /// One thing that happens to a session: the client acts, the cluster asks
