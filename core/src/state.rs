@@ -258,6 +258,13 @@ impl SessionState {
         self.last_insert_id_stale = false;
     }
 
+    /// The server would not tell its values (a read-back failed): ferry stops
+    /// reading them back after each `SET`. A move still asks; until one gets
+    /// them, a failover cannot restore them.
+    pub fn server_values_unreadable(&mut self) {
+        self.stale_by_set_only = false;
+    }
+
     /// The last non-zero insert id an OK packet reported.
     pub fn last_insert_id(&self) -> u64 {
         self.last_insert_id

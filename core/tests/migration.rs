@@ -1640,6 +1640,65 @@ fn a_failover_restores_the_user_variables_a_set_changed() {
     assert_eq!(carried_now(&h), before);
 }
 
+/// After [`after_a_set`], b0 refuses ferry's first question, as a server
+/// without `information_schema.USER_VARIABLES` (MySQL) does, and answers the
+/// second. The client's command sent meanwhile goes on, and is answered.
+fn refused_read_back() -> Harness {
+    let mut h = after_a_set();
+    let mark = h.outputs.len();
+    let select = query("SELECT @a");
+    h.client(select.clone());
+    h.backend(
+        B0,
+        err(
+            1,
+            1109,
+            "Unknown table 'USER_VARIABLES' in information_schema",
+        ),
+    );
+    assert!(
+        written(&h, B0, mark).is_empty(),
+        "the command waits for the rest of ferry's answer:\n{}",
+        h.trace
+    );
+    h.backend(B0, last_insert_id_is(0));
+    assert_eq!(h.closed, None, "{}", h.trace);
+    assert_eq!(written(&h, B0, mark), [select], "{}", h.trace);
+    let answer = result_set(&["@a"], &[&[Some("1")]]);
+    h.backend(B0, answer.clone());
+    assert_eq!(to_client(&h, mark), [answer], "{}", h.trace);
+    assert!(!h.session.session_state().unwrap().server_values_known());
+    h
+}
+
+#[test]
+fn a_read_back_the_server_refuses_costs_the_client_nothing_but_failover() {
+    let mut h = refused_read_back();
+    // ferry does not ask again after every SET.
+    let mark = h.outputs.len();
+    h.exchange(
+        query("SET @b = 2"),
+        ok_tracked(&[TrackItem::StateChange(true)]),
+    );
+    assert_eq!(written(&h, B0, mark), [query("SET @b = 2")], "{}", h.trace);
+    assert_eq!(h.closed, None, "{}", h.trace);
+    // Only b0 knows @a and @b: when it dies, the session cannot move.
+    let mark = h.outputs.len();
+    h.feed(Input::BackendClosed(B0));
+    assert!(!started(&h, mark), "{}", h.trace);
+    h.client(query("SELECT @a"));
+    assert_lost(&h, mark, false);
+}
+
+#[test]
+fn a_move_after_a_refused_read_back_still_asks_the_source() {
+    let mut h = refused_read_back();
+    let mark = h.outputs.len();
+    h.migrate(Trigger::Admin, Some("cn2"));
+    h.feed(Input::Transferred(Ok(route("cn2"))));
+    asked_for_server_values(&h, B0, mark);
+}
+
 // ================================================================= a model: any interleaving
 
 /// One thing that happens to a session: the client acts, the cluster asks
