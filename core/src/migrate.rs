@@ -175,7 +175,7 @@ pub(crate) struct Restoring {
 #[derive(Debug)]
 pub(crate) enum SourceRead {
     NotStarted,
-    Reading(StateRead),
+    Reading(Box<StateRead>),
     /// The session state holds everything (read now, or known without the source).
     Done,
 }

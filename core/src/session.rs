@@ -652,7 +652,7 @@ impl Session {
                     // Read what only the source knows meanwhile: the client is idle, the source too.
                     let (read, bytes) =
                         StateRead::start(f.forward.backend_caps(), self.config.max_packet_size);
-                    m.source = SourceRead::Reading(read);
+                    m.source = SourceRead::Reading(Box::new(read));
                     self.outputs.push_back(Output::ToBackend(f.backend, bytes));
                 }
             }
