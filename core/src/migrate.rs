@@ -276,7 +276,7 @@ impl StateRead {
                 self.last_insert_id = Some(id);
                 let types = self.types.as_deref().unwrap_or_default();
                 if let Some(sql) = restore::user_values_query(types) {
-                    return Ok(ReadStep::Send(self.q.request(&Request::Query(sql))));
+                    return Ok(ReadStep::Send(self.q.request(&Request::Query(sql.into()))));
                 }
                 return Ok(ReadStep::Done(Vec::new(), id));
             }

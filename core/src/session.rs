@@ -1805,7 +1805,7 @@ fn placeholder_login() -> BackendLogin {
 fn describe_step(step: &Step) -> String {
     match step {
         Step::Query { sql, .. } => {
-            let cut: String = sql.chars().take(60).collect();
+            let cut: String = String::from_utf8_lossy(sql).chars().take(60).collect();
             format!("\"{cut}\"")
         }
         Step::InitDb(db) => format!("USE `{db}`"),

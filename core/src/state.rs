@@ -44,8 +44,9 @@ pub struct PreparedStatement {
 pub struct NamedStatement {
     /// The name (lower case: names are case-insensitive).
     pub name: String,
-    /// The SQL text, or `None` when it was prepared from a user variable.
-    pub sql: Option<String>,
+    /// The SQL text (bytes in the character set the client sent it in), or
+    /// `None` when it was prepared from a user variable.
+    pub sql: Option<Vec<u8>>,
 }
 
 /// Something that pins a session to its backend, with a reason for operators.

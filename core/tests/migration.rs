@@ -2551,14 +2551,13 @@ fn any_interleaving_of_commands_moves_answers_and_failures_keeps_the_session_who
     }
 }
 
-// ================================================================= known bugs outside this branch
+// ================================================================= text PREPAREs
 
-/// BUG (core/src/state/sql.rs, not fixed here): the text of a `PREPARE name
-/// FROM '...'` is kept as lossy UTF-8. In a session whose client character
-/// set is latin1, a non-ASCII byte in the statement becomes U+FFFD, and the
-/// restore re-prepares a different statement on the target, silently.
+/// The text of a `PREPARE name FROM '...'` is kept as the bytes the client
+/// sent: in a session whose client character set is latin1, a non-ASCII
+/// byte must reach the target as it is (as lossy UTF-8 it became U+FFFD,
+/// and the target silently prepared another statement).
 #[test]
-#[ignore = "known bug: text PREPARE kept as lossy UTF-8 (core/src/state/sql.rs)"]
 fn a_text_prepare_in_a_latin1_session_is_restored_byte_for_byte() {
     let mut h = logged_in();
     h.exchange(
@@ -2587,6 +2586,5 @@ fn a_text_prepare_in_a_latin1_session_is_restored_byte_for_byte() {
         .flat_map(|b| packets(b))
         .find(|p| p.starts_with(b"\x03PREPARE"))
         .expect("the text PREPARE is restored");
-    // Actual: ... ''caf\xEF\xBF\xBD''' (U+FFFD in UTF-8, read as latin1 by the target).
     assert_eq!(prepare, b"\x03PREPARE `s` FROM 'SELECT ''caf\xe9'''");
 }
