@@ -2588,3 +2588,27 @@ fn a_text_prepare_in_a_latin1_session_is_restored_byte_for_byte() {
         .expect("the text PREPARE is restored");
     assert_eq!(prepare, b"\x03PREPARE `s` FROM 'SELECT ''caf\xe9'''");
 }
+
+/// The backslash escapes of a `PREPARE`'s string literal mean what they mean
+/// to the server (`\n` is a line feed, `\%` stays `\%`): the target must
+/// prepare the statement the source did.
+#[test]
+fn a_text_prepare_with_backslash_escapes_is_restored_as_the_same_statement() {
+    let mut h = logged_in();
+    h.exchange(
+        query(r"PREPARE s FROM 'SELECT ''line\n'', ''x'' LIKE ''x\%'''"),
+        ok_tracked(&[TrackItem::StateChange(true)]),
+    );
+    let mark = h.outputs.len();
+    move_without_user_variables(&mut h, "cn2", B1, replies(&[ok(1), ok(1)]));
+    let prepare = written(&h, B1, mark)
+        .iter()
+        .flat_map(|b| packets(b))
+        .find(|p| p.starts_with(b"\x03PREPARE"))
+        .expect("the text PREPARE is restored");
+    // The statement is SELECT 'line<LF>', 'x' LIKE 'x\%', quoted again.
+    assert_eq!(
+        String::from_utf8_lossy(&prepare),
+        "\x03PREPARE `s` FROM 'SELECT ''line\n'', ''x'' LIKE ''x\\\\%'''"
+    );
+}

@@ -200,7 +200,17 @@ impl Lexer<'_> {
             }
             if c == b'\\' && q != b'`' {
                 if let Some(&e) = self.s.get(self.i) {
-                    out.push(e);
+                    // The server's escapes; `\%` and `\_` keep their backslash (for LIKE).
+                    match e {
+                        b'0' => out.push(0),
+                        b'b' => out.push(0x08),
+                        b'n' => out.push(b'\n'),
+                        b'r' => out.push(b'\r'),
+                        b't' => out.push(b'\t'),
+                        b'Z' => out.push(0x1A),
+                        b'%' | b'_' => out.extend_from_slice(&[b'\\', e]),
+                        e => out.push(e),
+                    }
                     self.i += 1;
                 }
                 continue;
