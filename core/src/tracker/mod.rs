@@ -733,7 +733,10 @@ impl Conversation {
             return;
         }
         self.edited = Some(offset);
-        let code = head[0];
+        // An empty packet is no command: `command` says so.
+        let Some(&code) = head.first() else {
+            return;
+        };
         let is_stmt_command = matches!(
             code,
             COM_STMT_EXECUTE
@@ -1206,5 +1209,17 @@ fn span(p: &Packet<'_>) -> Span {
         offset: p.offset,
         len: p.len,
         seq: p.seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packets::flags::caps::CLIENT_PROTOCOL_41;
+
+    #[test]
+    fn an_empty_command_packet_is_a_protocol_error_not_a_panic() {
+        let mut t = Tracker::new(CLIENT_PROTOCOL_41);
+        assert!(t.client_bytes(&[0, 0, 0, 0]).is_err());
     }
 }
