@@ -22,8 +22,8 @@ pub const ROWS_LIMIT: usize = 16 << 20;
 /// A command ferry sends.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
-    /// `COM_QUERY`.
-    Query(String),
+    /// `COM_QUERY` (the statement's bytes: text a client sent may be in any character set).
+    Query(Vec<u8>),
     /// `COM_INIT_DB`.
     InitDb(String),
     /// `COM_STMT_PREPARE`.
@@ -114,7 +114,7 @@ impl Injected {
     /// Queues `request`, appending its bytes to `out` (several requests, one write).
     pub fn write(&mut self, request: &Request, out: &mut BytesMut) {
         let (code, body, shape): (u8, &[u8], Shape) = match request {
-            Request::Query(sql) => (COM_QUERY, sql.as_bytes(), Shape::Query),
+            Request::Query(sql) => (COM_QUERY, sql, Shape::Query),
             Request::InitDb(db) => (COM_INIT_DB, db.as_bytes(), Shape::OkOrErr),
             Request::Prepare(sql) => (COM_STMT_PREPARE, sql, Shape::Prepare),
         };

@@ -191,6 +191,25 @@ pub(crate) enum ReadStep {
     Done(Vec<UserVariable>, u64),
 }
 
+/// Why a [`StateRead`] failed.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The backend answered, though not with what ferry needs (an ERR where
+    /// `information_schema.USER_VARIABLES` does not exist, a type ferry does not
+    /// know): the connection is still in step once the rest of the answer is in.
+    Answer(String),
+    /// The bytes cannot be followed: the connection is lost to ferry.
+    Protocol(String),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Answer(why) | ReadError::Protocol(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Reading from a backend what only it knows: user variables (names, types,
 /// exact values) and `LAST_INSERT_ID()`. At most two round trips.
 #[derive(Debug)]
@@ -232,8 +251,12 @@ impl StateRead {
     }
 
     /// Feeds bytes from the backend.
-    pub fn feed(&mut self, data: &[u8]) -> Result<ReadStep, String> {
-        self.q.feed(data)?;
+    pub fn feed(&mut self, data: &[u8]) -> Result<ReadStep, ReadError> {
+        self.q.feed(data).map_err(ReadError::Protocol)?;
+        self.replies().map_err(ReadError::Answer)
+    }
+
+    fn replies(&mut self) -> Result<ReadStep, String> {
         while let Some(reply) = self.q.poll_reply() {
             let rows = match reply {
                 Reply::Rows(rows) => rows,
@@ -253,7 +276,7 @@ impl StateRead {
                 self.last_insert_id = Some(id);
                 let types = self.types.as_deref().unwrap_or_default();
                 if let Some(sql) = restore::user_values_query(types) {
-                    return Ok(ReadStep::Send(self.q.request(&Request::Query(sql))));
+                    return Ok(ReadStep::Send(self.q.request(&Request::Query(sql.into()))));
                 }
                 return Ok(ReadStep::Done(Vec::new(), id));
             }

@@ -212,8 +212,8 @@ pub fn parse_user_values(
 pub enum Step {
     /// A `COM_QUERY`; what an error means is `on_error`.
     Query {
-        /// The statement.
-        sql: String,
+        /// The statement (bytes: a text `PREPARE` carries the client's, in its character set).
+        sql: Vec<u8>,
         /// What a server error means.
         on_error: OnError,
     },
@@ -244,17 +244,23 @@ pub enum OnError {
 /// SQL string literal. Quotes are doubled, which works whatever `sql_mode`;
 /// backslashes are doubled unless `NO_BACKSLASH_ESCAPES` is in force.
 pub fn quote(s: &str, backslash_escapes: bool) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('\'');
-    for c in s.chars() {
+    String::from_utf8(quote_bytes(s.as_bytes(), backslash_escapes))
+        .expect("only ASCII bytes are added next to ASCII bytes")
+}
+
+/// [`quote`] for bytes in any character set: only the bytes `'`, `\` and NUL change.
+pub fn quote_bytes(s: &[u8], backslash_escapes: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    out.push(b'\'');
+    for &c in s {
         match c {
-            '\'' => out.push_str("''"),
-            '\\' if backslash_escapes => out.push_str("\\\\"),
-            '\0' if backslash_escapes => out.push_str("\\0"),
+            b'\'' => out.extend_from_slice(b"''"),
+            b'\\' if backslash_escapes => out.extend_from_slice(b"\\\\"),
+            0 if backslash_escapes => out.extend_from_slice(b"\\0"),
             c => out.push(c),
         }
     }
-    out.push('\'');
+    out.push(b'\'');
     out
 }
 
@@ -291,7 +297,8 @@ fn set_variable(name: &str, value: &str, backslash: bool) -> Step {
             "SET SESSION {} = {}",
             name,
             variable_literal(name, value, backslash)
-        ),
+        )
+        .into_bytes(),
         on_error: OnError::Variable(name.to_string()),
     }
 }
@@ -409,7 +416,7 @@ pub fn plan(
     for name in vars.keys() {
         if !finals.contains_key(name) {
             steps.push(Step::Query {
-                sql: format!("SET SESSION {name} = DEFAULT"),
+                sql: format!("SET SESSION {name} = DEFAULT").into_bytes(),
                 on_error: OnError::Variable(name.clone()),
             });
         }
@@ -447,25 +454,23 @@ pub fn plan(
             );
         }
         steps.push(Step::Query {
-            sql,
+            sql: sql.into_bytes(),
             on_error: OnError::Abort,
         });
     }
     for n in state.named_prepared() {
         if let Some(text) = &n.sql {
+            let mut sql = format!("PREPARE `{}` FROM ", n.name.replace('`', "``")).into_bytes();
+            sql.extend(quote_bytes(text, backslash));
             steps.push(Step::Query {
-                sql: format!(
-                    "PREPARE `{}` FROM {}",
-                    n.name.replace('`', "``"),
-                    quote(text, backslash)
-                ),
+                sql,
                 on_error: OnError::Abort,
             });
         }
     }
     if state.last_insert_id() != 0 {
         steps.push(Step::Query {
-            sql: format!("DO LAST_INSERT_ID({})", state.last_insert_id()),
+            sql: format!("DO LAST_INSERT_ID({})", state.last_insert_id()).into_bytes(),
             on_error: OnError::Abort,
         });
     }
@@ -496,7 +501,7 @@ fn set_context_variables(
                 }
             }
             (Some(_), None) => changes.push(Step::Query {
-                sql: format!("SET SESSION {name} = DEFAULT"),
+                sql: format!("SET SESSION {name} = DEFAULT").into_bytes(),
                 on_error: OnError::Variable(name.clone()),
             }),
             _ => {}

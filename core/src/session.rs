@@ -23,7 +23,7 @@ use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
 use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedClient};
 use crate::login::{err_frame, frame};
 use crate::migrate::{
-    Move, ReadStep, Restoring, SourceRead, StateRead, Target, TargetPhase, HELD_LIMIT,
+    Move, ReadError, ReadStep, Restoring, SourceRead, StateRead, Target, TargetPhase, HELD_LIMIT,
 };
 use crate::packets::flags::caps::CLIENT_CONNECT_WITH_DB;
 use crate::packets::flags::command::{
@@ -708,10 +708,25 @@ impl Session {
                 }
                 if let Some((read, _)) = f.refresh.as_mut() {
                     match read.feed(&data) {
-                        Err(e) => {
+                        Err(ReadError::Protocol(e)) => {
                             return self.close(CloseReason::BackendProtocolError(format!(
                                 "reading user variables back: {e}"
                             )))
+                        }
+                        Err(ReadError::Answer(_)) => {
+                            // ferry's own question failed, not the client's: the values
+                            // stay unknown, ferry stops asking after each SET, and the
+                            // client's bytes go on once the rest of the answer is in.
+                            let (read, held) = f.refresh.take().expect("checked");
+                            f.forward.state_mut().server_values_unreadable();
+                            if read.outstanding() > 0 {
+                                let injected = read.into_queue();
+                                f.draining = Some(Box::new(Draining { injected, held }));
+                            } else if !held.is_empty() {
+                                self.on_client_data(now, held.freeze());
+                            } else {
+                                self.try_move(now);
+                            }
                         }
                         Ok(ReadStep::Pending) => {}
                         Ok(ReadStep::Send(bytes)) => {
@@ -1797,7 +1812,7 @@ fn placeholder_login() -> BackendLogin {
 fn describe_step(step: &Step) -> String {
     match step {
         Step::Query { sql, .. } => {
-            let cut: String = sql.chars().take(60).collect();
+            let cut: String = String::from_utf8_lossy(sql).chars().take(60).collect();
             format!("\"{cut}\"")
         }
         Step::InitDb(db) => format!("USE `{db}`"),

@@ -44,8 +44,9 @@ pub struct PreparedStatement {
 pub struct NamedStatement {
     /// The name (lower case: names are case-insensitive).
     pub name: String,
-    /// The SQL text, or `None` when it was prepared from a user variable.
-    pub sql: Option<String>,
+    /// The SQL text (bytes in the character set the client sent it in), or
+    /// `None` when it was prepared from a user variable.
+    pub sql: Option<Vec<u8>>,
 }
 
 /// Something that pins a session to its backend, with a reason for operators.
@@ -256,6 +257,13 @@ impl SessionState {
         self.user_values_stale = false;
         self.last_insert_id = last_insert_id;
         self.last_insert_id_stale = false;
+    }
+
+    /// The server would not tell its values (a read-back failed): ferry stops
+    /// reading them back after each `SET`. A move still asks; until one gets
+    /// them, a failover cannot restore them.
+    pub fn server_values_unreadable(&mut self) {
+        self.stale_by_set_only = false;
     }
 
     /// The last non-zero insert id an OK packet reported.

@@ -428,7 +428,7 @@ fn text_prepare_and_deallocate() {
         .collect();
     assert_eq!(
         named,
-        vec![("stmt1".to_string(), Some("SELECT ?".to_string()))]
+        vec![("stmt1".to_string(), Some(b"SELECT ?".to_vec()))]
     );
     s.ok("DEALLOCATE PREPARE stmt1");
     assert_eq!(s.state.named_prepared().count(), 0);

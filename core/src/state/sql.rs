@@ -13,8 +13,8 @@ pub(crate) enum Token {
     Word(String),
     /// A back-quoted identifier, unquoted.
     Quoted(String),
-    /// A string literal's content.
-    Str(String),
+    /// A string literal's content, as bytes in the client's character set.
+    Str(Vec<u8>),
     /// `@name`.
     UserVar(String),
     /// `@@[scope.]name`, lower-cased.
@@ -131,7 +131,7 @@ impl Lexer<'_> {
                     self.skip_line()
                 }
                 b'#' => self.skip_line(),
-                b'\'' | b'"' => return Some(Token::Str(self.quoted(c))),
+                b'\'' | b'"' => return Some(Token::Str(self.quoted_bytes(c))),
                 b'`' => return Some(Token::Quoted(self.quoted(c))),
                 b'@' if self.peek(1) == b'@' => {
                     self.i += 2;
@@ -179,8 +179,13 @@ impl Lexer<'_> {
         String::from_utf8_lossy(&self.s[start..self.i]).into_owned()
     }
 
-    /// A literal or identifier quoted with `q`; doubled quotes and backslash escapes are honoured.
+    /// An identifier quoted with `q`, as text.
     fn quoted(&mut self, q: u8) -> String {
+        String::from_utf8_lossy(&self.quoted_bytes(q)).into_owned()
+    }
+
+    /// A literal or identifier quoted with `q`; doubled quotes and backslash escapes are honoured.
+    fn quoted_bytes(&mut self, q: u8) -> Vec<u8> {
         self.i += 1;
         let mut out = Vec::new();
         while let Some(&c) = self.s.get(self.i) {
@@ -195,14 +200,24 @@ impl Lexer<'_> {
             }
             if c == b'\\' && q != b'`' {
                 if let Some(&e) = self.s.get(self.i) {
-                    out.push(e);
+                    // The server's escapes; `\%` and `\_` keep their backslash (for LIKE).
+                    match e {
+                        b'0' => out.push(0),
+                        b'b' => out.push(0x08),
+                        b'n' => out.push(b'\n'),
+                        b'r' => out.push(b'\r'),
+                        b't' => out.push(b'\t'),
+                        b'Z' => out.push(0x1A),
+                        b'%' | b'_' => out.extend_from_slice(&[b'\\', e]),
+                        e => out.push(e),
+                    }
                     self.i += 1;
                 }
                 continue;
             }
             out.push(c);
         }
-        String::from_utf8_lossy(&out).into_owned()
+        out
     }
 }
 
@@ -224,8 +239,8 @@ pub(crate) struct TableName {
 /// Where a text `PREPARE` takes its statement from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum PrepareSource {
-    /// A string literal.
-    Text(String),
+    /// A string literal's content (bytes in the client's character set).
+    Text(Vec<u8>),
     /// A user variable (its value at that moment is unknown to ferry).
     Variable(String),
 }
@@ -445,13 +460,14 @@ pub(crate) fn classify(tokens: &[Token]) -> Effects {
         if call("GET_LOCK") {
             e.locks_got.push(match t.get(j + 2) {
                 Some(Token::Str(s)) if matches!(t.get(j + 3), Some(Token::Punct(b','))) => {
-                    Some(s.clone())
+                    Some(String::from_utf8_lossy(s).into_owned())
                 }
                 _ => None,
             });
         } else if call("RELEASE_LOCK") {
             if let (Some(Token::Str(s)), Some(Token::Punct(b')'))) = (t.get(j + 2), t.get(j + 3)) {
-                e.locks_released.push(s.clone());
+                e.locks_released
+                    .push(String::from_utf8_lossy(s).into_owned());
             }
         } else if call("RELEASE_ALL_LOCKS") {
             e.release_all_locks = true;

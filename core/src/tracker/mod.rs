@@ -797,8 +797,8 @@ impl Conversation {
             return;
         }
         self.edited = Some(offset);
+        // An empty packet is no command: `command` says so.
         let Some(&code) = head.first() else {
-            // An empty packet: the command parser reports it.
             return;
         };
         let is_stmt_command = matches!(
@@ -1288,5 +1288,17 @@ fn span(p: &Packet<'_>) -> Span {
         offset: p.offset,
         len: p.len,
         seq: p.seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packets::flags::caps::CLIENT_PROTOCOL_41;
+
+    #[test]
+    fn an_empty_command_packet_is_a_protocol_error_not_a_panic() {
+        let mut t = Tracker::new(CLIENT_PROTOCOL_41);
+        assert!(t.client_bytes(&[0, 0, 0, 0]).is_err());
     }
 }
