@@ -329,7 +329,7 @@ pub(crate) fn classify(tokens: &[Token]) -> Effects {
             if word(1, "NAMES") {
                 let collate = t.iter().position(|w| w.is("COLLATE"));
                 e.names_collation = Some(collate.and_then(|k| match t.get(k + 1) {
-                    Some(Token::Str(c)) => Some(c.to_ascii_lowercase()),
+                    Some(Token::Str(c)) => Some(String::from_utf8_lossy(c).to_ascii_lowercase()),
                     Some(w) => w.ident().map(str::to_ascii_lowercase),
                     None => None,
                 }));
