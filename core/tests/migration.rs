@@ -525,7 +525,6 @@ fn a_moved_session_has_every_piece_of_its_state_on_the_new_backend() {
             ok(1),             // character_set_client
             ok(1),             // character_set_results
             ok(1),             // character_set_connection
-            ok(1),             // collation_connection
             ok(1),             // sql_mode
             prepared(2, 1, 2), // SELECT * FROM t WHERE name = ?
             ok(1),             // time_zone
