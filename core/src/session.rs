@@ -113,6 +113,8 @@ pub enum Input {
 /// Where a session lives: its backend and that backend's thread id for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionLocation {
+    /// The session's ferry connection id.
+    pub id: u32,
     /// The backend.
     pub backend: BackendId,
     /// The backend's thread (connection) id.
@@ -156,8 +158,14 @@ pub enum Output {
     Connect(BackendHandle, Route),
     /// Close a backend connection (after writing what was queued for it). No answer.
     CloseBackend(BackendHandle),
-    /// Find the session with this ferry connection id; answer with [`Input::Located`].
-    Locate(u32),
+    /// Find the session a `KILL` names: by ferry connection id, or by the
+    /// backend thread id a session of `tenant` sees; answer with [`Input::Located`].
+    Locate {
+        /// The number the client gave.
+        id: u32,
+        /// The killer's tenant.
+        tenant: Option<String>,
+    },
     /// Run a statement on another backend as this client; answer with [`Input::RanElsewhere`].
     RunElsewhere(RemoteStatement),
     /// Close another session (a `KILL CONNECTION` through ferry). No answer.
@@ -855,9 +863,10 @@ impl Session {
         let State::Forwarding(f) = &mut self.state else {
             return;
         };
-        let target = kill.target;
+        let id = kill.target;
+        let tenant = f.identity.client.login.tenant.clone();
         f.identity.pending_kill = Some(kill);
-        self.outputs.push_back(Output::Locate(target));
+        self.outputs.push_back(Output::Locate { id, tenant });
     }
 
     fn on_located(&mut self, _now: Timestamp, location: Option<SessionLocation>) {
@@ -874,17 +883,17 @@ impl Session {
             Some(at) if at.tenant != identity.client.login.tenant => {
                 errors::no_such_thread(kill.target)
             }
-            Some(_) if !kill.query_only && kill.target == self.id => {
+            Some(at) if !kill.query_only && at.id == self.id => {
                 let err = errors::connection_closed("the session killed itself");
                 self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
                 self.quit_backend_if_idle();
                 return self.close(CloseReason::Closed("killed itself".into()));
             }
-            Some(_) if !kill.query_only => {
+            Some(at) if !kill.query_only => {
                 // ferry closes the session itself: its backend may change under a
                 // KILL, and a backend connection that merely closed is failed over.
                 self.outputs.push_back(Output::CloseSession {
-                    id: kill.target,
+                    id: at.id,
                     why: format!("killed by connection {}", self.id),
                 });
                 let ok = OkPacket {

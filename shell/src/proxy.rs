@@ -31,6 +31,11 @@ const DEFAULT_COLLATION: u8 = 45;
 /// Announced when no backend could be asked and none is configured.
 const FALLBACK_VERSION: &str = "5.5.5-10.11.6-MariaDB-ferry";
 
+/// ferry's connection ids start here, far above the thread ids backends hand
+/// out, so that a `KILL n` can name either (the handshake's id, or the
+/// `CONNECTION_ID()` the session sees on its backend) without mixing them up.
+pub const FIRST_CONNECTION_ID: u32 = 1 << 30;
+
 /// What ferry tells clients about "the server".
 #[derive(Clone, Debug)]
 pub struct ServerIdentity {
@@ -87,16 +92,23 @@ impl Shared {
             metrics: Metrics::default(),
             shutting_down: AtomicBool::new(false),
             shutdown: async_channel::bounded(1),
-            next_conn_id: AtomicU32::new(1),
+            next_conn_id: AtomicU32::new(FIRST_CONNECTION_ID),
         })
     }
 
     fn connection_id(&self) -> u32 {
         loop {
             let id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
-            if id != 0 {
+            if id >= FIRST_CONNECTION_ID {
                 return id;
             }
+            // Wrapped around: start the range again.
+            let _ = self.next_conn_id.compare_exchange(
+                id.wrapping_add(1),
+                FIRST_CONNECTION_ID,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
         }
     }
 
@@ -288,8 +300,29 @@ impl<T: Clock> Router for SessionHooks<T> {
         log_change(change);
     }
 
-    fn locate(&self, conn_id: u32) -> Option<SessionLocation> {
-        let info = self.shared.registry.get(conn_id)?.info()?;
+    fn locate(&self, id: u32, tenant: Option<&str>) -> Option<SessionLocation> {
+        // `id` is a ferry connection id, or the backend thread id a session of
+        // the same tenant sees as CONNECTION_ID(); only an unambiguous match counts.
+        let mut found: Vec<(Arc<SessionEntry>, SessionInfo)> = Vec::new();
+        if let Some(e) = self.shared.registry.get(id) {
+            if let Some(info) = e.info() {
+                found.push((e, info));
+            }
+        }
+        for e in self.shared.registry.all() {
+            if e.id == id {
+                continue;
+            }
+            if let Some(info) = e.info() {
+                if info.backend_connection_id == id && info.tenant.as_deref() == tenant {
+                    found.push((e, info));
+                }
+            }
+        }
+        if found.len() != 1 {
+            return None;
+        }
+        let (entry, info) = found.pop().expect("one");
         let addr = self
             .shared
             .cluster
@@ -298,6 +331,7 @@ impl<T: Clock> Router for SessionHooks<T> {
             .backend(&info.backend)?
             .addr;
         Some(SessionLocation {
+            id: entry.id,
             backend: info.backend,
             thread: info.backend_connection_id,
             addr,

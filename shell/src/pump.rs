@@ -55,8 +55,9 @@ pub trait Router: Send + Sync + 'static {
     fn transfer_back(&self, _moved: &Route, _original: &Route) {}
     /// Closes the session with ferry connection id `id` (a KILL through ferry). Default: nothing.
     fn close_session(&self, _id: u32, _why: &str) {}
-    /// Where the session with ferry connection id `conn_id` lives. Default: nowhere.
-    fn locate(&self, _conn_id: u32) -> Option<SessionLocation> {
+    /// Where the session a `KILL id` names lives (by ferry connection id, or by
+    /// the backend thread id a session of `tenant` sees). Default: nowhere.
+    fn locate(&self, _id: u32, _tenant: Option<&str>) -> Option<SessionLocation> {
         None
     }
 }
@@ -275,8 +276,9 @@ where
                     session.handle(clock.now(), Input::RanElsewhere(result));
                 }
                 Output::CloseSession { id, why } => router.close_session(id, &why),
-                Output::Locate(id) => {
-                    session.handle(clock.now(), Input::Located(router.locate(id)))
+                Output::Locate { id, tenant } => {
+                    let at = router.locate(id, tenant.as_deref());
+                    session.handle(clock.now(), Input::Located(at))
                 }
                 Output::Connect(h, route) => {
                     connecting.push((h, Box::pin(connector.connect(route.addr))));

@@ -724,11 +724,23 @@ fn sysbench_read_write_runs_through_the_tracker() {
 fn kill_reaches_a_session_on_another_backend() {
     let b = backends_n(2);
     let ferry = ConfigBuilder::new()
-        .backend(Backend::new("cn1", b[0]).label("account", "acc1"))
-        .backend(Backend::new("cn2", b[1]).label("account", "acc2"))
+        .backend(
+            Backend::new("cn1", b[0])
+                .label("account", "acc1")
+                .label("zone", "a"),
+        )
+        .backend(
+            Backend::new("cn2", b[1])
+                .label("account", "acc1")
+                .label("zone", "b"),
+        )
         .start();
-    let mut victim = ferry.connect("acc2:root", "111").expect("victim on cn2");
-    let mut killer = ferry.connect("acc1:root", "111").expect("killer on cn1");
+    let mut victim = ferry
+        .connect("acc1:root?zone=b", "111")
+        .expect("victim on cn2");
+    let mut killer = ferry
+        .connect("acc1:root?zone=a", "111")
+        .expect("killer on cn1");
     assert_eq!(backend_port(&mut victim), b[1].port());
     assert_eq!(backend_port(&mut killer), b[0].port());
     let victim_id = victim.connection_id();
@@ -745,4 +757,31 @@ fn kill_reaches_a_session_on_another_backend() {
     assert!(victim.query_drop("SELECT 1").is_err(), "victim still alive");
     let one: Option<u32> = killer.query_first("SELECT 1").unwrap();
     assert_eq!(one, Some(1));
+}
+
+/// Another tenant's session is out of reach: its id is unknown to the killer.
+#[test]
+fn kill_never_reaches_another_tenants_session() {
+    let b = backends_n(2);
+    let ferry = ConfigBuilder::new()
+        .backend(Backend::new("cn1", b[0]).label("account", "acc1"))
+        .backend(Backend::new("cn2", b[1]).label("account", "acc2"))
+        .start();
+    let mut victim = ferry.connect("acc2:root", "111").expect("victim on cn2");
+    let mut killer = ferry.connect("acc1:root", "111").expect("killer on cn1");
+    let victim_id = victim.connection_id();
+    let victim_thread: u32 = victim
+        .query_first("SELECT CONNECTION_ID()")
+        .unwrap()
+        .unwrap();
+    for id in [victim_id, victim_thread] {
+        for kill in ["KILL", "KILL QUERY"] {
+            match killer.query_drop(format!("{kill} {id}")) {
+                Err(mysql::Error::MySqlError(e)) => assert_eq!(e.code, 1094, "{kill} {id}: {e:?}"),
+                other => panic!("{kill} {id} of another tenant's session: {other:?}"),
+            }
+        }
+    }
+    let one: Option<u32> = victim.query_first("SELECT 1").unwrap();
+    assert_eq!(one, Some(1), "the other tenant's session is untouched");
 }
