@@ -435,7 +435,7 @@ pub fn plan(
     }
     let backslash = backslash_escapes(finals.get("sql_mode").map(String::as_str));
 
-    if let Some(want) = state.database() {
+    if let Some(want) = state.database().filter(|d| !d.is_empty()) {
         if db.as_deref() != Some(want) {
             steps.push(Step::InitDb(want.to_string()));
         }

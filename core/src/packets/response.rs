@@ -83,7 +83,9 @@ impl HandshakeResponse {
         // Clients set flags they then leave out; an absent trailing field is not an error.
         if capabilities & CLIENT_CONNECT_WITH_DB != 0 && !r.is_empty() {
             let db = r.null_terminated_or_rest();
-            resp.database = Some(r.utf8(db)?);
+            // Some clients (mysql-connector-python) send the flag with an empty name: no database.
+            let db = r.utf8(db)?;
+            resp.database = (!db.is_empty()).then_some(db);
         }
         if capabilities & CLIENT_PLUGIN_AUTH != 0 && !r.is_empty() {
             let plugin = r.null_terminated_or_rest();
