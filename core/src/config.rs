@@ -80,7 +80,7 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// A backend to read users and their hashes from (`mysql.user`), if any.
     #[serde(default)]
-    pub user_source: Option<crate::usersync::UserSourceConfig>,
+    pub user_source: Option<UserSourceConfig>,
     /// Executor threads; None = half the cores, at least one.
     #[serde(default)]
     pub worker_threads: Option<usize>,
@@ -556,5 +556,35 @@ impl Anchor {
             None => true,
         };
         starts_word && value_matches
+    }
+}
+
+/// Default for [`UserSourceConfig::interval_ms`]: a minute.
+pub const DEFAULT_USER_SOURCE_INTERVAL_MS: u64 = 60_000;
+
+/// `user_source: (backend: "cn1", user: "ferry", password: "...", interval_ms: 60000)`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSourceConfig {
+    /// The id of the backend to read `mysql.user` from.
+    pub backend: String,
+    /// The account ferry logs in with (needs SELECT on `mysql.user`).
+    pub user: String,
+    /// Its password (`mysql_native_password`).
+    #[serde(default)]
+    pub password: String,
+    /// Time between two reads (default 60_000).
+    #[serde(default = "default_user_source_interval_ms")]
+    pub interval_ms: u64,
+}
+
+fn default_user_source_interval_ms() -> u64 {
+    DEFAULT_USER_SOURCE_INTERVAL_MS
+}
+
+impl UserSourceConfig {
+    /// [`UserSourceConfig::interval_ms`] as a duration (at least 100 ms).
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.max(100))
     }
 }

@@ -7,27 +7,22 @@
 
 #![warn(missing_docs)]
 
-pub mod auth;
+// The layers, bottom up: the wire protocol, one session's machines, the cluster.
 pub mod cluster;
+pub mod protocol;
+pub mod session;
+
 pub mod config;
 pub mod errors;
-pub mod forward;
-pub mod health;
-pub mod injected;
-pub mod kill;
 pub mod labels;
-pub mod login;
-pub mod migrate;
-pub mod packets;
 pub mod query;
-pub mod restore;
-pub mod session;
-pub mod state;
-pub mod tracker;
-pub mod tracking;
-pub mod users;
-pub mod usersync;
-pub mod wire;
+
+// The modules by their own names, as the rest of ferry knows them.
+pub use cluster::{health, users, usersync};
+pub use protocol::{auth, packets, wire};
+pub use session::{
+    client_trackers, forward, injected, kill, login, migrate, restore, state, tracker,
+};
 
 mod rng;
 mod time;

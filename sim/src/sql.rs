@@ -840,7 +840,8 @@ mod tests {
                 Expr::Lit(Value::Str("STATE".into()))
             )
         );
-        let Stmt::Select(items, None) = parse(ferry_core::tracking::SETTINGS_QUERY).unwrap() else {
+        let Stmt::Select(items, None) = parse(ferry_core::client_trackers::SETTINGS_QUERY).unwrap()
+        else {
             panic!()
         };
         assert_eq!(items.len(), 4);

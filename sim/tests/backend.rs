@@ -242,7 +242,7 @@ fn ferrys_own_login_and_settings_query_work() {
                     QueryOutput::Send(b) => stream.write_all(&b).await.unwrap(),
                     QueryOutput::Ready if !queried => {
                         queried = true;
-                        qc.query(ferry_core::tracking::SETTINGS_QUERY);
+                        qc.query(ferry_core::client_trackers::SETTINGS_QUERY);
                     }
                     QueryOutput::Answer(a) => answers.push(a),
                     QueryOutput::Failed(why) => panic!("{why}"),

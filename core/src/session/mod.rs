@@ -5,6 +5,16 @@
 //! Every backend input and output names its connection with a
 //! [`BackendHandle`]: while a session moves it holds two.
 
+pub mod client_trackers;
+pub mod forward;
+pub mod injected;
+pub mod kill;
+pub mod login;
+pub mod migrate;
+pub mod restore;
+pub mod state;
+pub mod tracker;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +41,7 @@ use crate::packets::flags::command::{
 };
 use crate::packets::ErrPacket;
 use crate::packets::{ChangeUser, OkPacket};
-use crate::restore::{self, OnError, Step};
+use crate::restore::{OnError, Step};
 use crate::users::UserDirectory;
 use crate::wire::{frame_header, FrameError, PacketDecoder, HEADER_LEN, MAX_FRAME_PAYLOAD};
 use crate::Timestamp;

@@ -233,7 +233,7 @@ impl SessionState {
         &self.user_variables
     }
 
-    /// User variables as last read from the server (see [`SessionState::user_values_known`]).
+    /// User variables as last read from the server (see [`SessionState::server_values_known`]).
     pub fn user_values(&self) -> &[UserVariable] {
         &self.user_values
     }

@@ -6,9 +6,6 @@
 //! [`users_from_rows`]; [`merge`] then lays the configured users over them.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use crate::auth::{StoredCredential, NATIVE_PASSWORD};
 use crate::config::{ConfigError, UserConfig};
@@ -16,7 +13,7 @@ use crate::query::ResultSet;
 use crate::users::UserDirectory;
 
 /// Default for [`UserSourceConfig::interval_ms`].
-pub const DEFAULT_INTERVAL_MS: u64 = 60_000;
+pub const DEFAULT_INTERVAL_MS: u64 = crate::config::DEFAULT_USER_SOURCE_INTERVAL_MS;
 
 /// MariaDB (10.4+ `mysql.user` is a view over `mysql.global_priv`): the hash
 /// is in `authentication_string`, older servers keep it in `Password`; roles
@@ -30,32 +27,7 @@ pub const USERS_QUERY: &str = "SELECT User, Host, plugin, \
 pub const USERS_QUERY_MYSQL: &str = "SELECT User, Host, plugin, authentication_string \
      FROM mysql.user ORDER BY User, Host <> '%', Host";
 
-/// `user_source: (backend: "cn1", user: "ferry", password: "...", interval_ms: 60000)`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserSourceConfig {
-    /// The id of the backend to read `mysql.user` from.
-    pub backend: String,
-    /// The account ferry logs in with (needs SELECT on `mysql.user`).
-    pub user: String,
-    /// Its password (`mysql_native_password`).
-    #[serde(default)]
-    pub password: String,
-    /// Time between two reads (default 60_000).
-    #[serde(default = "default_interval_ms")]
-    pub interval_ms: u64,
-}
-
-fn default_interval_ms() -> u64 {
-    DEFAULT_INTERVAL_MS
-}
-
-impl UserSourceConfig {
-    /// [`UserSourceConfig::interval_ms`] as a duration (at least 100 ms).
-    pub fn interval(&self) -> Duration {
-        Duration::from_millis(self.interval_ms.max(100))
-    }
-}
+pub use crate::config::UserSourceConfig;
 
 /// Users read from `mysql.user`, with what was left out.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

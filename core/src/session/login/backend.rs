@@ -4,13 +4,13 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::{Secret, NATIVE_PASSWORD};
+use crate::client_trackers::{TrackingSettings, SETTINGS_QUERY};
 use crate::packets::codec::Reader;
 use crate::packets::flags::caps::*;
 use crate::packets::flags::command::COM_QUERY;
 use crate::packets::{
     AuthSwitchRequest, EofPacket, ErrPacket, Handshake, HandshakeResponse, OkPacket,
 };
-use crate::tracking::{TrackingSettings, SETTINGS_QUERY};
 use crate::wire::write_packet;
 use crate::wire::Packet;
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::client_trackers::TrackingSettings;
 use crate::login::backend::{tracker_setup_frame, BackendSession, Trackers};
 use crate::login::frame;
 use crate::packets::flags::caps::{CLIENT_MYSQL, CLIENT_SESSION_TRACK};
@@ -14,7 +15,6 @@ use crate::packets::session_state::write_all;
 use crate::packets::{ErrPacket, InfoStyle, OkPacket, TrackItem};
 use crate::state::SessionState;
 use crate::tracker::{Command, Direction, Event, Outcome, Span, TrackError, Tracker, REPLY_LIMIT};
-use crate::tracking::TrackingSettings;
 use crate::wire::PacketDecoder;
 
 /// Where a session stands, for operators and for deciding when it may move or close.

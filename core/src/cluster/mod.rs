@@ -10,6 +10,10 @@
 //! planners as [`SessionView`]s, and hands each [`MoveOrder`] to its session;
 //! the session machine does the move itself.
 
+pub mod health;
+pub mod users;
+pub mod usersync;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;

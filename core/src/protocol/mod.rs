@@ -1,0 +1,5 @@
+//! The MySQL wire protocol: framing, packets and authentication scrambles.
+
+pub mod auth;
+pub mod packets;
+pub mod wire;
