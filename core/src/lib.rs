@@ -21,6 +21,9 @@ pub mod migrate;
 pub mod packets;
 pub mod query;
 pub mod restore;
+#[cfg(feature = "sabotage")]
+#[doc(hidden)]
+pub mod sabotage;
 pub mod session;
 pub mod state;
 pub mod tracker;
