@@ -24,6 +24,10 @@ pub use session::{
     client_trackers, forward, injected, kill, login, migrate, restore, state, tracker,
 };
 
+#[cfg(feature = "sabotage")]
+#[doc(hidden)]
+pub mod sabotage;
+
 mod rng;
 mod time;
 

@@ -786,6 +786,13 @@ impl Cluster {
             }
         };
         let route = self.count_on(&target, from.group.clone());
+        #[cfg(feature = "sabotage")]
+        if crate::sabotage::is(crate::sabotage::Fault::MiscountTransfer) {
+            return Ok(Transferred {
+                route,
+                change: None,
+            });
+        }
         let change = self.release(from);
         Ok(Transferred { route, change })
     }

@@ -231,9 +231,16 @@ impl Forward {
         }
         blocked_by.extend(self.state.blocked_by());
         blocked_by.extend(self.notes.iter().cloned());
+        let safe = blocked_by.is_empty();
+        // Broken on purpose: an open transaction no longer keeps the session
+        // from a safe point, so moves are ordered and started inside one.
+        #[cfg(feature = "sabotage")]
+        let safe = safe
+            || (crate::sabotage::is(crate::sabotage::Fault::MoveInTransaction)
+                && blocked_by.iter().all(|why| why == "a transaction is open"));
         SessionStatus {
             in_txn: self.tracker.in_transaction(),
-            safe: blocked_by.is_empty(),
+            safe,
             blocked_by,
         }
     }

@@ -1458,6 +1458,12 @@ impl Session {
         ) else {
             unreachable!("checked above");
         };
+        #[cfg(feature = "sabotage")]
+        let values = if crate::sabotage::is(crate::sabotage::Fault::ForgetUserVariables) {
+            Vec::new()
+        } else {
+            values
+        };
         let steps = restore::plan(f.forward.state(), &values, f.forward.last_prepared());
         let mut injected = Injected::new(session.capabilities, self.config.max_packet_size);
         let mut out = BytesMut::new();
