@@ -1607,6 +1607,44 @@ fn a_user_variable_a_set_changed_is_read_back_before_the_clients_next_command() 
 }
 
 #[test]
+fn a_client_that_sends_more_than_ferry_holds_during_a_read_back_goes_on_at_once() {
+    // Memory stays bounded: past the hold limit the client's bytes go to the
+    // backend behind ferry's questions, which the server answers first.
+    let mut h = after_a_set();
+    let mark = h.outputs.len();
+    let big = query(&format!(
+        "SELECT '{}'",
+        "x".repeat(ferry_core::migrate::HELD_LIMIT)
+    ));
+    h.client(big.clone());
+    assert_eq!(
+        written(&h, B0, mark),
+        [big],
+        "passed on, not held: {}",
+        h.trace
+    );
+    // ferry's answers come first; its third question (the values) is not asked
+    // now, since it would land among the client's answers.
+    h.backend(
+        B0,
+        replies(&[
+            user_variable_types(&[("a", "INT", None)]),
+            last_insert_id_is(0),
+        ]),
+    );
+    assert_eq!(
+        written(&h, B0, mark).len(),
+        1,
+        "no question after the client's bytes"
+    );
+    let answer = result_set(&["x"], &[&[Some("x")]]);
+    h.backend(B0, answer.clone());
+    assert_eq!(to_client(&h, mark), [answer], "{}", h.trace);
+    let state = h.session.session_state().unwrap();
+    assert!(!state.server_values_known(), "still to be read");
+}
+
+#[test]
 fn a_failover_restores_the_user_variables_a_set_changed() {
     let mut h = after_a_set();
     b0_tells_a_is_1(&mut h);

@@ -189,6 +189,9 @@ pub(crate) enum ReadStep {
     Send(Bytes),
     /// The user variables and `LAST_INSERT_ID()`.
     Done(Vec<UserVariable>, u64),
+    /// Told to ask nothing more ([`StateRead::send_no_more`]) and the values
+    /// needed another question: they stay unknown.
+    Abandoned,
 }
 
 /// Why a [`StateRead`] failed.
@@ -217,6 +220,9 @@ pub(crate) struct StateRead {
     q: Injected,
     types: Option<Vec<UserVariableType>>,
     last_insert_id: Option<u64>,
+    /// Client bytes went to the backend after ferry's questions: asking
+    /// another now would put its answer among the client's.
+    no_more: bool,
 }
 
 impl StateRead {
@@ -236,6 +242,7 @@ impl StateRead {
             q,
             types: None,
             last_insert_id: None,
+            no_more: false,
         };
         (read, out.freeze())
     }
@@ -243,6 +250,16 @@ impl StateRead {
     /// Requests not yet answered.
     pub fn outstanding(&self) -> usize {
         self.q.outstanding()
+    }
+
+    /// Sends no further question (client bytes follow ferry's on the wire).
+    pub fn send_no_more(&mut self) {
+        self.no_more = true;
+    }
+
+    /// Bytes received after the last answer ferry waited for (the client's responses).
+    pub fn take_rest(&mut self) -> BytesMut {
+        self.q.take_rest()
     }
 
     /// Gives up: the replies still to come are the queue's to swallow.
@@ -276,6 +293,9 @@ impl StateRead {
                 self.last_insert_id = Some(id);
                 let types = self.types.as_deref().unwrap_or_default();
                 if let Some(sql) = restore::user_values_query(types) {
+                    if self.no_more {
+                        return Ok(ReadStep::Abandoned);
+                    }
                     return Ok(ReadStep::Send(self.q.request(&Request::Query(sql.into()))));
                 }
                 return Ok(ReadStep::Done(Vec::new(), id));

@@ -282,6 +282,10 @@ struct Forwarding {
     /// ferry reads back user variables a `SET` changed, so that it knows them
     /// if the backend dies; client bytes wait meanwhile.
     refresh: Option<(StateRead, BytesMut)>,
+    /// The client sent more than ferry holds while ferry's own answers were
+    /// due (`refresh`, `draining`): its bytes now go on at once; the server
+    /// answers ferry first, then the client.
+    passing: bool,
     /// Transfers asked of the cluster and not yet answered: where each took the count from.
     transfers: VecDeque<Route>,
     /// A failed move's question to the backend in use (the user variables),
@@ -486,20 +490,20 @@ impl Session {
                     self.close(CloseReason::BackendClosed);
                 }
             },
-            State::Forwarding(f) if f.draining.is_some() => {
+            State::Forwarding(f) if f.draining.is_some() && !f.passing => {
                 // The backend still owes ferry an answer; the command goes after it.
                 let d = f.draining.as_mut().expect("checked");
                 d.held.extend_from_slice(&data);
                 if d.held.len() > HELD_LIMIT {
-                    self.close(CloseReason::ProtocolError(
-                        "the client sent more than ferry holds while its backend answers ferry"
-                            .into(),
-                    ));
+                    self.pass_through();
                 }
             }
-            State::Forwarding(f) if f.refresh.is_some() => {
+            State::Forwarding(f) if f.refresh.is_some() && !f.passing => {
                 let (_, held) = f.refresh.as_mut().expect("checked");
                 held.extend_from_slice(&data);
+                if held.len() > HELD_LIMIT {
+                    self.pass_through();
+                }
             }
             State::Forwarding(f) if f.moving.is_some() => {
                 // The command waits for the move (never longer than the move itself).
@@ -725,42 +729,48 @@ impl Session {
                     return;
                 }
                 if let Some((read, _)) = f.refresh.as_mut() {
-                    match read.feed(&data) {
-                        Err(ReadError::Protocol(e)) => {
-                            return self.close(CloseReason::BackendProtocolError(format!(
-                                "reading user variables back: {e}"
-                            )))
-                        }
+                    let step = read.feed(&data);
+                    if let Err(ReadError::Protocol(e)) = step {
+                        return self.close(CloseReason::BackendProtocolError(format!(
+                            "reading user variables back: {e}"
+                        )));
+                    }
+                    if let Ok(ReadStep::Pending) = step {
+                        return;
+                    }
+                    if let Ok(ReadStep::Send(bytes)) = step {
+                        self.outputs.push_back(Output::ToBackend(h, bytes));
+                        return;
+                    }
+                    let (mut read, held) = f.refresh.take().expect("checked");
+                    match step {
+                        Ok(ReadStep::Done(values, last_insert_id)) => f
+                            .forward
+                            .state_mut()
+                            .set_server_values(values, last_insert_id),
+                        // ferry's own question failed, not the client's: the values
+                        // stay unknown and ferry stops asking after each SET.
                         Err(ReadError::Answer(_)) => {
-                            // ferry's own question failed, not the client's: the values
-                            // stay unknown, ferry stops asking after each SET, and the
-                            // client's bytes go on once the rest of the answer is in.
-                            let (read, held) = f.refresh.take().expect("checked");
-                            f.forward.state_mut().server_values_unreadable();
-                            if read.outstanding() > 0 {
-                                let injected = read.into_queue();
-                                f.draining = Some(Box::new(Draining { injected, held }));
-                            } else if !held.is_empty() {
-                                self.on_client_data(now, held.freeze());
-                            } else {
-                                self.try_move(now);
-                            }
+                            f.forward.state_mut().server_values_unreadable()
                         }
-                        Ok(ReadStep::Pending) => {}
-                        Ok(ReadStep::Send(bytes)) => {
-                            self.outputs.push_back(Output::ToBackend(h, bytes))
-                        }
-                        Ok(ReadStep::Done(values, last_insert_id)) => {
-                            let (_, held) = f.refresh.take().expect("checked");
-                            f.forward
-                                .state_mut()
-                                .set_server_values(values, last_insert_id);
-                            if !held.is_empty() {
-                                self.on_client_data(now, held.freeze());
-                            } else {
-                                self.try_move(now);
-                            }
-                        }
+                        // Left unknown until the next read.
+                        _ => {}
+                    }
+                    if read.outstanding() > 0 {
+                        // The rest of the answer comes first; the client's bytes wait for it.
+                        let injected = read.into_queue();
+                        f.draining = Some(Box::new(Draining { injected, held }));
+                        return;
+                    }
+                    let rest = read.take_rest();
+                    f.passing = false;
+                    if !held.is_empty() {
+                        self.on_client_data(now, held.freeze());
+                    } else {
+                        self.try_move(now);
+                    }
+                    if !rest.is_empty() {
+                        self.on_backend_data(now, h, rest.freeze());
                     }
                     return;
                 }
@@ -840,6 +850,7 @@ impl Session {
             moving: None,
             lost: None,
             refresh: None,
+            passing: false,
             transfers: VecDeque::new(),
             draining: None,
         }));
@@ -1352,6 +1363,12 @@ impl Session {
                 m.source = SourceRead::Done;
                 self.maybe_restore(now);
             }
+            // A move's read is never told to stop early.
+            Ok(ReadStep::Abandoned) => self.fail_move(
+                now,
+                MoveFailure::Source,
+                "reading the user variables stopped early".into(),
+            ),
         }
     }
 
@@ -1723,13 +1740,40 @@ impl Session {
         if d.injected.outstanding() > 0 {
             return;
         }
-        let held = f.draining.take().expect("checked").held;
+        let Draining { mut injected, held } = *f.draining.take().expect("checked");
+        let rest = injected.take_rest();
+        let backend = f.backend;
+        f.passing = false;
         if !held.is_empty() {
             self.on_client_data(now, held.freeze());
         } else if self.shutting_down {
             self.on_shutdown();
         }
         self.try_move(now);
+        if !rest.is_empty() {
+            self.on_backend_data(now, backend, rest.freeze());
+        }
+    }
+
+    /// The client sent more than ferry holds while ferry's own answers are
+    /// due: let its bytes go on now (the server answers ferry's questions
+    /// first) and ask nothing more that would land among the client's answers.
+    fn pass_through(&mut self) {
+        let State::Forwarding(f) = &mut self.state else {
+            return;
+        };
+        f.passing = true;
+        let mut held = BytesMut::new();
+        if let Some((read, h)) = f.refresh.as_mut() {
+            read.send_no_more();
+            held.unsplit(std::mem::take(h));
+        }
+        if let Some(d) = f.draining.as_mut() {
+            held.unsplit(std::mem::take(&mut d.held));
+        }
+        if !held.is_empty() {
+            self.forward_client(held.freeze());
+        }
     }
 
     /// After tracked traffic: report a changed status, start a pending move,
