@@ -13,7 +13,6 @@ use ferry_core::cluster::{
 };
 use ferry_core::session::{Control, MoveRequest};
 use ferry_core::Timestamp;
-use futures_lite::FutureExt;
 use tracing::{info, warn};
 
 use crate::clock::Clock;
@@ -29,17 +28,7 @@ const MAX_CONCURRENT_MOVES: usize = 64;
 pub async fn run<T: Clock>(shared: Arc<Shared>, clock: T) {
     let mut control = Loop::new(&shared, clock.now());
     loop {
-        let next = clock.now() + TICK;
-        let stop = async {
-            clock.sleep_until(next).await;
-            false
-        }
-        .or(async {
-            shared.shutdown_requested().await;
-            true
-        })
-        .await;
-        if stop {
+        if !shared.sleep_until(&clock, clock.now() + TICK).await {
             return;
         }
         control.tick(&shared, clock.now());

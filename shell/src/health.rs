@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use ferry_core::cluster::{BackendChange, BackendId, Health};
-use futures_lite::FutureExt;
 use tracing::{debug, info, warn};
 
 use crate::clock::{Clock, SystemClock};
@@ -49,7 +48,7 @@ pub async fn check_all<K: Connector, T: Clock>(shared: &Arc<Shared>, connector: 
         let mut pending = false;
         for (_, _, p, result) in probes.iter_mut() {
             if let Some(fut) = p.as_mut() {
-                match fut.poll(cx) {
+                match fut.as_mut().poll(cx) {
                     Poll::Ready(r) => {
                         *result = Some(r.map(|_| ()));
                         *p = None;
@@ -97,16 +96,7 @@ pub async fn run_with<K: Connector, T: Clock>(shared: Arc<Shared>, connector: K,
         let started = clock.now();
         check_all(&shared, &connector, &clock).await;
         let interval = shared.config.read().expect("config lock").health.interval();
-        let stop = async {
-            clock.sleep_until(started + interval).await;
-            false
-        }
-        .or(async {
-            shared.shutdown_requested().await;
-            true
-        })
-        .await;
-        if stop {
+        if !shared.sleep_until(&clock, started + interval).await {
             return;
         }
     }

@@ -134,6 +134,19 @@ impl Shared {
         let _ = self.shutdown.1.recv().await;
     }
 
+    /// Sleeps until `deadline` on `clock`; false if shutdown began first.
+    pub async fn sleep_until<T: Clock>(&self, clock: &T, deadline: ferry_core::Timestamp) -> bool {
+        async {
+            clock.sleep_until(deadline).await;
+            true
+        }
+        .or(async {
+            self.shutdown_requested().await;
+            false
+        })
+        .await
+    }
+
     /// Releases one session's count, logging what that changed.
     pub fn release(&self, route: &Route) {
         let change = self.cluster.lock().expect("cluster lock").release(route);
