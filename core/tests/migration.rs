@@ -526,10 +526,10 @@ fn a_moved_session_has_every_piece_of_its_state_on_the_new_backend() {
             ok(1),             // character_set_results
             ok(1),             // character_set_connection
             ok(1),             // sql_mode
+            ok(1),             // PREPARE stmt1 (under the context it was prepared in)
             prepared(2, 1, 2), // SELECT * FROM t WHERE name = ?
             ok(1),             // time_zone
             ok(1),             // user variables
-            ok(1),             // PREPARE stmt1
             ok(1),             // LAST_INSERT_ID
         ]),
     );

@@ -392,10 +392,40 @@ pub fn plan(
     let mut db: Option<String> = None;
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
 
+    // Every statement under the context it was prepared in, grouped by context
+    // (fewer switches); the binary statement prepared last goes last, so that
+    // MariaDB's "last prepared" id names it.
     let mut prepared: Vec<_> = state.prepared().collect();
     prepared.sort_by_key(|p| (Some(p.id) == last_prepared, p.id));
+    let named = state
+        .named_prepared()
+        .filter_map(|n| n.sql.as_ref().map(|sql| (n, sql)));
+    let mut in_context: Vec<(bool, &PrepareContext, Step)> = Vec::new();
+    for (n, text) in named {
+        let ctx = &n.context;
+        let backslash = backslash_escapes(ctx.variables.get("sql_mode").map(String::as_str));
+        let mut sql = format!("PREPARE `{}` FROM ", n.name.replace('`', "``")).into_bytes();
+        sql.extend(quote_bytes(text, backslash));
+        let step = Step::Query {
+            sql,
+            on_error: OnError::Abort,
+        };
+        in_context.push((false, ctx, step));
+    }
     for p in prepared {
-        let ctx = &p.context;
+        let step = Step::Prepare {
+            client_id: p.id,
+            sql: p.sql.clone(),
+            params: p.params,
+            columns: p.columns,
+        };
+        in_context.push((Some(p.id) == last_prepared, &p.context, step));
+    }
+    // The group that shares the last statement's context comes just before it.
+    let last_ctx = in_context.iter().find(|i| i.0).map(|i| i.1.clone());
+    in_context
+        .sort_by_key(|(last, ctx, _)| (*last, Some(*ctx) == last_ctx.as_ref(), (*ctx).clone()));
+    for (_, ctx, step) in in_context {
         // Without a final database the session cannot leave one behind: prepare without.
         if ctx.database.is_some() && state.database().is_some() && ctx.database != db {
             let want = ctx.database.clone().expect("checked");
@@ -403,12 +433,7 @@ pub fn plan(
             db = Some(want);
         }
         set_context_variables(&mut steps, &mut vars, &ctx.variables);
-        steps.push(Step::Prepare {
-            client_id: p.id,
-            sql: p.sql.clone(),
-            params: p.params,
-            columns: p.columns,
-        });
+        steps.push(step);
     }
 
     // Variables a prepare context set that the session does not have changed go back to default.
@@ -433,7 +458,6 @@ pub fn plan(
             sql_mode = Some(value);
         }
     }
-    let backslash = backslash_escapes(finals.get("sql_mode").map(String::as_str));
 
     if let Some(want) = state.database().filter(|d| !d.is_empty()) {
         if db.as_deref() != Some(want) {
@@ -457,16 +481,6 @@ pub fn plan(
             sql: sql.into_bytes(),
             on_error: OnError::Abort,
         });
-    }
-    for n in state.named_prepared() {
-        if let Some(text) = &n.sql {
-            let mut sql = format!("PREPARE `{}` FROM ", n.name.replace('`', "``")).into_bytes();
-            sql.extend(quote_bytes(text, backslash));
-            steps.push(Step::Query {
-                sql,
-                on_error: OnError::Abort,
-            });
-        }
     }
     if state.last_insert_id() != 0 {
         steps.push(Step::Query {

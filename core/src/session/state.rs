@@ -47,6 +47,8 @@ pub struct NamedStatement {
     /// The SQL text (bytes in the character set the client sent it in), or
     /// `None` when it was prepared from a user variable.
     pub sql: Option<Vec<u8>>,
+    /// The database, `sql_mode` and character set it was prepared under.
+    pub context: PrepareContext,
 }
 
 /// Something that pins a session to its backend, with a reason for operators.
@@ -620,6 +622,7 @@ impl SessionState {
                 NamedStatement {
                     name: name.clone(),
                     sql,
+                    context: PrepareContext::of(self.database.as_deref(), &self.variables),
                 },
             );
         }
