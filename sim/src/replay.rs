@@ -200,7 +200,7 @@ pub fn replay_altered(
     let mut sim = turmoil::Builder::new()
         .rng_seed(seed)
         .epoch(UNIX_EPOCH)
-        .simulation_duration(Duration::from_secs(3600))
+        .simulation_duration(Duration::from_secs(600))
         .tick_duration(Duration::from_millis(1))
         .min_message_latency(Duration::from_millis(min))
         .max_message_latency(Duration::from_millis(max))
