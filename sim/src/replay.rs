@@ -161,6 +161,26 @@ pub fn replay_altered(
     faults: &Faults,
     alteration: Option<Alteration>,
 ) -> Result<(), String> {
+    run(rec, seed, faults, alteration, None)
+}
+
+/// [`replay`], with ferry recording the replayed session into `dir` (as `ferry --record DIR`).
+pub fn replay_recorded(
+    rec: &Recording,
+    seed: u64,
+    faults: &Faults,
+    dir: &std::path::Path,
+) -> Result<(), String> {
+    run(rec, seed, faults, None, Some(dir.to_path_buf()))
+}
+
+fn run(
+    rec: &Recording,
+    seed: u64,
+    faults: &Faults,
+    alteration: Option<Alteration>,
+    record_dir: Option<std::path::PathBuf>,
+) -> Result<(), String> {
     let exchanges = exchanges(rec)?;
     let mut served = exchanges.clone();
     if let Some(a) = alteration {
@@ -254,8 +274,11 @@ pub fn replay_altered(
     }];
     sim.host("ferry", move || {
         let config = config.clone();
+        let record_dir = record_dir.clone();
         async move {
-            let shared = Arc::new(Shared::from_config(&config, seed)?);
+            let mut shared = Shared::from_config(&config, seed)?;
+            shared.record_dir = record_dir;
+            let shared = Arc::new(shared);
             let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PORT)).await?;
             let clock = SimClock::new();
             let mut n = 0u8;
@@ -404,6 +427,10 @@ async fn serve_backend<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         io.send(&ex.backend).await?;
+        if ex.client.last().and_then(|p| p.payload.first()) == Some(&COM_QUIT) {
+            // A server closes the connection after COM_QUIT.
+            return Ok(());
+        }
     }
     while io.read().await?.is_some() {}
     Ok(())
@@ -535,6 +562,17 @@ async fn run_client<S: AsyncRead + AsyncWrite + Unpin>(
                 ));
             }
         }
+    }
+    let quit = exchanges
+        .last()
+        .and_then(|e| e.client.last())
+        .is_some_and(|p| p.payload.first() == Some(&COM_QUIT));
+    if quit {
+        // Waits for ferry to act on the COM_QUIT (so it is read, and
+        // recorded, before the simulation ends). Not compared: a client that
+        // sent COM_QUIT no longer reads (ferry currently answers the backend's
+        // close after COM_QUIT with a lost-connection ERR).
+        let _ = io.read().await;
     }
     Ok(())
 }

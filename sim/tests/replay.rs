@@ -93,3 +93,44 @@ fn a_damaged_recording_is_caught() {
     let bad = text.replacen(" C 1200", " C 12zz", 1);
     assert!(Recording::parse(&bad).unwrap_err().contains("bad hex"));
 }
+
+/// ferry's recording of a replayed session holds the same traffic as the original.
+#[test]
+fn recording_a_replay_gives_back_the_same_traffic() {
+    let rec = load("pymysql-transaction.ferryrec");
+    let dir = std::env::temp_dir().join(format!("ferry-replay-rec-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    replay::replay_recorded(&rec, 1, &Faults::default(), &dir).expect("replays");
+    let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    assert_eq!(files.len(), 1, "one session, one file: {files:?}");
+    let text = std::fs::read_to_string(&files[0]).expect("recording");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        !text.contains("replay"),
+        "no password in a recording:\n{text}"
+    );
+    let again = Recording::parse(&text).expect("parses");
+    for key in ["user", "client_user", "database", "capabilities"] {
+        assert_eq!(again.get(key), rec.get(key), "{key}");
+    }
+    let bytes = |r: &Recording, dir| -> Vec<u8> {
+        r.chunks
+            .iter()
+            .filter(|c| c.dir == dir)
+            .flat_map(|c| c.bytes.iter().copied())
+            .collect()
+    };
+    use ferry_shell::record::Direction;
+    assert_eq!(
+        bytes(&again, Direction::Client),
+        bytes(&rec, Direction::Client)
+    );
+    assert_eq!(
+        bytes(&again, Direction::Backend),
+        bytes(&rec, Direction::Backend)
+    );
+}
