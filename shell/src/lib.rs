@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod probe;
 pub mod proxy;
 pub mod pump;
+pub mod record;
 pub mod registry;
 pub mod side;
 pub mod signals;

@@ -10,20 +10,28 @@ use ferry_shell::{admin, health, signals, usersync};
 use smol::Executor;
 use tracing::{info, warn};
 
-const USAGE: &str = "usage: ferry --config PATH [--log-level error|warn|info|debug|trace]";
+const USAGE: &str =
+    "usage: ferry --config PATH [--log-level error|warn|info|debug|trace] [--record DIR]";
 
 struct Args {
     config: PathBuf,
     log_level: String,
+    record: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut config = None;
+    let mut record = None;
     let mut log_level = std::env::var("FERRY_LOG").unwrap_or_else(|_| "info".into());
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--config" | "-c" => config = args.next().map(PathBuf::from),
+            "--record" => {
+                record = Some(PathBuf::from(
+                    args.next().ok_or("--record needs a directory")?,
+                ))
+            }
             "--log-level" => log_level = args.next().ok_or("--log-level needs a value")?,
             "--help" | "-h" => {
                 println!("{USAGE}");
@@ -39,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args {
         config: config.ok_or("--config PATH is required")?,
         log_level,
+        record,
     })
 }
 
@@ -68,17 +77,28 @@ fn main() {
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(config, args.config) {
+    if let Some(dir) = &args.record {
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            eprintln!("ferry: --record {}: {e}", dir.display());
+            std::process::exit(2);
+        }
+    }
+    if let Err(e) = run(config, args.config, args.record) {
         eprintln!("ferry: {e:#}");
         std::process::exit(1);
     }
     std::process::exit(0);
 }
 
-fn run(config: Config, path: PathBuf) -> anyhow::Result<()> {
+fn run(config: Config, path: PathBuf, record: Option<PathBuf>) -> anyhow::Result<()> {
     let mut seed = [0u8; 8];
     getrandom::getrandom(&mut seed).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
-    let shared = Arc::new(Shared::from_config(&config, u64::from_le_bytes(seed))?);
+    let mut shared = Shared::from_config(&config, u64::from_le_bytes(seed))?;
+    if let Some(dir) = &record {
+        info!(dir = %dir.display(), "recording every session's traffic");
+    }
+    shared.record_dir = record;
+    let shared = Arc::new(shared);
     let signals = signals::install().context("installing signal handlers")?;
     let ex = Arc::new(Executor::new());
     // Half the cores by default: a proxy shares its machine with clients or

@@ -24,6 +24,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::metrics::{LoginFailure, Metrics};
 use crate::probe::read_handshake;
 use crate::pump::{self, Connector, Router};
+use crate::record::Recorder;
 use crate::registry::{Registry, SessionEntry, SessionInfo};
 
 /// utf8mb4_general_ci.
@@ -63,6 +64,8 @@ pub struct Shared {
     pub registry: Arc<Registry>,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
+    /// `ferry --record DIR`: where each session's traffic is recorded (off when `None`).
+    pub record_dir: Option<std::path::PathBuf>,
     shutting_down: AtomicBool,
     shutdown: (async_channel::Sender<()>, async_channel::Receiver<()>),
     next_conn_id: AtomicU32,
@@ -90,6 +93,7 @@ impl Shared {
             synced_users: Mutex::new(SyncedUsers::default()),
             registry: Arc::new(Registry::default()),
             metrics: Metrics::default(),
+            record_dir: None,
             shutting_down: AtomicBool::new(false),
             shutdown: async_channel::bounded(1),
             next_conn_id: AtomicU32::new(FIRST_CONNECTION_ID),
@@ -197,16 +201,22 @@ pub struct SessionHooks<T: Clock> {
     entry: Arc<SessionEntry>,
     logged_in: AtomicBool,
     clock: T,
+    recorder: Option<Mutex<Recorder>>,
 }
 
 impl<T: Clock> SessionHooks<T> {
     /// Hooks for the session with registry entry `entry`.
     pub fn new(shared: Arc<Shared>, entry: Arc<SessionEntry>, clock: T) -> Self {
+        let recorder = shared
+            .record_dir
+            .as_deref()
+            .map(|dir| Mutex::new(Recorder::new(dir, entry.id, clock.now())));
         SessionHooks {
             shared,
             entry,
             logged_in: AtomicBool::new(false),
             clock,
+            recorder,
         }
     }
 }
@@ -245,7 +255,15 @@ impl<T: Clock> Router for SessionHooks<T> {
                 login,
                 route,
                 backend_connection_id,
-            } => (login, route, backend_connection_id),
+                client,
+            } => {
+                if let Some(r) = &self.recorder {
+                    r.lock()
+                        .expect("recorder lock")
+                        .logged_in(self.clock.now(), login, client);
+                }
+                (login, route, backend_connection_id)
+            }
             SessionEvent::Status(status) => {
                 self.entry.in_txn.store(status.in_txn, Ordering::Relaxed);
                 self.entry.safe.store(status.safe, Ordering::Relaxed);
@@ -358,7 +376,13 @@ impl<T: Clock> Router for SessionHooks<T> {
         }
     }
 
-    fn on_read(&self, from_client: bool, n: usize) {
+    fn on_read(&self, from_client: bool, data: &[u8]) {
+        if let Some(r) = &self.recorder {
+            r.lock()
+                .expect("recorder lock")
+                .data(self.clock.now(), from_client, data);
+        }
+        let n = data.len();
         let m = &self.shared.metrics;
         let counter = if from_client {
             &m.bytes_from_clients

@@ -43,8 +43,8 @@ pub trait Router: Send + Sync + 'static {
     fn release(&self, route: &Route);
     /// The session reached a milestone (registry, metrics). Default: nothing.
     fn on_event(&self, _event: &SessionEvent) {}
-    /// `n` bytes were read from the client (`from_client`) or the backend. Default: nothing.
-    fn on_read(&self, _from_client: bool, _n: usize) {}
+    /// `data` was read from the client (`from_client`) or the backend. Default: nothing.
+    fn on_read(&self, _from_client: bool, _data: &[u8]) {}
     /// The session ended. Default: nothing.
     fn on_close(&self, _reason: &CloseReason) {}
     /// Moves a session's count to another backend (see [`Transfer`]). Default: refused.
@@ -377,17 +377,18 @@ where
         match wake {
             Wake::Client(Ok(0)) | Wake::Client(Err(_)) => session.handle(now, Input::ClientClosed),
             Wake::Client(Ok(n)) => {
-                router.on_read(true, n);
-                session.handle(now, Input::ClientData(client_buf.take(n)))
+                let data = client_buf.take(n);
+                router.on_read(true, &data);
+                session.handle(now, Input::ClientData(data))
             }
             Wake::Backend(i, Ok(0)) | Wake::Backend(i, Err(_)) => {
                 let b = backends.swap_remove(i);
                 session.handle(now, Input::BackendClosed(b.handle))
             }
             Wake::Backend(i, Ok(n)) => {
-                router.on_read(false, n);
                 let b = &mut backends[i];
                 let data = b.buf.take(n);
+                router.on_read(false, &data);
                 session.handle(now, Input::BackendData(b.handle, data))
             }
             Wake::Connected(_, Ok(())) => {}
@@ -414,6 +415,7 @@ fn log_event(conn_id: u32, event: &SessionEvent) {
             login,
             route,
             backend_connection_id,
+            ..
         } => info!(
             conn_id,
             tenant = login.tenant.as_deref().unwrap_or(""),

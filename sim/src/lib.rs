@@ -8,6 +8,7 @@ pub mod backend;
 pub mod client;
 pub mod clock;
 pub mod proxy_host;
+pub mod replay;
 pub mod runner;
 pub mod scenario;
 pub mod sql;

@@ -3,22 +3,37 @@
 //! ```text
 //! ferry-sim run scenarios/NAME.ron [--seed N] [--trace FILE]
 //! ferry-sim run scenarios/ [--seeds 1..50]
+//! ferry-sim replay scenarios/recorded/FILE.ferryrec [--seed N] [--faults latency=A..B]
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
+use ferry_sim::replay;
 use ferry_sim::runner::{self, RunResult};
 use ferry_sim::scenario::Scenario;
 
 const USAGE: &str = "usage: ferry-sim run PATH [--seed N | --seeds A..B] [--trace FILE]
+       ferry-sim replay FILE [--seed N] [--faults latency=A..B]
+  FILE     a session recorded with `ferry --record DIR` (scenarios/recorded/README.md)
+  --faults latency=A..B: every simulated link delays each message A to B ms
   PATH     a scenario file (.ron) or a directory of them
   --seed   one seed (default 1)
   --seeds  seeds A to B, both included
   --trace  write the trace of the run to FILE (one scenario, one seed)";
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("replay") {
+        return match replay_main() {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("ferry-sim: {e}\n{USAGE}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match real_main() {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -35,10 +50,42 @@ struct Args {
     trace: Option<PathBuf>,
 }
 
+/// `ferry-sim replay FILE [--seed N] [--faults ...]`.
+fn replay_main() -> Result<bool, String> {
+    let mut args = std::env::args().skip(2);
+    let file = PathBuf::from(args.next().ok_or("missing FILE")?);
+    let mut seed = 1;
+    let mut faults = replay::Faults::default();
+    while let Some(a) = args.next() {
+        let value = args.next().ok_or_else(|| format!("{a} needs a value"))?;
+        match a.as_str() {
+            "--seed" => seed = value.parse().map_err(|_| format!("bad seed {value}"))?,
+            "--faults" => faults = replay::Faults::parse(&value)?,
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    match replay::replay_file(&file, seed, &faults) {
+        Ok(()) => {
+            println!(
+                "{} seed {seed}: replayed, every response matched",
+                file.display()
+            );
+            Ok(true)
+        }
+        Err(diff) => {
+            println!("{} seed {seed}: MISMATCH", file.display());
+            for line in diff.lines() {
+                println!("  {line}");
+            }
+            Ok(false)
+        }
+    }
+}
+
 fn parse_args() -> Result<Args, String> {
     let mut args = std::env::args().skip(1);
     if args.next().as_deref() != Some("run") {
-        return Err("the only command is 'run'".into());
+        return Err("the commands are 'run' and 'replay'".into());
     }
     let path = PathBuf::from(args.next().ok_or("missing PATH")?);
     let mut seeds = vec![1];

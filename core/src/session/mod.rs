@@ -212,6 +212,21 @@ pub enum CloseReason {
     Closed(String),
 }
 
+/// The client's login request, without any secret.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoginDetails {
+    /// The user name as the client sent it (tenant and labels included).
+    pub user: String,
+    /// The initial database.
+    pub database: Option<String>,
+    /// The capabilities in force with the client.
+    pub capabilities: u32,
+    /// The collation the client asked for.
+    pub collation: u8,
+    /// Connection attributes, in the order sent.
+    pub attributes: Vec<(String, String)>,
+}
+
 /// A milestone of the session, for logs and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionEvent {
@@ -223,6 +238,9 @@ pub enum SessionEvent {
         route: Route,
         /// The backend's thread id.
         backend_connection_id: u32,
+        /// What the client asked for at login, without its auth response
+        /// (for `ferry --record`).
+        client: Box<LoginDetails>,
     },
     /// A response completed and the session's status changed.
     Status(SessionStatus),
@@ -834,6 +852,13 @@ impl Session {
                 login: client.login.clone(),
                 route: route.clone(),
                 backend_connection_id: backend.handshake.connection_id,
+                client: Box::new(LoginDetails {
+                    user: client.response.user.clone(),
+                    database: client.response.database.clone(),
+                    capabilities: client.capabilities,
+                    collation: client.response.collation,
+                    attributes: client.response.attributes.clone(),
+                }),
             }));
         self.state = State::Forwarding(Box::new(Forwarding {
             forward,
