@@ -250,6 +250,11 @@ impl Forward {
         self.tracker.status()
     }
 
+    /// True once the client sent `COM_QUIT`.
+    pub fn client_quit(&self) -> bool {
+        self.tracker.client_quit()
+    }
+
     /// True when no command is outstanding (a COM_QUIT may be sent to the backend).
     pub fn is_idle(&self) -> bool {
         self.tracker.is_idle() && matches!(self.rearm, Rearm::Idle)

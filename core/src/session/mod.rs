@@ -1221,6 +1221,10 @@ impl Session {
             }
             return;
         }
+        if f.forward.client_quit() {
+            // The client said goodbye; the backend closing is the answer.
+            return self.close(CloseReason::ClientClosed);
+        }
         let status = f.forward.status();
         let backend = f.identity.route.backend.clone();
         let known = f.forward.state().server_values_known();

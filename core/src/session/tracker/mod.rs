@@ -304,6 +304,11 @@ impl Tracker {
         self.conv.long_data.iter().copied()
     }
 
+    /// True once the client sent `COM_QUIT` (nothing more is owed to it).
+    pub fn client_quit(&self) -> bool {
+        matches!(self.conv.phase, Phase::Quit)
+    }
+
     /// True once the connection became a replication stream (never movable again).
     pub fn is_replication(&self) -> bool {
         matches!(self.conv.phase, Phase::Replication)
