@@ -7,8 +7,8 @@
 //! every test fails: a missing server is never a silent pass.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -189,21 +189,7 @@ impl Ferry {
     }
 
     fn try_http(&self, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
-        let mut s = TcpStream::connect_timeout(&self.admin, Duration::from_secs(2)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        let body = body.unwrap_or("");
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            self.admin,
-            body.len()
-        );
-        s.write_all(request.as_bytes()).ok()?;
-        let mut response = String::new();
-        s.read_to_string(&mut response).ok()?;
-        let status = response.split(' ').nth(1)?.parse().ok()?;
-        let body = response.split_once("\r\n\r\n")?.1.to_string();
-        Some((status, body))
+        ferry_tests::admin::http_request(self.admin, Duration::from_secs(5), method, path, body)
     }
 
     fn http(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
