@@ -6,7 +6,10 @@
 //! wrap sequence ids), serialised to bytes, sometimes with tiny frames so every
 //! packet spans continuation frames, fed in random chunk sizes in the order a
 //! real exchange would. The model knows what the tracker must report at every
-//! command boundary; the tracker must agree. Arbitrary bytes must never panic.
+//! command boundary; the tracker must agree. Batches of commands are also
+//! pipelined (written ahead of their responses, in every interleaving a
+//! client may produce), with MariaDB's "last prepared" id standing in for the
+//! statement prepared last. Arbitrary bytes must never panic.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,7 +19,7 @@ use ferry_core::packets::flags::caps::*;
 use ferry_core::packets::flags::command::*;
 use ferry_core::packets::flags::status::*;
 use ferry_core::packets::{EofPacket, OkPacket};
-use ferry_core::tracker::Tracker;
+use ferry_core::tracker::{Tracker, LAST_PREPARED};
 use ferry_core::wire::{write_packet_chunked, MAX_FRAME_PAYLOAD};
 use quickcheck::{QuickCheck, TestResult};
 
@@ -53,6 +56,7 @@ struct Expected {
     cursors: Vec<u32>,
     long_data: Vec<u32>,
     safe_point: bool,
+    last_prepared: Option<u32>,
 }
 
 /// One command and its response, as byte segments in exchange order.
@@ -72,6 +76,10 @@ struct Model {
     in_transaction: bool,
     cursors: BTreeSet<u32>,
     long_data: BTreeSet<u32>,
+    /// The statement MariaDB's "last prepared" id names (none after a failed prepare or its close).
+    last_prepared: Option<u32>,
+    /// Generating a pipelined batch: no command whose response needs the client mid-way.
+    pipelining: bool,
     seq: u8,
     segments: Vec<(Dir, Vec<u8>)>,
 }
@@ -90,6 +98,7 @@ impl Model {
             safe_point: !self.in_transaction
                 && self.cursors.is_empty()
                 && self.long_data.is_empty(),
+            last_prepared: self.last_prepared,
         }
     }
 
@@ -221,11 +230,19 @@ impl Model {
             self.terminator(SERVER_STATUS_CURSOR_EXISTS);
             return;
         }
+        // A stored program's own cursor leaks its flag onto the results of a
+        // CALL or compound statement (which always have more results behind them).
+        let leak = if more != 0 && self.rng.chance(30) {
+            SERVER_STATUS_CURSOR_EXISTS
+        } else {
+            0
+        };
         if !self.deprecate() {
-            self.eof(0);
+            // The status after the definitions already says whether more results follow.
+            self.eof(more | leak);
         }
         self.rows(binary);
-        self.terminator(more);
+        self.terminator(more | leak);
     }
 
     /// Results of a query or execute: some results, maybe ending with an ERR.
@@ -247,6 +264,7 @@ impl Model {
                         self.cursors.insert(stmt.unwrap().0);
                     }
                 }
+                _ if self.pipelining => self.ok(more),
                 _ => {
                     self.put(Dir::Server, b"\xfb/tmp/data.csv");
                     for _ in 0..self.rng.below(3) {
@@ -264,6 +282,7 @@ impl Model {
     }
 
     fn forget_statements(&mut self) {
+        self.last_prepared = None;
         self.params.clear();
         self.cursors.clear();
         self.long_data.clear();
@@ -274,9 +293,18 @@ impl Model {
         (!ids.is_empty()).then(|| ids[self.rng.below(ids.len() as u64) as usize])
     }
 
-    fn stmt_payload(code: u8, id: u32, extra: &[u8]) -> Vec<u8> {
+    /// The id the client writes for `id`: sometimes "last prepared" when that is what it names.
+    fn wire_id(&mut self, id: u32) -> u32 {
+        if self.last_prepared == Some(id) && self.rng.chance(50) {
+            LAST_PREPARED
+        } else {
+            id
+        }
+    }
+
+    fn stmt_payload(&mut self, code: u8, id: u32, extra: &[u8]) -> Vec<u8> {
         let mut p = vec![code];
-        p.extend_from_slice(&id.to_le_bytes());
+        p.extend_from_slice(&self.wire_id(id).to_le_bytes());
         p.extend_from_slice(extra);
         p
     }
@@ -296,6 +324,7 @@ impl Model {
                 self.command(b"\x16SELECT * FROM t WHERE a = ?");
                 if self.rng.chance(15) {
                     self.err();
+                    self.last_prepared = None;
                 } else {
                     let id = self.next_id;
                     self.next_id += 1;
@@ -316,6 +345,7 @@ impl Model {
                         }
                     }
                     self.params.insert(id, params);
+                    self.last_prepared = Some(id);
                 }
             }
             5..=6 => {
@@ -336,7 +366,8 @@ impl Model {
                         extra.extend_from_slice(&7u64.to_le_bytes());
                     }
                 }
-                self.command(&Self::stmt_payload(COM_STMT_EXECUTE, id, &extra));
+                let payload = self.stmt_payload(COM_STMT_EXECUTE, id, &extra);
+                self.command(&payload);
                 self.cursors.remove(&id);
                 self.long_data.remove(&id);
                 self.results(true, Some((id, cursor)));
@@ -346,7 +377,8 @@ impl Model {
                     return self.step();
                 };
                 name = format!("fetch {id}");
-                self.command(&Self::stmt_payload(COM_STMT_FETCH, id, &5u32.to_le_bytes()));
+                let payload = self.stmt_payload(COM_STMT_FETCH, id, &5u32.to_le_bytes());
+                self.command(&payload);
                 if self.rng.chance(10) {
                     self.err();
                 } else {
@@ -364,7 +396,11 @@ impl Model {
                 let id = self.any_stmt().unwrap_or(99);
                 name = format!("close {id}");
                 busy = false;
-                self.command(&Self::stmt_payload(COM_STMT_CLOSE, id, &[]));
+                let payload = self.stmt_payload(COM_STMT_CLOSE, id, &[]);
+                self.command(&payload);
+                if self.last_prepared == Some(id) {
+                    self.last_prepared = None;
+                }
                 self.params.remove(&id);
                 self.cursors.remove(&id);
                 self.long_data.remove(&id);
@@ -373,17 +409,18 @@ impl Model {
                 let id = self.any_stmt().unwrap_or(99);
                 name = format!("long data {id}");
                 busy = false;
-                self.command(&Self::stmt_payload(
-                    COM_STMT_SEND_LONG_DATA,
-                    id,
-                    b"\x00\x00chunk",
-                ));
-                self.long_data.insert(id);
+                let payload = self.stmt_payload(COM_STMT_SEND_LONG_DATA, id, b"\x00\x00chunk");
+                self.command(&payload);
+                // The server ignores long data for a statement it does not have.
+                if self.params.contains_key(&id) {
+                    self.long_data.insert(id);
+                }
             }
             10 => {
                 let id = self.any_stmt().unwrap_or(99);
                 name = format!("reset {id}");
-                self.command(&Self::stmt_payload(COM_STMT_RESET, id, &[]));
+                let payload = self.stmt_payload(COM_STMT_RESET, id, &[]);
+                self.command(&payload);
                 self.cursors.remove(&id);
                 self.long_data.remove(&id);
                 self.ok(0);
@@ -427,6 +464,7 @@ impl Model {
                     self.terminator(0);
                 }
             }
+            14 if self.pipelining => return self.step(),
             14 => {
                 name = "change user".into();
                 self.command(b"\x11app\x00\x14aaaaaaaaaaaaaaaaaaaa\x00");
@@ -470,6 +508,7 @@ fn observed(t: &Tracker) -> Expected {
         cursors: t.open_cursors().collect(),
         long_data: t.long_data_pending().collect(),
         safe_point: t.safe_point(),
+        last_prepared: t.last_prepared(),
     }
 }
 
@@ -518,11 +557,30 @@ fn run(seed: u64, deprecate: bool, small_frames: bool, steps: u8) -> TestResult 
         in_transaction: false,
         cursors: BTreeSet::new(),
         long_data: BTreeSet::new(),
+        last_prepared: None,
+        pipelining: false,
         seq: 0,
         segments: Vec::new(),
     };
     let mut history = Vec::new();
-    for _ in 0..steps {
+    let mut done = 0;
+    while done < steps as usize {
+        done += 1;
+        if rng.chance(30) {
+            match pipelined_batch(&mut tracker, &mut model, &mut rng, &mut history) {
+                Ok(k) => done += k - 1,
+                Err(e) => {
+                    return TestResult::error(format!("{e} after {history:?} (frame {frame})"))
+                }
+            }
+            let (want, got) = (model.expected(), observed(&tracker));
+            if want != got {
+                return TestResult::error(format!(
+                    "after {history:?} (frame {frame}): model {want:?}, tracker {got:?}"
+                ));
+            }
+            continue;
+        }
         let step = model.step();
         history.push(step.name.clone());
         for (i, (dir, bytes)) in step.segments.iter().enumerate() {
@@ -541,6 +599,55 @@ fn run(seed: u64, deprecate: bool, small_frames: bool, steps: u8) -> TestResult 
         }
     }
     TestResult::passed()
+}
+
+/// A few commands written ahead of their responses: each command reaches the
+/// tracker before its response, in any interleaving with the earlier
+/// responses; adjacent pieces of one direction may arrive in one read.
+fn pipelined_batch(
+    t: &mut Tracker,
+    model: &mut Model,
+    rng: &mut Rng,
+    history: &mut Vec<String>,
+) -> Result<usize, String> {
+    model.pipelining = true;
+    let k = 2 + rng.below(5) as usize;
+    let mut commands = Vec::new();
+    let mut responses = Vec::new();
+    for _ in 0..k {
+        let step = model.step();
+        history.push(format!("pipelined {}", step.name));
+        let mut segments = step.segments.into_iter();
+        let (dir, command) = segments.next().expect("a command");
+        assert_eq!(dir, Dir::Client, "a pipelined step starts with its command");
+        let response: Vec<u8> = segments
+            .inspect(|(d, _)| assert_eq!(*d, Dir::Server, "no client turn mid-response"))
+            .flat_map(|(_, b)| b)
+            .collect();
+        commands.push(command);
+        responses.push(response);
+    }
+    model.pipelining = false;
+    let (mut c, mut s) = (0, 0);
+    let mut pieces: Vec<(Dir, Vec<u8>)> = Vec::new();
+    while s < k {
+        // A response may come once its command was sent; a command any time.
+        let dir = if c < k && (s == c || rng.chance(50)) {
+            c += 1;
+            (Dir::Client, &commands[c - 1])
+        } else {
+            s += 1;
+            (Dir::Server, &responses[s - 1])
+        };
+        match pieces.last_mut() {
+            Some((d, bytes)) if *d == dir.0 => bytes.extend_from_slice(dir.1),
+            _ => pieces.push((dir.0, dir.1.clone())),
+        }
+    }
+    for (dir, bytes) in pieces {
+        feed(t, rng, dir, &bytes)?;
+    }
+    Ok(k)
 }
 
 #[test]

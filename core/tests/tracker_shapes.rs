@@ -722,3 +722,174 @@ fn a_replaced_server_starts_its_offsets_again_and_keeps_the_statements() {
     assert!(matches!(&ev[0], Event::Ok { at, .. } if at.offset > 0));
     assert_eq!(done(&ev), Some(Outcome::Ok));
 }
+
+#[test]
+fn a_stored_programs_cursor_flag_on_a_text_result_is_an_ordinary_result() {
+    // MariaDB 10.11: `BEGIN NOT ATOMIC ... OPEN cur ... SELECT v; END` leaves
+    // CURSOR_EXISTS on the metadata EOF of a plain text result, with more results behind it.
+    let leaked =
+        SERVER_STATUS_CURSOR_EXISTS | SERVER_MORE_RESULTS_EXISTS | SERVER_STATUS_AUTOCOMMIT;
+    let mut t = Tracker::new(BASE);
+    client(&mut t, &query("BEGIN NOT ATOMIC ... SELECT v; END"));
+    let ev = server(
+        &mut t,
+        &[
+            count(1),
+            coldef(),
+            eof(leaked),
+            text_row(b"7"),
+            eof(leaked),
+            ok(SERVER_STATUS_AUTOCOMMIT, BASE),
+        ],
+    );
+    assert_eq!(done(&ev), Some(Outcome::Ok));
+    assert!(t.safe_point());
+    // The same flag on an execute that asked for no cursor: rows follow.
+    prepared(&mut t, 4, 0);
+    client(&mut t, &execute(4, 0, 0, None));
+    let ev = server(
+        &mut t,
+        &[
+            count(1),
+            coldef(),
+            eof(SERVER_STATUS_CURSOR_EXISTS),
+            vec![0, 0],
+            eof(SERVER_STATUS_CURSOR_EXISTS),
+        ],
+    );
+    assert_eq!(done(&ev), Some(Outcome::Ok));
+    assert_eq!(t.open_cursors().count(), 0);
+    // Asked for, on a CALL: MariaDB opens none and sends the rows, more results behind.
+    client(&mut t, &execute(4, 1, 0, None));
+    let ev = server(
+        &mut t,
+        &[
+            count(1),
+            coldef(),
+            eof(leaked),
+            vec![0, 0],
+            eof(leaked),
+            ok(SERVER_STATUS_AUTOCOMMIT, BASE),
+        ],
+    );
+    assert_eq!(done(&ev), Some(Outcome::Ok));
+    assert_eq!(t.open_cursors().count(), 0);
+    assert!(t.safe_point());
+}
+
+#[test]
+fn a_quit_sent_while_a_result_arrives_waits_for_its_end() {
+    for caps in [BASE, DEPRECATE] {
+        let mut t = Tracker::new(caps);
+        client(&mut t, &query("SELECT seq FROM seq_1_to_1000000"));
+        server(&mut t, &[count(1), coldef()]);
+        client(&mut t, &[COM_QUIT]);
+        assert!(!t.client_quit());
+        let mut rows: Vec<Vec<u8>> = (0..50).map(|_| text_row(b"12345")).collect();
+        rows.push(if caps & CLIENT_DEPRECATE_EOF != 0 {
+            ok_fe(SERVER_STATUS_AUTOCOMMIT, caps)
+        } else {
+            eof(SERVER_STATUS_AUTOCOMMIT)
+        });
+        if caps & CLIENT_DEPRECATE_EOF == 0 {
+            rows.insert(0, eof(SERVER_STATUS_AUTOCOMMIT));
+        }
+        let mut out = BytesMut::new();
+        let mut seq = 3u8;
+        for p in &rows {
+            seq = write_packet(&mut out, seq, p);
+        }
+        t.server_bytes(&out)
+            .expect("the rest of the result is no violation");
+        assert!(t.client_quit());
+    }
+}
+
+#[test]
+fn the_last_prepared_id_resolves_in_every_statement_command() {
+    const LAST: u32 = 0xFFFF_FFFF;
+    let mut t = Tracker::new(DEPRECATE);
+    prepared(&mut t, 9, 1);
+    let ev = client(
+        &mut t,
+        &stmt_cmd(COM_STMT_SEND_LONG_DATA, LAST, b"\x00\x00ab"),
+    );
+    assert!(matches!(
+        &ev[0],
+        Event::Command {
+            command: Command::SendLongData { id: 9, .. },
+            ..
+        }
+    ));
+    assert_eq!(t.long_data_pending().collect::<Vec<_>>(), vec![9]);
+    let ev = client(&mut t, &stmt_cmd(COM_STMT_RESET, LAST, &[]));
+    assert!(matches!(
+        &ev[0],
+        Event::Command {
+            command: Command::Reset { id: 9 },
+            ..
+        }
+    ));
+    server(&mut t, &[ok(0, DEPRECATE)]);
+    assert_eq!(t.long_data_pending().count(), 0);
+    let ev = client(&mut t, &stmt_cmd(COM_STMT_FETCH, LAST, &1u32.to_le_bytes()));
+    assert!(matches!(
+        &ev[0],
+        Event::Command {
+            command: Command::Fetch { id: 9, .. },
+            ..
+        }
+    ));
+    server(&mut t, &[err()]);
+    let ev = client(&mut t, &stmt_cmd(COM_STMT_CLOSE, LAST, &[]));
+    assert!(matches!(
+        &ev[0],
+        Event::Command {
+            command: Command::Close { id: 9 },
+            ..
+        }
+    ));
+    // Closed: "the last prepared" names nothing now, as in MariaDB.
+    assert_eq!(t.last_prepared(), None);
+    // A failed prepare leaves nothing to name either.
+    prepared(&mut t, 10, 0);
+    client(&mut t, &query_prepare("SELEC oops"));
+    server(&mut t, &[err()]);
+    assert_eq!(t.last_prepared(), None);
+}
+
+#[test]
+fn prepare_execute_and_close_of_the_last_prepared_written_at_once() {
+    const LAST: u32 = 0xFFFF_FFFF;
+    let mut t = Tracker::new(DEPRECATE);
+    let mut out = BytesMut::new();
+    write_packet(&mut out, 0, &query_prepare("SELECT ? + 1"));
+    write_packet(&mut out, 0, &execute(LAST, 0, 1, Some(&[3])));
+    write_packet(&mut out, 0, &stmt_cmd(COM_STMT_CLOSE, LAST, &[]));
+    write_packet(&mut out, 0, &query("SELECT 'after'"));
+    t.client_bytes(&out).unwrap();
+    drain(&mut t);
+    server(&mut t, &[prepare_ok(7, 1, 1), coldef(), coldef()]);
+    let ev = server(
+        &mut t,
+        &[count(1), coldef(), vec![0, 0, 1], ok_fe(0, DEPRECATE)],
+    );
+    let commands: Vec<_> = ev
+        .iter()
+        .filter_map(|e| match e {
+            Event::Command { command, .. } => Some(command.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        matches!(&commands[..], [Command::Close { id: 7 }, Command::Query(_)]),
+        "{commands:?}"
+    );
+    assert!(!t.is_idle());
+    server(
+        &mut t,
+        &[count(1), coldef(), text_row(b"after"), ok_fe(0, DEPRECATE)],
+    );
+    assert!(t.safe_point());
+    assert_eq!(t.last_prepared(), None);
+}

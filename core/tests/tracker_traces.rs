@@ -195,6 +195,51 @@ trace_test!(
     "sysbench_read_only"
 );
 trace_test!(session_state_items_eof, "state_items-eof");
+trace_test!(
+    a_block_whose_own_cursor_leaks_its_status_onto_a_text_result,
+    "stored_block_cursor"
+);
+trace_test!(
+    a_block_whose_own_cursor_leaks_its_status_onto_a_text_result_eof,
+    "stored_block_cursor-eof"
+);
+trace_test!(
+    a_procedure_whose_own_cursor_leaks_its_status_text_and_prepared,
+    "stored_procedure_cursor"
+);
+trace_test!(
+    a_procedure_whose_own_cursor_leaks_its_status_text_and_prepared_eof,
+    "stored_procedure_cursor-eof"
+);
+trace_test!(
+    a_cursor_for_loop_running_execute_immediate,
+    "cursor_for_loop"
+);
+trace_test!(
+    a_cursor_for_loop_running_execute_immediate_eof,
+    "cursor_for_loop-eof"
+);
+trace_test!(
+    signal_inside_a_procedure_text_and_prepared,
+    "signal_in_procedure"
+);
+trace_test!(
+    signal_inside_a_procedure_text_and_prepared_eof,
+    "signal_in_procedure-eof"
+);
+trace_test!(a_prepared_call_with_out_parameters, "prepared_call_out");
+trace_test!(
+    a_prepared_call_with_out_parameters_eof,
+    "prepared_call_out-eof"
+);
+trace_test!(
+    pipelined_direct_execute_of_the_last_prepared_statement,
+    "pipelined_direct_execute"
+);
+trace_test!(
+    pipelined_direct_execute_of_the_last_prepared_statement_eof,
+    "pipelined_direct_execute-eof"
+);
 
 #[test]
 fn every_recorded_chunking_also_replays_one_byte_at_a_time() {
@@ -204,6 +249,8 @@ fn every_recorded_chunking_also_replays_one_byte_at_a_time() {
         "cursor_fetch-eof",
         "local_infile",
         "send_long_data-eof",
+        "stored_procedure_cursor-eof",
+        "pipelined_direct_execute",
     ] {
         let (caps, chunks) = load(name);
         let mut whole = Tracker::new(caps);

@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Records real client<->server byte streams for the tracker's trace tests.
 
-    record.py HOST PORT USER PASSWORD OUTDIR
+    record.py HOST PORT USER PASSWORD OUTDIR [SCENARIO...]
 
 Logs in to a MariaDB/MySQL server with mysql_native_password, then plays each
 scenario below twice (with and without CLIENT_DEPRECATE_EOF) and writes
 OUTDIR/<scenario>[-eof].trace: a `caps` line with the negotiated capabilities,
 then one line per chunk exactly as sent (`C <hex>`) or received (`S <hex>`)
-after login. The client reads until the server has been quiet for a moment, so
+after login (only the named scenarios when some are given). The client reads until the server has been quiet for a moment, so
 it needs no knowledge of response shapes (that is what is under test).
 """
 
@@ -206,12 +206,100 @@ def other_commands(c):
     c.query("SELECT USER()")
 
 
+def stored_block_cursor(c):
+    # The block's own cursor leaves SERVER_STATUS_CURSOR_EXISTS on an ordinary text result.
+    c.query("BEGIN NOT ATOMIC DECLARE v INT; DECLARE cur CURSOR FOR SELECT 7; OPEN cur; "
+            "FETCH cur INTO v; CLOSE cur; SELECT v; END")
+    c.query("SELECT 'after'")
+
+
+def stored_procedure_cursor(c):
+    c.query("DROP PROCEDURE IF EXISTS rec_cur")
+    c.query("CREATE PROCEDURE rec_cur() BEGIN DECLARE v INT; DECLARE cur CURSOR FOR SELECT 7; "
+            "OPEN cur; FETCH cur INTO v; SELECT v; SELECT v + 1 AS w; CLOSE cur; END")
+    c.query("CALL rec_cur()")
+    # The same procedure called through a prepared statement, without and with a cursor asked for.
+    sid = prepare(c, "CALL rec_cur()")
+    c.command(stmt(0x17, sid, b"\x00\x01\x00\x00\x00"))
+    c.drain()
+    c.command(stmt(0x17, sid, b"\x01\x01\x00\x00\x00"))
+    c.drain()
+    c.command(stmt(0x19, sid))
+    c.query("SELECT 'after'")
+
+
+def cursor_for_loop(c):
+    c.query("FOR rec IN (SELECT COLLATION_NAME FROM INFORMATION_SCHEMA.COLLATION_CHARACTER_SET_APPLICABILITY "
+            "WHERE CHARACTER_SET_NAME='utf8mb4' AND COLLATION_NAME RLIKE 'uca1400_ai' ORDER BY ID LIMIT 3) DO "
+            "SET NAMES utf8mb4; SET character_set_results=NULL; "
+            "EXECUTE IMMEDIATE CONCAT('SELECT CONVERT(\\'\\' USING utf8mb4) COLLATE ', rec.COLLATION_NAME, "
+            "' AS ', rec.COLLATION_NAME, ' LIMIT 0'); END FOR")
+    c.query("SET NAMES utf8mb4")
+
+
+def signal_in_procedure(c):
+    c.query("DROP PROCEDURE IF EXISTS rec_sig")
+    c.query("CREATE PROCEDURE rec_sig() BEGIN SELECT 1 AS a; "
+            "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'rec failed', MYSQL_ERRNO = 1644; END")
+    c.query("CALL rec_sig()")
+    sid = prepare(c, "CALL rec_sig()")
+    c.command(stmt(0x17, sid, b"\x00\x01\x00\x00\x00"))
+    c.drain()
+    c.command(stmt(0x19, sid))
+    c.query("SELECT 'after'")
+
+
+def prepared_call_out(c):
+    c.query("DROP PROCEDURE IF EXISTS rec_out")
+    c.query("CREATE PROCEDURE rec_out(IN a INT, OUT b INT, INOUT d VARCHAR(10)) "
+            "BEGIN SELECT a AS got; SET b = a * 2; SET d = CONCAT(d, '!'); END")
+    sid = prepare(c, "CALL rec_out(?, ?, ?)")
+    # Three parameters: bitmap 0 (no NULLs), new types: LONG, LONG, VAR_STRING.
+    params = b"\x00" + b"\x01" + b"\x03\x00\x03\x00\xfd\x00"
+    params += struct.pack("<i", 21) + struct.pack("<i", 0) + b"\x02hi"
+    c.command(stmt(0x17, sid, b"\x00\x01\x00\x00\x00" + params))
+    c.drain()
+    c.command(stmt(0x19, sid))
+    c.query("SELECT 'after'")
+
+
+def pipelined_direct_execute(c):
+    # MariaDB's direct execute: PREPARE, EXECUTE and CLOSE of "the last prepared" (0xFFFFFFFF) in one write.
+    last = 0xFFFFFFFF
+    data = packet(0, b"\x16SELECT ? + 1 AS n")
+    data += packet(0, stmt(0x17, last, b"\x00\x01\x00\x00\x00" + b"\x00\x01\x03\x00" + struct.pack("<i", 41)))
+    data += packet(0, stmt(0x19, last))
+    data += packet(0, b"\x03SELECT 'after'")
+    c.send(data)
+    c.drain()
+    # Long data, execute, reset, execute and close of the last prepared, then a query, all at once.
+    data = packet(0, b"\x16SELECT ? AS m")
+    data += packet(0, stmt(0x18, last, b"\x00\x00" + b"xy"))
+    data += packet(0, stmt(0x17, last, b"\x00\x01\x00\x00\x00" + b"\x00\x01\xfe\x00"))
+    data += packet(0, stmt(0x1a, last))
+    data += packet(0, stmt(0x17, last, b"\x00\x01\x00\x00\x00" + b"\x00\x01\xfd\x00" + b"\x02ab"))
+    data += packet(0, stmt(0x19, last))
+    data += packet(0, b"\x03SELECT 'end'")
+    c.send(data)
+    c.drain()
+    # After a failed prepare, and after closing the last prepared, "the last prepared" names nothing.
+    data = packet(0, b"\x16SELEC oops")
+    data += packet(0, stmt(0x17, last, b"\x00\x01\x00\x00\x00"))
+    data += packet(0, b"\x16SELECT 5")
+    data += packet(0, stmt(0x19, last))
+    data += packet(0, stmt(0x17, last, b"\x00\x01\x00\x00\x00"))
+    c.send(data)
+    c.drain()
+
+
 SCENARIOS = [other_commands, multi_statement_error, procedure_two_results, cursor_fetch, local_infile,
-             send_long_data, long_result, state_items]
+             send_long_data, long_result, state_items, stored_block_cursor, stored_procedure_cursor,
+             cursor_for_loop, signal_in_procedure, prepared_call_out, pipelined_direct_execute]
 
 
 def main():
     host, port, user, password, out = sys.argv[1:6]
+    only = set(sys.argv[6:])
     setup = Conn(host, int(port), user, password, True)
     setup.log = []
     for sql in ["CREATE TABLE IF NOT EXISTS rec_t (a INT)",
@@ -219,6 +307,8 @@ def main():
                 "DELETE FROM rec_blob"]:
         setup.query(sql)
     for scenario in SCENARIOS:
+        if only and scenario.__name__ not in only:
+            continue
         for deprecate in (True, False):
             c = Conn(host, int(port), user, password, deprecate)
             c.log = []

@@ -41,24 +41,24 @@ pub enum Command {
     },
     /// `COM_STMT_FETCH`.
     Fetch {
-        /// Statement id.
+        /// Statement id, with MariaDB's [`LAST_PREPARED`] resolved when known.
         id: u32,
         /// Rows asked for.
         rows: u32,
     },
     /// `COM_STMT_CLOSE` (no response).
     Close {
-        /// Statement id.
+        /// Statement id (resolved as for `Execute`).
         id: u32,
     },
     /// `COM_STMT_RESET`.
     Reset {
-        /// Statement id.
+        /// Statement id (resolved as for `Execute`).
         id: u32,
     },
     /// `COM_STMT_SEND_LONG_DATA` (no response).
     SendLongData {
-        /// Statement id.
+        /// Statement id (resolved as for `Execute`).
         id: u32,
         /// Parameter index.
         param: u16,
@@ -145,15 +145,17 @@ pub(crate) fn parse(
         text: rest.to_vec(),
         truncated,
     };
+    // MariaDB's "last prepared" may stand in any statement command's id.
+    let resolve = |id: u32| match (id, last_prepared) {
+        (LAST_PREPARED, Some(last)) => last,
+        _ => id,
+    };
     Some(match code {
         COM_QUERY => Command::Query(sql()),
         COM_STMT_PREPARE => Command::Prepare(sql()),
         COM_INIT_DB => Command::InitDb(rest.to_vec()),
         COM_STMT_EXECUTE => {
-            let mut id = r.u32().ok()?;
-            if id == LAST_PREPARED {
-                id = last_prepared.unwrap_or(id);
-            }
+            let id = resolve(r.u32().ok()?);
             let flags = r.u8().ok()?;
             r.u32().ok()?;
             let n = params(id).unwrap_or(0) as usize;
@@ -171,13 +173,17 @@ pub(crate) fn parse(
             }
         }
         COM_STMT_FETCH => Command::Fetch {
-            id: r.u32().ok()?,
+            id: resolve(r.u32().ok()?),
             rows: r.u32().ok()?,
         },
-        COM_STMT_CLOSE => Command::Close { id: r.u32().ok()? },
-        COM_STMT_RESET => Command::Reset { id: r.u32().ok()? },
+        COM_STMT_CLOSE => Command::Close {
+            id: resolve(r.u32().ok()?),
+        },
+        COM_STMT_RESET => Command::Reset {
+            id: resolve(r.u32().ok()?),
+        },
         COM_STMT_SEND_LONG_DATA => Command::SendLongData {
-            id: r.u32().ok()?,
+            id: resolve(r.u32().ok()?),
             param: r.u16().ok()?,
         },
         COM_SET_OPTION => Command::SetOption(r.u16().ok()?),

@@ -531,6 +531,10 @@ struct Response {
     /// The statement a prepared-statement command is about.
     stmt: Option<u32>,
     expect: Expect,
+    /// A `COM_STMT_EXECUTE` that asked for a cursor: only its results may open one.
+    wants_cursor: bool,
+    /// Rows were seen since the last column definitions (a cursor's metadata has none).
+    rows_seen: bool,
 }
 
 /// The next packet the response shape allows.
@@ -819,6 +823,9 @@ impl Conversation {
         }
         let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
         let resolved = match (id, self.last_prepared) {
+            // Behind a prepare still unanswered, "the last prepared" is that new
+            // statement, prepared on this connection: it needs no edit.
+            (LAST_PREPARED, _) if self.prepare_pending() => return,
             (LAST_PREPARED, Some(last)) => last,
             _ => id,
         };
@@ -951,11 +958,29 @@ impl Conversation {
         }
     }
 
+    /// Whether a result whose metadata (or, under `CLIENT_DEPRECATE_EOF`, whose
+    /// first terminator) carries `status` opened a cursor, so no rows follow.
+    ///
+    /// Only an execute that asked for a cursor can open one. Stored programs
+    /// leak their own cursors' `SERVER_STATUS_CURSOR_EXISTS` onto ordinary
+    /// results (of a `CALL`, even one executed with a cursor asked for, which
+    /// MariaDB then does not open): those have more results behind them, or rows.
+    fn opens_cursor(&self, status: u16) -> bool {
+        let Phase::Busy(r) = &self.phase else {
+            return false;
+        };
+        r.wants_cursor
+            && !r.rows_seen
+            && status & SERVER_STATUS_CURSOR_EXISTS != 0
+            && status & SERVER_MORE_RESULTS_EXISTS == 0
+    }
+
     /// The end of a result set (or of the metadata of a cursor), with its status.
     fn result_set_end(&mut self, status: u16) {
+        let opens = self.opens_cursor(status);
         let r = self.expect_mut();
         match (r.command, r.stmt) {
-            (COM_STMT_EXECUTE, Some(id)) if status & SERVER_STATUS_CURSOR_EXISTS != 0 => {
+            (COM_STMT_EXECUTE, Some(id)) if opens => {
                 self.cursors.insert(id);
             }
             (COM_STMT_FETCH, Some(id)) if status & SERVER_STATUS_LAST_ROW_SENT != 0 => {
@@ -986,6 +1011,10 @@ impl Conversation {
             (Kind::Err, None) => self.parse_err(&p),
             (Kind::Err, Some(_)) => {
                 self.parse_err(&p)?;
+                if self.expect_mut().command == COM_STMT_PREPARE {
+                    // MariaDB forgets its last statement when a prepare fails.
+                    self.last_prepared = None;
+                }
                 self.finish(Outcome::Err);
                 Ok(())
             }
@@ -1012,7 +1041,7 @@ impl Conversation {
                 match expect {
                     Expect::DefsEof {
                         then: Then::Rows { .. },
-                    } if status & SERVER_STATUS_CURSOR_EXISTS != 0 => {
+                    } if self.opens_cursor(status) => {
                         // A cursor: the rows come with COM_STMT_FETCH.
                         self.result_set_end(status);
                     }
@@ -1028,6 +1057,7 @@ impl Conversation {
                 match n {
                     Ok(n) if n > 0 && r.is_empty() && !p.truncated => {
                         let binary = matches!(expect, Some(Expect::ResultStart { binary: true }));
+                        self.expect_mut().rows_seen = false;
                         self.set_expect(Expect::Defs {
                             left: n,
                             then: Then::Rows { binary },
@@ -1060,7 +1090,8 @@ impl Conversation {
                         }
                     }
                     Expect::Statistics => self.finish(Outcome::Ok),
-                    // Rows and field definitions: keep skipping.
+                    Expect::Rows { .. } => self.expect_mut().rows_seen = true,
+                    // Field definitions: keep skipping.
                     _ => {}
                 }
                 Ok(())
@@ -1173,13 +1204,17 @@ impl Conversation {
         };
         let code = command.code();
         let mut stmt = None;
+        let mut wants_cursor = false;
         let expect = match &command {
             Command::Query(_) => Some(Expect::ResultStart { binary: false }),
             Command::Prepare(_) => Some(Expect::PrepareOk),
             Command::InitDb(_) | Command::ResetConnection => Some(Expect::OkOrErr),
             Command::Execute {
-                id, param_types, ..
+                id,
+                param_types,
+                flags,
             } => {
+                wants_cursor = flags & CURSOR_TYPE_READ_ONLY != 0;
                 if let Some(types) = param_types {
                     self.types.insert(*id, types.clone());
                 }
@@ -1206,10 +1241,17 @@ impl Conversation {
                 self.types.remove(id);
                 self.resend_types.remove(id);
                 self.ids.forget(*id);
+                if self.last_prepared == Some(*id) {
+                    // "The last prepared" names nothing any more (as in MariaDB).
+                    self.last_prepared = None;
+                }
                 None
             }
             Command::SendLongData { id, .. } => {
-                self.long_data.insert(*id);
+                // The server ignores long data for a statement it does not have.
+                if self.params.contains_key(id) {
+                    self.long_data.insert(*id);
+                }
                 None
             }
             Command::SetOption(_) => Some(Expect::OkEofOrErr),
@@ -1235,6 +1277,8 @@ impl Conversation {
                     command: code,
                     stmt,
                     expect,
+                    wants_cursor,
+                    rows_seen: false,
                 })
             }
             (None, COM_QUIT) => {
