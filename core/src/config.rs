@@ -94,6 +94,20 @@ pub struct Config {
     /// How long a session whose move failed waits before it is tried again (default 5_000).
     #[serde(default = "default_migration_backoff_ms")]
     pub migration_backoff_ms: u64,
+    /// Logins of users whose hash ferry does not know: the backend decides (default), or refused.
+    #[serde(default)]
+    pub unverified_logins: UnverifiedLogins,
+}
+
+/// `unverified_logins: Backend | Refuse`: what ferry does with a login it cannot verify
+/// itself (no user source, or a user whose hash it cannot read).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum UnverifiedLogins {
+    /// Relay the backend's own challenge to the client and let the backend accept or refuse.
+    #[default]
+    Backend,
+    /// Refuse with 1045, as if the user did not exist.
+    Refuse,
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -576,15 +590,31 @@ pub struct UserSourceConfig {
     /// Time between two reads (default 60_000).
     #[serde(default = "default_user_source_interval_ms")]
     pub interval_ms: u64,
+    /// Least time between two reads a login asks for (a user ferry does not
+    /// know, a password that does not verify); default 1_000.
+    #[serde(default = "default_user_source_reread_ms")]
+    pub reread_ms: u64,
 }
 
 fn default_user_source_interval_ms() -> u64 {
     DEFAULT_USER_SOURCE_INTERVAL_MS
 }
 
+/// Default for [`UserSourceConfig::reread_ms`]: a second.
+pub const DEFAULT_USER_SOURCE_REREAD_MS: u64 = 1_000;
+
+fn default_user_source_reread_ms() -> u64 {
+    DEFAULT_USER_SOURCE_REREAD_MS
+}
+
 impl UserSourceConfig {
     /// [`UserSourceConfig::interval_ms`] as a duration (at least 100 ms).
     pub fn interval(&self) -> Duration {
         Duration::from_millis(self.interval_ms.max(100))
+    }
+
+    /// [`UserSourceConfig::reread_ms`] as a duration.
+    pub fn reread(&self) -> Duration {
+        Duration::from_millis(self.reread_ms)
     }
 }

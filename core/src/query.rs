@@ -169,6 +169,8 @@ impl QueryClient {
                     self.fail(format!("login refused: {} {}", err.code, err.message))
                 }
                 BackendStep::Failed(why) => self.fail(why),
+                // Side connections always log in with a known secret.
+                BackendStep::AskClient(_) => self.fail("login asks for a client's answer".into()),
             },
             State::Idle => self.fail("backend sent a packet while no query was running".into()),
             State::ColumnCount => match first {

@@ -2,7 +2,7 @@
 
 use ferry_core::auth::{StoredCredential, StoredHash};
 use ferry_core::config::{
-    BackendConfig, Config, ConfigError, RebalanceConfig, UserConfig, WorkState,
+    BackendConfig, Config, ConfigError, RebalanceConfig, UnverifiedLogins, UserConfig, WorkState,
     DEFAULT_MAX_PACKET_SIZE,
 };
 use ferry_core::labels::Labels;
@@ -96,6 +96,7 @@ fn the_contract_example_parses_to_exactly_this() {
         },
         drain_timeout_ms: 60_000,
         migration_backoff_ms: 5_000,
+        unverified_logins: UnverifiedLogins::Backend,
     };
     assert_eq!(config, expected);
 }

@@ -11,7 +11,7 @@ use ferry_core::cluster::{BackendId, LabelGroup, NoBackend, Route};
 use ferry_core::labels::Labels;
 use ferry_core::packets::flags::caps::*;
 use ferry_core::packets::{AuthSwitchRequest, ErrPacket, HandshakeResponse};
-use ferry_core::session::{BackendHandle, CloseReason, Input};
+use ferry_core::session::{BackendHandle, CloseReason, Input, SessionConfig};
 use ferry_core::wire::{write_packet, PacketDecoder};
 use ferry_core::Timestamp;
 use support::*;
@@ -53,7 +53,15 @@ fn a_wrong_password_is_refused_by_ferry_with_mysqls_wording() {
 
 #[test]
 fn an_unknown_user_gets_the_same_1045() {
-    let mut h = Harness::new();
+    // With `unverified_logins: Refuse`; by default the backend decides (tests/users_login.rs).
+    let config = SessionConfig {
+        logins: ferry_core::login::LoginPolicy {
+            user_source: false,
+            unverified: ferry_core::config::UnverifiedLogins::Refuse,
+        },
+        ..test_config()
+    };
+    let mut h = Harness::with(config, TraceStyle::Login);
     h.client_logs_in("nobody", "111");
     assert!(h.trace.contains(
         "ERR 1045 (28000) Access denied for user 'nobody'@'127.0.0.1' (using password: YES)"

@@ -446,6 +446,17 @@ fn migrate(shared: &Shared, id: &str, body: &[u8]) -> Reply {
         let info = entry
             .info()
             .ok_or_else(|| Reply::error(404, format!("no session {id}")))?;
+        if let Some(why) = entry
+            .blocked_by()
+            .into_iter()
+            .find(|b| b == ferry_core::login::CREDENTIAL_UNKNOWN)
+        {
+            // It would wait for a safe point that never comes: say so now.
+            return Err(Reply::error(
+                409,
+                format!("session {id} cannot move: {why}"),
+            ));
+        }
         let to = match &request.to {
             None => None,
             Some(to) => {

@@ -105,6 +105,10 @@ pub struct Metrics {
     pub reloads_ok: AtomicU64,
     /// Config reloads rejected.
     pub reloads_failed: AtomicU64,
+    /// Reads of the `user_source` backend's `mysql.user` (at start, periodic, asked for by logins).
+    pub user_source_reads: AtomicU64,
+    /// Of those, the ones that failed.
+    pub user_source_failures: AtomicU64,
 }
 
 impl Metrics {
@@ -460,6 +464,32 @@ impl Metrics {
             format!(
                 "ferry_config_reloads_total{{result=\"rejected\"}} {}",
                 load(&self.reloads_failed)
+            ),
+        );
+        head(
+            &mut out,
+            "ferry_user_source_reads_total",
+            "counter",
+            "Reads of the user source's mysql.user (at start, every interval, and for logins ferry could not verify).",
+        );
+        put(
+            &mut out,
+            format!(
+                "ferry_user_source_reads_total {}",
+                load(&self.user_source_reads)
+            ),
+        );
+        head(
+            &mut out,
+            "ferry_user_source_read_failures_total",
+            "counter",
+            "Reads of the user source that failed.",
+        );
+        put(
+            &mut out,
+            format!(
+                "ferry_user_source_read_failures_total {}",
+                load(&self.user_source_failures)
             ),
         );
         out

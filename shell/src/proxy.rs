@@ -10,6 +10,7 @@ use anyhow::Context;
 use ferry_core::cluster::{BackendChange, BackendId, Cluster, NoBackend, Route, RouteRequest};
 use ferry_core::config::Config;
 use ferry_core::login::client::Greeting;
+use ferry_core::login::{ReadUsers, UsersRead};
 use ferry_core::packets::flags::caps::FERRY_SUPPORTED;
 use ferry_core::session::{
     CloseReason, Session, SessionConfig, SessionEvent, SessionLocation, Transfer,
@@ -60,6 +61,8 @@ pub struct Shared {
     pub config: RwLock<Config>,
     /// Users last read from the `user_source` backend.
     pub synced_users: Mutex<SyncedUsers>,
+    /// When the user source is read (one at a time, shared by waiting logins).
+    pub user_reads: crate::usersync::UserReads,
     /// Live sessions.
     pub registry: Arc<Registry>,
     /// Counters for `/metrics`.
@@ -91,6 +94,7 @@ impl Shared {
             session_config: RwLock::new(session_config(config)),
             config: RwLock::new(config.clone()),
             synced_users: Mutex::new(SyncedUsers::default()),
+            user_reads: Default::default(),
             registry: Arc::new(Registry::default()),
             metrics: Metrics::default(),
             record_dir: None,
@@ -181,6 +185,10 @@ pub fn session_config(config: &Config) -> SessionConfig {
         backend_timeout: Duration::from_millis(config.backend_timeout_ms),
         max_packet_size: config.max_packet_size,
         move_backoff: Duration::from_millis(config.migration_backoff_ms),
+        logins: ferry_core::login::LoginPolicy {
+            user_source: config.user_source.is_some(),
+            unverified: config.unverified_logins,
+        },
     }
 }
 
@@ -280,6 +288,9 @@ impl<T: Clock> Router for SessionHooks<T> {
                 self.shared.metrics.migration_ended(report);
                 return;
             }
+            SessionEvent::BackendVerified { .. } | SessionEvent::CredentialRecovered { .. } => {
+                return
+            }
             SessionEvent::BackendUnreachable { backend, why } => {
                 // Passive health: out of routing at once; the checks bring it back.
                 let change = self
@@ -368,6 +379,10 @@ impl<T: Clock> Router for SessionHooks<T> {
             addr,
             tenant: info.tenant,
         })
+    }
+
+    async fn read_users(&self, wanted: &ReadUsers) -> UsersRead {
+        crate::usersync::reread(&self.shared, Some(wanted)).await
     }
 
     fn close_session(&self, id: u32, why: &str) {

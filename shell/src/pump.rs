@@ -14,6 +14,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use ferry_core::cluster::{NoBackend, Route, RouteRequest};
 use ferry_core::kill::RemoteStatement;
+use ferry_core::login::{ReadUsers, UsersRead};
 use ferry_core::packets::ErrPacket;
 use ferry_core::query::QueryClient;
 use ferry_core::session::{
@@ -59,6 +60,10 @@ pub trait Router: Send + Sync + 'static {
     /// the backend thread id a session of `tenant` sees). Default: nowhere.
     fn locate(&self, _id: u32, _tenant: Option<&str>) -> Option<SessionLocation> {
         None
+    }
+    /// Reads the user source again for a waiting login. Default: there is none.
+    fn read_users(&self, _wanted: &ReadUsers) -> impl Future<Output = UsersRead> + Send {
+        async { UsersRead::NoSource }
     }
 }
 
@@ -276,6 +281,12 @@ where
                     session.handle(clock.now(), Input::RanElsewhere(result));
                 }
                 Output::CloseSession { id, why } => router.close_session(id, &why),
+                Output::ReadUsers(wanted) => {
+                    info!(conn_id, user = %wanted.user, cause = %wanted.cause,
+                          "login not verified with the users ferry has; reading them again before deciding");
+                    let answer = router.read_users(&wanted).await;
+                    session.handle(clock.now(), Input::UsersRead(answer));
+                }
                 Output::Locate { id, tenant } => {
                     let at = router.locate(id, tenant.as_deref());
                     session.handle(clock.now(), Input::Located(at))
@@ -455,6 +466,16 @@ fn log_event(conn_id: u32, event: &SessionEvent) {
         SessionEvent::BackendUnreachable { backend, why } => {
             warn!(conn_id, backend = %backend, reason = %why, "backend unreachable for a new connection")
         }
+        SessionEvent::BackendVerified { user } => info!(
+            conn_id,
+            user = %user,
+            "ferry does not know this user's password hash: the backend verified the login; the session cannot move until ferry reads the hash"
+        ),
+        SessionEvent::CredentialRecovered { user } => info!(
+            conn_id,
+            user = %user,
+            "learned the credential of a session the backend verified; it may move again"
+        ),
         SessionEvent::Status(_) | SessionEvent::MoveStarted(_) => {}
     }
 }

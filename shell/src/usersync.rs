@@ -1,17 +1,85 @@
 //! Users synced from a backend's `mysql.user` (`user_source` in the config):
-//! read at start and every interval, merged under the configured users.
+//! read at start, every interval, and when a login cannot be verified with
+//! the users ferry has; merged under the configured users.
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_core::cluster::BackendId;
+use ferry_core::login::{ReadUsers, UsersRead, CREDENTIAL_UNKNOWN};
 use ferry_core::query::{QueryClient, ResultSet};
-use ferry_core::usersync::{merge, users_from_rows, SyncedUsers, USERS_QUERY, USERS_QUERY_MYSQL};
+use ferry_core::session::Control;
+use ferry_core::usersync::{
+    merge, users_from_rows, ReadSchedule, SyncedUsers, USERS_QUERY, USERS_QUERY_MYSQL,
+};
 use futures_lite::FutureExt;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::clock::{Clock, SystemClock};
 use crate::proxy::Shared;
 use crate::side::SideConn;
+
+/// Who reads the user source when: one read at a time, at least `reread_ms`
+/// apart, shared by every login waiting for it (see [`ReadSchedule`]).
+pub struct UserReads {
+    schedule: Mutex<ReadSchedule>,
+    /// Held by the task whose turn it is to read (or to find its read done).
+    turn: smol::lock::Mutex<()>,
+    clock: SystemClock,
+}
+
+impl Default for UserReads {
+    fn default() -> Self {
+        UserReads {
+            schedule: Mutex::new(ReadSchedule::new(Duration::from_millis(
+                ferry_core::config::DEFAULT_USER_SOURCE_REREAD_MS,
+            ))),
+            turn: smol::lock::Mutex::new(()),
+            clock: SystemClock::new(),
+        }
+    }
+}
+
+/// Reads the users again for a login that waits (`wanted`), unless a read
+/// that started after it asked serves it; answers with the users then in force.
+pub async fn reread(shared: &Shared, wanted: Option<&ReadUsers>) -> UsersRead {
+    let config = shared.config();
+    let Some(source) = &config.user_source else {
+        return UsersRead::NoSource;
+    };
+    let reads = &shared.user_reads;
+    let schedule = || reads.schedule.lock().expect("read schedule lock");
+    let ticket = schedule().ask();
+    let _turn = reads.turn.lock().await;
+    schedule().set_min_gap(source.reread());
+    if !schedule().served(ticket) {
+        let at = schedule().earliest_start();
+        if at > reads.clock.now() {
+            reads.clock.sleep_until(at).await;
+        }
+        let read = schedule().start(reads.clock.now());
+        let started = reads.clock.now();
+        let result = sync_once(shared).await;
+        schedule().finish(read);
+        let ms = reads.clock.now().since(started).as_secs_f64() * 1000.0;
+        match (&result, wanted) {
+            (Ok(()), Some(w)) => {
+                info!(user = %w.user, cause = %w.cause, duration_ms = format_args!("{ms:.1}"),
+                                       "read the user source again for a login")
+            }
+            (Ok(()), None) => debug!(
+                duration_ms = format_args!("{ms:.1}"),
+                "read the user source"
+            ),
+            (Err(e), _) => {
+                warn!(error = %e, "reading the user source failed; keeping the users we have");
+                return UsersRead::Failed(e.clone());
+            }
+        }
+    }
+    UsersRead::Read(shared.users.read().expect("users lock").clone())
+}
 
 /// Logs in to `addr` as `user` and runs the users query (MariaDB's, then MySQL's).
 pub async fn read_users(
@@ -63,13 +131,17 @@ pub async fn sync_once(shared: &Shared) -> Result<(), String> {
                 source.backend
             )
         })?;
+    shared.metrics.user_source_reads.fetch_add(1, Relaxed);
     let rows = read_users(
         addr,
         &source.user,
         &source.password,
         Duration::from_millis(config.backend_timeout_ms),
     )
-    .await?;
+    .await
+    .inspect_err(|_| {
+        shared.metrics.user_source_failures.fetch_add(1, Relaxed);
+    })?;
     let synced = users_from_rows(&rows);
     if !synced.conflicting.is_empty() {
         warn!(users = ?synced.conflicting,
@@ -90,9 +162,15 @@ pub fn install(
     configured: &[ferry_core::config::UserConfig],
     synced: SyncedUsers,
 ) -> Result<(), String> {
-    let dir = merge(configured, &synced).map_err(|e| format!("users: {e}"))?;
-    *shared.users.write().expect("users lock") = Arc::new(dir);
+    let dir = Arc::new(merge(configured, &synced).map_err(|e| format!("users: {e}"))?);
+    *shared.users.write().expect("users lock") = dir.clone();
     *shared.synced_users.lock().expect("synced lock") = synced;
+    // Sessions the backend verified learn their credential as soon as the hash is known.
+    for entry in shared.registry.all() {
+        if entry.blocked_by().iter().any(|b| b == CREDENTIAL_UNKNOWN) {
+            entry.send(Control::Users(dir.clone()));
+        }
+    }
     Ok(())
 }
 
@@ -104,10 +182,7 @@ pub async fn run(shared: Arc<Shared>) {
             None => Duration::from_secs(5),
         };
         async_io::Timer::after(interval).await;
-        if shared.config().user_source.is_some() {
-            if let Err(e) = sync_once(&shared).await {
-                warn!(error = %e, "user sync failed; keeping the users we have");
-            }
-        }
+        // In turn with the reads logins ask for (it warns itself if the read fails).
+        reread(&shared, None).await;
     }
 }

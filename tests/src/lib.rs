@@ -349,6 +349,11 @@ impl Ferry {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

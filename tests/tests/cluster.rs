@@ -712,7 +712,8 @@ fn user_sync_reads_mysql_user_from_a_backend() {
             )
             .expect("create the probe user");
     }
-    let plain = Ferry::start(&three(), "");
+    // (By default ferry would let the backend verify an account it does not know.)
+    let plain = Ferry::start(&three(), "unverified_logins: Refuse,");
     assert!(
         plain.try_connect("ferry_sync_probe", "probe-pw").is_err(),
         "without user_source the account is unknown to ferry"

@@ -6,7 +6,8 @@ use crate::auth::StoredCredential;
 use crate::config::{ConfigError, UserConfig};
 
 /// The users ferry verifies logins against, keyed by (tenant, user).
-#[derive(Clone, Debug, Default)]
+/// Debug shows the names only: the hashes log in anywhere a password does.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct UserDirectory {
     // Keyed by user first so a lookup borrows the login's strings instead of
     // building an owned (tenant, user) key.
@@ -14,7 +15,7 @@ pub struct UserDirectory {
 }
 
 /// The credentials configured for one user name.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 struct Entries {
     /// The entry without a tenant: serves every tenant that has no entry of its own.
     any_tenant: Option<StoredCredential>,
@@ -24,6 +25,21 @@ struct Entries {
 impl Entries {
     fn len(&self) -> usize {
         usize::from(self.any_tenant.is_some()) + self.by_tenant.len()
+    }
+}
+
+impl std::fmt::Debug for UserDirectory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names = f.debug_list();
+        for (user, entries) in &self.users {
+            if entries.any_tenant.is_some() {
+                names.entry(&format_args!("{user}"));
+            }
+            for tenant in entries.by_tenant.keys() {
+                names.entry(&format_args!("{tenant}:{user}"));
+            }
+        }
+        names.finish()
     }
 }
 
@@ -75,6 +91,11 @@ impl UserDirectory {
             Some(t) => entries.by_tenant.get(t),
             None => entries.any_tenant.as_ref(),
         }
+    }
+
+    /// Whether any entry, for any tenant, has this user name.
+    pub fn knows(&self, user: &str) -> bool {
+        self.users.contains_key(user)
     }
 
     /// Number of (tenant, user) entries.

@@ -6,11 +6,13 @@
 //! [`users_from_rows`]; [`merge`] then lays the configured users over them.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use crate::auth::{StoredCredential, NATIVE_PASSWORD};
 use crate::config::{ConfigError, UserConfig};
 use crate::query::ResultSet;
 use crate::users::UserDirectory;
+use crate::Timestamp;
 
 /// Default for [`UserSourceConfig::interval_ms`].
 pub const DEFAULT_INTERVAL_MS: u64 = crate::config::DEFAULT_USER_SOURCE_INTERVAL_MS;
@@ -91,6 +93,78 @@ pub fn merge(
     Ok(dir)
 }
 
+/// Which read of the user source a waiter needs: the first to start after it asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReadTicket(u64);
+
+/// When the user source is read: reads never overlap, start at least
+/// `min_gap` apart, and one read serves every waiter that asked before it
+/// started. A login that asks while a read runs waits for the next one, so a
+/// user created just before the login is never missed by a read that began
+/// earlier.
+///
+/// Sans-IO: the shell asks ([`ReadSchedule::ask`]), takes its turn (one at a
+/// time), checks [`ReadSchedule::served`], waits for
+/// [`ReadSchedule::earliest_start`], then brackets its read with
+/// [`ReadSchedule::start`] and [`ReadSchedule::finish`].
+#[derive(Clone, Debug)]
+pub struct ReadSchedule {
+    min_gap: Duration,
+    started: u64,
+    finished: u64,
+    last_start: Option<Timestamp>,
+}
+
+impl ReadSchedule {
+    /// No read yet; reads at least `min_gap` apart.
+    pub fn new(min_gap: Duration) -> Self {
+        ReadSchedule {
+            min_gap,
+            started: 0,
+            finished: 0,
+            last_start: None,
+        }
+    }
+
+    /// Changes the least time between two reads (a reloaded config).
+    pub fn set_min_gap(&mut self, min_gap: Duration) {
+        self.min_gap = min_gap;
+    }
+
+    /// A waiter asks: the read it needs is the next one to start.
+    pub fn ask(&self) -> ReadTicket {
+        ReadTicket(self.started + 1)
+    }
+
+    /// True once the read `ticket` needs (or a later one) has ended, well or not.
+    pub fn served(&self, ticket: ReadTicket) -> bool {
+        self.finished >= ticket.0
+    }
+
+    /// The earliest a new read may start.
+    pub fn earliest_start(&self) -> Timestamp {
+        self.last_start
+            .map_or(Timestamp::ZERO, |t| t + self.min_gap)
+    }
+
+    /// A read starts now; it serves every ticket asked so far.
+    pub fn start(&mut self, now: Timestamp) -> ReadTicket {
+        self.started += 1;
+        self.last_start = Some(now);
+        ReadTicket(self.started)
+    }
+
+    /// The read of `ticket` ended (also when it failed or was abandoned).
+    pub fn finish(&mut self, ticket: ReadTicket) {
+        self.finished = self.finished.max(ticket.0);
+    }
+
+    /// Reads started so far.
+    pub fn reads(&self) -> u64 {
+        self.started
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,10 +238,36 @@ mod tests {
     }
 
     #[test]
+    fn one_read_serves_everyone_who_asked_before_it_started() {
+        let gap = Duration::from_secs(1);
+        let mut s = ReadSchedule::new(gap);
+        let first = s.ask();
+        assert_eq!(s.earliest_start(), Timestamp::ZERO);
+        let running = s.start(Timestamp::ZERO);
+        // Asked while a read runs: that read may have missed a user created just now.
+        let late = s.ask();
+        assert!(!s.served(first));
+        s.finish(running);
+        assert!(s.served(first));
+        assert!(
+            !s.served(late),
+            "a read that began before the ask does not serve it"
+        );
+        assert_eq!(s.earliest_start(), Timestamp::ZERO + gap);
+        let again = s.ask();
+        assert_eq!(again, late, "waiters of the next read share it");
+        let next = s.start(Timestamp::ZERO + gap);
+        s.finish(next);
+        assert!(s.served(late) && s.served(again));
+        assert_eq!(s.reads(), 2);
+    }
+
+    #[test]
     fn config_shape() {
         let c: UserSourceConfig =
             ron::from_str(r#"(backend: "cn1", user: "ferry", password: "pw")"#).unwrap();
         assert_eq!(c.interval_ms, DEFAULT_INTERVAL_MS);
+        assert_eq!(c.reread_ms, crate::config::DEFAULT_USER_SOURCE_REREAD_MS);
         assert_eq!(c.backend, "cn1");
     }
 }

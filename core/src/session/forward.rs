@@ -218,6 +218,20 @@ impl Forward {
         Ok(())
     }
 
+    /// Adds (or, with `blocked` false, removes) a reason the session cannot
+    /// move that only the session knows, such as an unknown credential.
+    pub fn set_blocker(&mut self, why: &str, blocked: bool) {
+        let present = self.notes.iter().any(|n| n == why);
+        if blocked && !present {
+            self.notes.push(why.to_string());
+        } else if !blocked && present {
+            self.notes.retain(|n| n != why);
+        } else {
+            return;
+        }
+        self.status_dirty = true;
+    }
+
     /// True if a response completed since the last call (the status may have changed).
     pub fn take_status_change(&mut self) -> bool {
         std::mem::take(&mut self.status_dirty)

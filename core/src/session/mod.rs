@@ -30,8 +30,9 @@ use crate::kill::{Kill, RemoteStatement};
 use crate::labels::parse_login_name;
 use crate::labels::LoginName;
 use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
-use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedClient};
-use crate::login::{err_frame, frame};
+use crate::login::change_user::{FirstReply, SwitchWatch};
+use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedBy, VerifiedClient};
+use crate::login::{err_frame, frame, LoginPolicy, ReadUsers, UsersRead};
 use crate::migrate::{
     Move, ReadError, ReadStep, Restoring, SourceRead, StateRead, Target, TargetPhase, HELD_LIMIT,
 };
@@ -65,6 +66,8 @@ pub struct SessionConfig {
     pub max_packet_size: usize,
     /// How long a session whose move failed waits before it tries again.
     pub move_backoff: Duration,
+    /// What happens to logins ferry cannot verify with the users it has.
+    pub logins: LoginPolicy,
 }
 
 impl Default for SessionConfig {
@@ -74,6 +77,7 @@ impl Default for SessionConfig {
             backend_timeout: Duration::from_secs(5),
             max_packet_size: 64 << 20,
             move_backoff: Duration::from_secs(5),
+            logins: LoginPolicy::default(),
         }
     }
 }
@@ -85,6 +89,8 @@ pub enum Control {
     Migrate(MoveRequest),
     /// Close now, telling the client why (e.g. its backend was drained and the drain timed out).
     Close(String),
+    /// The users were read again: a session the backend verified may now learn its credential.
+    Users(Arc<UserDirectory>),
 }
 
 /// An event for the session.
@@ -118,6 +124,8 @@ pub enum Input {
     Located(Option<SessionLocation>),
     /// How [`Output::RunElsewhere`] went: done, the backend's ERR, or why it could not be run.
     RanElsewhere(Result<Result<(), ErrPacket>, String>),
+    /// The answer to [`Output::ReadUsers`].
+    UsersRead(UsersRead),
 }
 
 /// Where a session lives: its backend and that backend's thread id for it.
@@ -178,6 +186,8 @@ pub enum Output {
     },
     /// Run a statement on another backend as this client; answer with [`Input::RanElsewhere`].
     RunElsewhere(RemoteStatement),
+    /// Read the user source again (a login waits); answer with [`Input::UsersRead`].
+    ReadUsers(ReadUsers),
     /// Close another session (a `KILL CONNECTION` through ferry). No answer.
     CloseSession {
         /// Its ferry connection id.
@@ -255,6 +265,16 @@ pub enum SessionEvent {
         /// Why.
         why: String,
     },
+    /// The backend verified the login of a user whose hash ferry does not know.
+    BackendVerified {
+        /// The user name as the client sent it.
+        user: String,
+    },
+    /// ferry learned the credential of a session the backend verified: it may move again.
+    CredentialRecovered {
+        /// The user name as the client sent it.
+        user: String,
+    },
 }
 
 #[derive(Debug)]
@@ -278,6 +298,9 @@ struct BackendPhase {
     retries: u8,
     /// Waiting for [`Input::Transferred`] after a failed connect.
     rerouting: Option<String>,
+    /// A login the backend verifies: the backend's salt, relayed to the
+    /// client, while its answer is awaited.
+    relayed_salt: Option<Vec<u8>>,
 }
 
 /// A logged-in session: forwarding, and moving when asked.
@@ -327,6 +350,13 @@ struct Identity {
     backend_salt: Vec<u8>,
     /// A KILL waiting for [`Input::Located`].
     pending_kill: Option<Kill>,
+    /// A COM_CHANGE_USER waiting for the users to be read again, and what the client sent since.
+    parked_change_user: Option<(Bytes, BytesMut)>,
+    /// A COM_CHANGE_USER was passed on: its first reply may be an auth switch to remember.
+    switch_watch: Option<SwitchWatch>,
+    /// The salt of the last auth switch the client answered (a relayed login
+    /// or COM_CHANGE_USER): it scrambles its next COM_CHANGE_USER with it.
+    client_salt: Option<Vec<u8>>,
 }
 
 /// The state machine of one client connection.
@@ -425,6 +455,8 @@ impl Session {
             Input::ClientClosed => self.on_client_closed(now),
             Input::Control(Control::Migrate(request)) => self.on_migrate(now, request),
             Input::Control(Control::Close(why)) => self.on_close_request(why),
+            Input::Control(Control::Users(users)) => self.on_users(now, UsersRead::Read(users)),
+            Input::UsersRead(answer) => self.on_users(now, answer),
             Input::Timeout => self.on_timeout(now),
             Input::Shutdown => self.on_shutdown(),
             Input::Located(location) => self.on_located(now, location),
@@ -498,6 +530,14 @@ impl Session {
 
     fn on_client_data(&mut self, now: Timestamp, data: Bytes) {
         match &mut self.state {
+            State::Forwarding(f) if f.identity.parked_change_user.is_some() => {
+                let (_, held) = f.identity.parked_change_user.as_mut().expect("checked");
+                held.extend_from_slice(&data);
+            }
+            State::BackendLogin(p) if p.relayed_salt.is_some() => {
+                self.client_rx.extend(&data);
+                self.drive_relayed_reply();
+            }
             State::Forwarding(f) if f.lost.is_some() => match one_command(&data) {
                 // No answer is due to these: none is made up; the next command hears it.
                 _ if only_unanswered(&data) => {}
@@ -538,7 +578,7 @@ impl Session {
             }
             // Commands ferry answers or rewrites itself arrive whole, between responses.
             State::Forwarding(f) if f.forward.is_idle() => match one_command(&data) {
-                Some([COM_CHANGE_USER, ..]) => self.change_user(data),
+                Some([COM_CHANGE_USER, ..]) => self.change_user(data, false),
                 Some(payload) => match Kill::parse(payload) {
                     Some(kill) => self.kill(kill),
                     None => self.forward_client(data),
@@ -565,21 +605,28 @@ impl Session {
                 Ok(None) => return,
                 Err(e) => return self.client_frame_error(e),
             };
-            match login.handle(packet, &self.users) {
-                ClientStep::Send(bytes) => self.outputs.push_back(Output::ToClient(bytes)),
-                ClientStep::Refuse(err, why) => {
-                    self.outputs.push_back(Output::ToClient(err));
-                    return self.close(CloseReason::LoginRefused(why));
-                }
-                ClientStep::Verified(client) => {
-                    self.login_deadline = None;
-                    self.outputs.push_back(Output::Route(RouteRequest {
-                        tenant: client.login.tenant.clone(),
-                        labels: client.login.labels.clone(),
-                    }));
-                    self.state = State::Routing(client);
-                }
+            let step = login.handle(packet, &self.users, self.config.logins);
+            self.client_login_step(step);
+        }
+    }
+
+    fn client_login_step(&mut self, step: ClientStep) {
+        match step {
+            ClientStep::Send(bytes) => self.outputs.push_back(Output::ToClient(bytes)),
+            ClientStep::Refuse(err, why) => {
+                self.outputs.push_back(Output::ToClient(err));
+                self.close(CloseReason::LoginRefused(why));
             }
+            ClientStep::Verified(client) => {
+                self.login_deadline = None;
+                self.outputs.push_back(Output::Route(RouteRequest {
+                    tenant: client.login.tenant.clone(),
+                    labels: client.login.labels.clone(),
+                }));
+                self.state = State::Routing(client);
+            }
+            // Parked: the answer comes as `Input::UsersRead`.
+            ClientStep::ReadUsers(wanted) => self.outputs.push_back(Output::ReadUsers(wanted)),
         }
     }
 
@@ -597,6 +644,10 @@ impl Session {
         let mut template = client.response.clone();
         template.user = client.login.user.clone();
         template.database = database;
+        if matches!(client.verified_by, VerifiedBy::Backend(_)) {
+            // Only a first login gets here (a session the backend verified does not move).
+            return BackendLogin::relayed(template, client.capabilities, true);
+        }
         BackendLogin::new(template, client.secret.clone(), client.capabilities, true)
     }
 
@@ -617,6 +668,7 @@ impl Session {
             rx: PacketDecoder::new(LOGIN_MAX_PACKET.min(self.config.max_packet_size)),
             retries: 0,
             rerouting: None,
+            relayed_salt: None,
         }));
     }
 
@@ -746,6 +798,17 @@ impl Session {
                     // A connection the session already left.
                     return;
                 }
+                if let Some(watch) = f.identity.switch_watch.as_mut() {
+                    match watch.feed(&data) {
+                        FirstReply::Pending => {}
+                        FirstReply::Switch(salt) => {
+                            f.identity.switch_watch = None;
+                            f.identity.backend_salt = salt.clone();
+                            f.identity.client_salt = Some(salt);
+                        }
+                        FirstReply::Other => f.identity.switch_watch = None,
+                    }
+                }
                 if let Some((read, _)) = f.refresh.as_mut() {
                     let step = read.feed(&data);
                     if let Err(ReadError::Protocol(e)) = step {
@@ -820,8 +883,10 @@ impl Session {
                 BackendStep::Done(backend) => return self.logged_in(*backend),
                 BackendStep::Refused(err) => {
                     let seq = self.client_seq();
-                    return self.refuse(err, seq, "backend refused the login".into());
+                    let why = self.backend_refusal(&err);
+                    return self.refuse(err, seq, why);
                 }
+                BackendStep::AskClient(salt) => return self.relay_challenge(salt),
                 BackendStep::Failed(why) => return self.fail_login(&why),
             }
         }
@@ -867,6 +932,9 @@ impl Session {
                 route,
                 backend_salt: backend.handshake.auth_data.clone(),
                 pending_kill: None,
+                parked_change_user: None,
+                switch_watch: None,
+                client_salt: None,
             },
             backend: handle,
             backend_thread: backend.handshake.connection_id,
@@ -880,6 +948,7 @@ impl Session {
             draining: None,
         }));
         self.backend_deadline = None;
+        self.note_backend_verified();
         // Nothing should follow a login OK before the client's first command, but never drop bytes.
         let rest = rx.take_remaining();
         if !rest.is_empty() {
@@ -993,7 +1062,7 @@ impl Session {
     /// COM_CHANGE_USER: ferry verifies the new user itself (the client
     /// scrambled its password with ferry's salt) and sends the backend a
     /// scramble for the backend's salt, so the new secret is known for later logins.
-    fn change_user(&mut self, data: Bytes) {
+    fn change_user(&mut self, data: Bytes, reread: bool) {
         let State::Forwarding(f) = &mut self.state else {
             return;
         };
@@ -1017,20 +1086,51 @@ impl Session {
             let why = "COM_CHANGE_USER cannot change the tenant or labels of a session".to_string();
             return self.refuse(errors::bad_login_name(&why), 1, why);
         }
+        // The client scrambles with the salt it saw last: an auth switch's, else ferry's handshake's.
         let secret = self
             .users
             .lookup(name.tenant.as_deref(), &name.user)
-            .and_then(|cred| cred.verify(&identity.client.salt, &request.auth_response));
+            .and_then(|cred| {
+                let mut salts = identity
+                    .client_salt
+                    .iter()
+                    .map(Vec::as_slice)
+                    .chain([&identity.client.salt[..]]);
+                salts.find_map(|salt| cred.verify(salt, &request.auth_response))
+            });
         let Some(secret) = secret else {
+            if self.config.logins.user_source && !reread {
+                // The user may have been created or changed since ferry read the users.
+                let cause = if self
+                    .users
+                    .lookup(name.tenant.as_deref(), &name.user)
+                    .is_some()
+                {
+                    login::RereadCause::PasswordMismatch
+                } else {
+                    login::RereadCause::UnknownUser
+                };
+                identity.parked_change_user = Some((data, BytesMut::new()));
+                self.outputs.push_back(Output::ReadUsers(ReadUsers {
+                    user: request.user,
+                    cause,
+                }));
+                return;
+            }
             let err = errors::access_denied(
                 &request.user,
                 &self.peer_host,
                 !request.auth_response.is_empty(),
             );
+            let after = if reread {
+                " (after reading the users again)"
+            } else {
+                ""
+            };
             return self.refuse(
                 err,
                 1,
-                format!("COM_CHANGE_USER to '{}' refused", request.user),
+                format!("COM_CHANGE_USER to '{}' refused{after}", request.user),
             );
         };
         let mut to_backend = request.clone();
@@ -1040,10 +1140,15 @@ impl Session {
             to_backend.auth_plugin = Some(NATIVE_PASSWORD.to_string());
         }
         identity.client.secret = secret;
+        if identity.client.verified_by != VerifiedBy::Ferry {
+            identity.client.verified_by = VerifiedBy::Ferry;
+            f.forward.set_blocker(login::CREDENTIAL_UNKNOWN, false);
+        }
         identity.client.login.user = name.user;
         identity.client.response.user = request.user;
         identity.client.response.database =
             (!request.database.is_empty()).then(|| request.database.clone());
+        identity.switch_watch = Some(SwitchWatch::default());
         let mut payload = BytesMut::new();
         to_backend.write(&mut payload, caps);
         self.forward_client(frame(&payload, 0));
@@ -1466,6 +1571,14 @@ impl Session {
                         now,
                         MoveFailure::Target,
                         format!("logging in to backend {}: {why}", backend),
+                    )
+                }
+                // A move logs in with a known secret (a session the backend verified does not move).
+                BackendStep::AskClient(_) => {
+                    return self.fail_move(
+                        now,
+                        MoveFailure::Target,
+                        "ferry does not know the credential to log in elsewhere".into(),
                     )
                 }
             }

@@ -196,6 +196,7 @@ impl Harness {
                 }
                 Output::CloseBackend(h) => format!("close backend    {h}"),
                 Output::CloseSession { id, why } => format!("close session    {id}: {why}"),
+                Output::ReadUsers(r) => format!("read users       for '{}': {}", r.user, r.cause),
             };
             writeln!(self.trace, "{line}").unwrap();
             self.outputs.push(out);

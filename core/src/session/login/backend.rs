@@ -58,6 +58,10 @@ pub enum BackendStep {
     Done(Box<BackendSession>),
     /// The backend refused the login; its ERR, to pass on to the client.
     Refused(ErrPacket),
+    /// A relayed login ([`BackendLogin::relayed`]): have the client answer
+    /// this salt (an auth switch to mysql_native_password), then call
+    /// [`BackendLogin::client_replied`].
+    AskClient(Vec<u8>),
     /// The backend broke the protocol or wants what ferry cannot do; for logs and a client ERR.
     Failed(String),
 }
@@ -65,6 +69,13 @@ pub enum BackendStep {
 #[derive(Debug)]
 enum State {
     AwaitHandshake,
+    /// A relayed login: the response waits for the client's answer to the backend's salt.
+    AwaitClientReply {
+        response: Box<HandshakeResponse>,
+        handshake: Box<Handshake>,
+        caps: u32,
+        seq: u8,
+    },
     AwaitResult {
         handshake: Box<Handshake>,
         caps: u32,
@@ -78,7 +89,8 @@ enum State {
 #[derive(Debug)]
 pub struct BackendLogin {
     template: HandshakeResponse,
-    secret: Secret,
+    /// `None` for a relayed login: the client answers the backend's salt itself.
+    secret: Option<Secret>,
     client_caps: u32,
     track: bool,
     state: State,
@@ -91,17 +103,48 @@ impl BackendLogin {
     pub fn new(template: HandshakeResponse, secret: Secret, client_caps: u32, track: bool) -> Self {
         BackendLogin {
             template,
-            secret,
+            secret: Some(secret),
             client_caps,
             track,
             state: State::AwaitHandshake,
         }
     }
 
+    /// A login whose password the backend checks: ferry does not know the
+    /// user's hash, so the client answers the backend's own salt
+    /// ([`BackendStep::AskClient`]) and the backend accepts or refuses.
+    pub fn relayed(template: HandshakeResponse, client_caps: u32, track: bool) -> Self {
+        BackendLogin {
+            secret: None,
+            ..BackendLogin::new(template, Secret::Empty, client_caps, track)
+        }
+    }
+
+    /// The client's answer to the salt of [`BackendStep::AskClient`].
+    pub fn client_replied(&mut self, reply: Vec<u8>) -> BackendStep {
+        let State::AwaitClientReply {
+            mut response,
+            handshake,
+            caps,
+            seq,
+        } = std::mem::replace(&mut self.state, State::Finished)
+        else {
+            return BackendStep::Failed("a client answer ferry did not ask for".into());
+        };
+        response.auth_response = reply;
+        let mut payload = BytesMut::new();
+        response.write(&mut payload);
+        self.state = State::AwaitResult { handshake, caps };
+        BackendStep::Send(frame(&payload, seq))
+    }
+
     /// Feeds the backend's next packet.
     pub fn handle(&mut self, packet: Packet) -> BackendStep {
         match std::mem::replace(&mut self.state, State::Finished) {
             State::AwaitHandshake => self.on_handshake(packet),
+            State::AwaitClientReply { .. } => BackendStep::Failed(
+                "backend sent a packet before ferry answered its greeting".into(),
+            ),
             State::AwaitResult { handshake, caps } => self.on_result(packet, handshake, caps),
             State::AwaitTrackerSetup(session, reply) => {
                 self.on_tracker_setup(packet, session, reply)
@@ -145,7 +188,17 @@ impl BackendLogin {
             & handshake.mariadb_capabilities
             & FERRY_SUPPORTED_MARIADB;
         response.auth_plugin = Some(NATIVE_PASSWORD.to_string());
-        response.auth_response = self.secret.respond(&handshake.auth_data);
+        let Some(secret) = &self.secret else {
+            let salt = crate::auth::salt_bytes(&handshake.auth_data).to_vec();
+            self.state = State::AwaitClientReply {
+                response: Box::new(response),
+                handshake: Box::new(handshake),
+                caps,
+                seq: packet.next_seq,
+            };
+            return BackendStep::AskClient(salt);
+        };
+        response.auth_response = secret.respond(&handshake.auth_data);
         let mut payload = BytesMut::new();
         response.write(&mut payload);
         self.state = State::AwaitResult {
@@ -193,7 +246,13 @@ impl BackendLogin {
                         switch.plugin
                     ));
                 }
-                let reply = self.secret.respond(&switch.data);
+                let Some(secret) = &self.secret else {
+                    // The client answered the greeting's salt; a new one would need it again.
+                    return BackendStep::Failed(
+                        "backend asked for another challenge during a login it verifies".into(),
+                    );
+                };
+                let reply = secret.respond(&switch.data);
                 self.state = State::AwaitResult { handshake, caps };
                 BackendStep::Send(frame(&reply, packet.next_seq))
             }

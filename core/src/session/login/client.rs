@@ -4,6 +4,7 @@
 use bytes::{Bytes, BytesMut};
 
 use crate::auth::{Secret, NATIVE_PASSWORD};
+use crate::config::UnverifiedLogins;
 use crate::errors;
 use crate::labels::{labels_from_attrs, parse_login_name, LoginName};
 use crate::packets::flags::caps::*;
@@ -12,7 +13,7 @@ use crate::packets::{is_ssl_request, AuthSwitchRequest, ErrPacket, Handshake, Ha
 use crate::users::UserDirectory;
 use crate::wire::Packet;
 
-use super::{err_frame, frame};
+use super::{err_frame, frame, Exchange, LoginPolicy, ReadUsers, RereadCause};
 
 /// What ferry tells clients in its handshake.
 #[derive(Clone, Debug)]
@@ -37,14 +38,28 @@ pub struct VerifiedClient {
     pub login: LoginName,
     /// The response as the client sent it, to replay to backends.
     pub response: HandshakeResponse,
-    /// What answers any backend's salt.
+    /// What answers any backend's salt (while [`VerifiedBy::Backend`]: nothing
+    /// valid yet, and no backend login may use it).
     pub secret: Secret,
+    /// Who checked the password.
+    pub verified_by: VerifiedBy,
     /// Capabilities in force between the client and ferry.
     pub capabilities: u32,
     /// Sequence id of ferry's next packet to the client (the login OK).
     pub next_seq: u8,
     /// The salt ferry gave the client (COM_CHANGE_USER scrambles with it again).
     pub salt: [u8; 20],
+}
+
+/// Who checked a client's password.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VerifiedBy {
+    /// ferry, against the user's stored hash: [`VerifiedClient::secret`] is the real one.
+    Ferry,
+    /// The backend the session was routed to: ferry did not know the user's
+    /// hash. Holds the exchange once it happened, to recover the secret from
+    /// when the hash becomes known.
+    Backend(Option<Exchange>),
 }
 
 /// What the client login wants done next.
@@ -56,13 +71,25 @@ pub enum ClientStep {
     Verified(Box<VerifiedClient>),
     /// Refuse the client: send this ERR frame, then close. The string is for logs.
     Refuse(Bytes, String),
+    /// Have the user source read again, then call [`ClientLogin::users_read`].
+    ReadUsers(ReadUsers),
 }
 
 #[derive(Debug)]
 enum State {
     AwaitResponse,
     AwaitSwitchReply(Box<HandshakeResponse>),
+    /// Verification failed with the users ferry had; the source is being read again.
+    AwaitUsers(Box<Verifying>),
     Finished,
+}
+
+/// A response kept while the users are read again.
+#[derive(Debug)]
+struct Verifying {
+    response: HandshakeResponse,
+    reply: Vec<u8>,
+    next_seq: u8,
 }
 
 /// The server side of the login handshake.
@@ -71,6 +98,8 @@ pub struct ClientLogin {
     greeting: Greeting,
     peer_host: String,
     state: State,
+    /// The users were read again for this login already (once is enough).
+    users_reread: bool,
 }
 
 impl ClientLogin {
@@ -92,18 +121,29 @@ impl ClientLogin {
             greeting,
             peer_host,
             state: State::AwaitResponse,
+            users_reread: false,
         };
         (login, frame(&payload, 0))
     }
 
     /// Feeds the client's next packet.
-    pub fn handle(&mut self, packet: Packet, users: &UserDirectory) -> ClientStep {
+    pub fn handle(
+        &mut self,
+        packet: Packet,
+        users: &UserDirectory,
+        policy: LoginPolicy,
+    ) -> ClientStep {
         match std::mem::replace(&mut self.state, State::Finished) {
-            State::AwaitResponse => self.on_response(packet, users),
+            State::AwaitResponse => self.on_response(packet, users, policy),
             State::AwaitSwitchReply(response) => {
                 let reply = packet.payload.to_vec();
-                self.verify(*response, reply, packet.next_seq, users)
+                self.verify(*response, reply, packet.next_seq, users, policy)
             }
+            State::AwaitUsers(_) => refuse(
+                errors::malformed_packet("a packet before the login result"),
+                packet.next_seq,
+                "client sent a packet while its login was being verified".into(),
+            ),
             State::Finished => refuse(
                 errors::malformed_packet("unexpected packet after login"),
                 packet.next_seq,
@@ -112,7 +152,33 @@ impl ClientLogin {
         }
     }
 
-    fn on_response(&mut self, packet: Packet, users: &UserDirectory) -> ClientStep {
+    /// True while the login waits for [`ClientLogin::users_read`].
+    pub fn awaits_users(&self) -> bool {
+        matches!(self.state, State::AwaitUsers(_))
+    }
+
+    /// The users were read again (or could not be): verify once more, and
+    /// this time refuse, or hand the login to the backend, instead of asking again.
+    /// `None` if the login was not waiting for the users.
+    pub fn users_read(&mut self, users: &UserDirectory, policy: LoginPolicy) -> Option<ClientStep> {
+        let State::AwaitUsers(v) = std::mem::replace(&mut self.state, State::Finished) else {
+            return None;
+        };
+        self.users_reread = true;
+        let Verifying {
+            response,
+            reply,
+            next_seq,
+        } = *v;
+        Some(self.verify(response, reply, next_seq, users, policy))
+    }
+
+    fn on_response(
+        &mut self,
+        packet: Packet,
+        users: &UserDirectory,
+        policy: LoginPolicy,
+    ) -> ClientStep {
         if packet.seq != 1 {
             let why = format!("handshake response has sequence id {}", packet.seq);
             return refuse(errors::malformed_packet(&why), packet.next_seq, why);
@@ -147,7 +213,7 @@ impl ClientLogin {
             return ClientStep::Send(frame(&payload, packet.next_seq));
         }
         let reply = response.auth_response.clone();
-        self.verify(response, reply, packet.next_seq, users)
+        self.verify(response, reply, packet.next_seq, users, policy)
     }
 
     fn verify(
@@ -156,6 +222,7 @@ impl ClientLogin {
         reply: Vec<u8>,
         next_seq: u8,
         users: &UserDirectory,
+        policy: LoginPolicy,
     ) -> ClientStep {
         let denied = |why: String| {
             let err = errors::access_denied(&response.user, &self.peer_host, !reply.is_empty());
@@ -168,11 +235,40 @@ impl ClientLogin {
                 return refuse(errors::bad_login_name(&why), next_seq, why);
             }
         };
-        let Some(credential) = users.lookup(name.tenant.as_deref(), &name.user) else {
-            return denied(format!("unknown user '{}'", response.user));
+        let may_reread = policy.user_source && !self.users_reread;
+        let reread = if self.users_reread {
+            " (after reading the users again)"
+        } else {
+            ""
         };
-        let Some(secret) = credential.verify(&self.greeting.salt, &reply) else {
-            return denied(format!("wrong password for '{}'", response.user));
+        let (secret, verified_by) = match users.lookup(name.tenant.as_deref(), &name.user) {
+            Some(credential) => match credential.verify(&self.greeting.salt, &reply) {
+                Some(secret) => (secret, VerifiedBy::Ferry),
+                None if may_reread => {
+                    return self.read_users(
+                        response,
+                        reply,
+                        next_seq,
+                        RereadCause::PasswordMismatch,
+                    )
+                }
+                None => return denied(format!("wrong password for '{}'{reread}", response.user)),
+            },
+            None if may_reread => {
+                return self.read_users(response, reply, next_seq, RereadCause::UnknownUser)
+            }
+            // Configured for other tenants only: ferry knows this user, and not here.
+            None if users.knows(&name.user) => {
+                return denied(format!(
+                    "user '{}' is not configured for this tenant{reread}",
+                    response.user
+                ))
+            }
+            None if policy.unverified == UnverifiedLogins::Backend => {
+                // ferry cannot check this password: the backend will (see `VerifiedBy::Backend`).
+                (Secret::Empty, VerifiedBy::Backend(None))
+            }
+            None => return denied(format!("unknown user '{}'{reread}", response.user)),
         };
         let attrs = labels_from_attrs(
             response
@@ -185,10 +281,30 @@ impl ClientLogin {
             login: name.with_attr_labels(attrs),
             response,
             secret,
+            verified_by,
             capabilities,
             next_seq,
             salt: self.greeting.salt,
         }))
+    }
+
+    fn read_users(
+        &mut self,
+        response: HandshakeResponse,
+        reply: Vec<u8>,
+        next_seq: u8,
+        cause: RereadCause,
+    ) -> ClientStep {
+        let wanted = ReadUsers {
+            user: response.user.clone(),
+            cause,
+        };
+        self.state = State::AwaitUsers(Box::new(Verifying {
+            response,
+            reply,
+            next_seq,
+        }));
+        ClientStep::ReadUsers(wanted)
     }
 }
 
