@@ -300,3 +300,55 @@ fn unverified_logins_refuse_keeps_unknown_users_out() {
     assert_eq!(e.code, 1045, "{e:?}");
     drop_user(&f, "rt_strict");
 }
+
+#[test]
+fn a_hash_the_user_source_could_not_read_is_learned_by_a_later_read() {
+    forget(&["rt_src", "rt_late"]);
+    let b = backends_n(3);
+    // The user source's account may not read mysql.user yet.
+    connect_backend(b[0])
+        .query_drop("CREATE USER 'rt_src'@'%' IDENTIFIED BY 'src-pw'")
+        .unwrap();
+    let f = ConfigBuilder::new()
+        .backend(Backend::new("cn1", b[0]))
+        .backend(Backend::new("cn2", b[1]))
+        .backend(Backend::new("cn3", b[2]))
+        .field(
+            r#"user_source: (backend: "cn1", user: "rt_src", password: "src-pw", interval_ms: 300)"#,
+        )
+        .start();
+    let admin = Admin::of(&f);
+    create_user(&f, "rt_late", "late-pw");
+    let mut c = f
+        .connect("rt_late", "late-pw")
+        .expect("the backend verifies what ferry could not read");
+    let id = u64::from(c.connection_id());
+    admin.wait_for("the blocker", Duration::from_secs(5), |a| {
+        let s = a.session(id);
+        (
+            s["blocked_by"].to_string().contains("credential unknown"),
+            s,
+        )
+    });
+    assert!(
+        admin
+            .metric("ferry_user_source_read_failures_total")
+            .unwrap()
+            >= 1.0
+    );
+    connect_backend(b[0])
+        .query_drop("GRANT SELECT ON mysql.* TO 'rt_src'@'%'")
+        .unwrap();
+    // The next periodic read has the hash: the credential is recovered from the login's exchange.
+    admin.wait_for("the blocker to clear", Duration::from_secs(5), |a| {
+        let s = a.session(id);
+        (s["blocked_by"] == serde_json::json!([]), s)
+    });
+    let (status, body) = admin.migrate(id, None);
+    assert_eq!(status, 202, "{body}");
+    admin.wait_migrated(id, 1, Duration::from_secs(10));
+    assert_eq!(current_user(&mut c), "rt_late@%");
+    drop(c);
+    drop_user(&f, "rt_late");
+    forget(&["rt_src"]);
+}
