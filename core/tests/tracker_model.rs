@@ -313,7 +313,7 @@ impl Model {
         self.segments.clear();
         let mut busy = true;
         let name;
-        match self.rng.below(16) {
+        match self.rng.below(17) {
             0..=3 => {
                 name = "query".into();
                 self.command(b"\x03SELECT 1; INSERT INTO t VALUES (1)");
@@ -485,6 +485,32 @@ impl Model {
                     self.ok(0);
                     self.forget_statements();
                 }
+            }
+            16 => {
+                let Some(id) = self.any_stmt() else {
+                    return self.step();
+                };
+                name = format!("bulk execute {id}");
+                // MariaDB's bulk execute: types (sometimes), then rows of indicator + value.
+                let n = self.params[&id] as usize;
+                let types = self.rng.chance(50);
+                let flags: u16 = if types { 128 } else { 0 };
+                let mut extra = flags.to_le_bytes().to_vec();
+                if types {
+                    extra.extend(std::iter::repeat_n([0x08, 0x00], n).flatten());
+                }
+                for _ in 0..self.rng.below(4) {
+                    for _ in 0..n {
+                        extra.push(0);
+                        extra.extend_from_slice(&7u64.to_le_bytes());
+                    }
+                }
+                let payload = self.stmt_payload(COM_STMT_BULK_EXECUTE, id, &extra);
+                self.command(&payload);
+                self.cursors.remove(&id);
+                self.long_data.remove(&id);
+                // An OK, or results (RETURNING, unit results) as for an execute.
+                self.results(true, None);
             }
             _ => {
                 name = "reset connection".into();

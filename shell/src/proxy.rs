@@ -45,6 +45,8 @@ pub struct ServerIdentity {
     pub version: String,
     /// Capabilities to offer (ferry's, cut down to the backends').
     pub capabilities: u32,
+    /// MariaDB extended capabilities the backends offer (none until learned).
+    pub mariadb_capabilities: u32,
 }
 
 /// State shared by all connection tasks.
@@ -90,6 +92,7 @@ impl Shared {
                     .clone()
                     .unwrap_or_else(|| FALLBACK_VERSION.to_string()),
                 capabilities: FERRY_SUPPORTED,
+                mariadb_capabilities: 0,
             }),
             session_config: RwLock::new(session_config(config)),
             config: RwLock::new(config.clone()),
@@ -450,6 +453,7 @@ pub async fn learn_identity(shared: &Shared, configured_version: Option<&str>) {
             Ok(hs) => {
                 let mut identity = shared.identity.write().expect("identity lock");
                 identity.capabilities = FERRY_SUPPORTED & hs.capabilities;
+                identity.mariadb_capabilities = hs.mariadb_capabilities;
                 if configured_version.is_none() {
                     identity.version = hs.server_version.clone();
                 }
@@ -532,6 +536,7 @@ pub async fn run_session<S, K, T>(
         salt,
         collation: DEFAULT_COLLATION,
         capabilities: identity.capabilities,
+        mariadb_capabilities: identity.mariadb_capabilities,
     };
     let users = shared.users.read().expect("users lock").clone();
     let session_config = shared.session_config.read().expect("config lock").clone();

@@ -257,6 +257,8 @@ fn connector_j_batches_count_rows_as_directly() {
     for (i, options) in [
         "useServerPrepStmts=false&useBulkStmts=false",
         "useServerPrepStmts=true&useBulkStmts=false",
+        "useServerPrepStmts=true&useBulkStmts=true",
+        "useServerPrepStmts=false&useBulkStmts=true",
     ]
     .into_iter()
     .enumerate()
@@ -355,4 +357,40 @@ fn load_data_local_infile_of_50_mib_loads_as_directly() {
     assert!(direct.contains("51200"), "{direct}");
     assert_quiet(&ferry);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+// MariaDB's extended protocol ----------------------------------------------------
+
+#[test]
+fn column_definitions_carry_extended_type_info_as_directly() {
+    let (ferry, backend) = one_backend();
+    let mut setup = connect_backend(backend);
+    setup
+        .query_drop("CREATE OR REPLACE TABLE test.cl_types (j JSON, p POINT, u UUID)")
+        .unwrap();
+    setup
+        .query_drop(
+            "INSERT INTO test.cl_types VALUES ('{\"a\": 1}', POINT(1, 2), \
+             '0f13eb97-f1bc-11f1-891c-02fc00000001')",
+        )
+        .unwrap();
+    let metadata = |port: u16| {
+        let out = cli(
+            port,
+            "root",
+            "111",
+            // No rows: the POINT value is not text (run_command reads UTF-8).
+            "SELECT j, p, u FROM test.cl_types WHERE 0",
+            &["--column-type-info", "-t"],
+        );
+        out.assert_success("mariadb --column-type-info");
+        out.stdout
+    };
+    let direct = metadata(backend.port());
+    assert!(
+        direct.contains("format=json") && direct.contains("type=point"),
+        "{direct}"
+    );
+    assert_eq!(metadata(ferry.port()), direct);
+    assert_quiet(&ferry);
 }

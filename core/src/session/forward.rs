@@ -62,6 +62,8 @@ pub struct Forward {
     state: SessionState,
     client_caps: u32,
     backend_caps: u32,
+    /// MariaDB extended capabilities the backend offered.
+    backend_mariadb_caps: u32,
     /// How this backend writes OK info for clients without session tracking.
     info_style: InfoStyle,
     /// The client's own tracker settings, when ferry switched everything on.
@@ -98,6 +100,7 @@ impl Forward {
             state,
             client_caps,
             backend_caps: backend.capabilities,
+            backend_mariadb_caps: backend.handshake.mariadb_capabilities,
             info_style: info_style(backend),
             settings,
             notes,
@@ -289,6 +292,11 @@ impl Forward {
         self.backend_caps
     }
 
+    /// MariaDB extended capabilities the backend offered in its greeting.
+    pub fn backend_mariadb_caps(&self) -> u32 {
+        self.backend_mariadb_caps
+    }
+
     /// The statement the client prepared last.
     pub fn last_prepared(&self) -> Option<u32> {
         self.tracker.last_prepared()
@@ -306,6 +314,7 @@ impl Forward {
     pub fn replace_backend(&mut self, backend: &BackendSession, ids: BTreeMap<u32, u32>) {
         self.tracker.server_replaced(backend.capabilities, ids);
         self.backend_caps = backend.capabilities;
+        self.backend_mariadb_caps = backend.handshake.mariadb_capabilities;
         self.info_style = info_style(backend);
         self.to_client = Splice::default();
         self.response_start = 0;

@@ -1516,6 +1516,9 @@ impl Session {
         };
         let backend = t.route.backend.clone();
         let source_caps = f.forward.backend_caps();
+        // The MariaDB extensions in force must stay so (a client using bulk execute keeps it).
+        let client_mariadb = f.identity.client.response.mariadb_capabilities;
+        let source_mariadb = f.forward.backend_mariadb_caps() & client_mariadb;
         if let TargetPhase::Restoring(r) = &mut t.phase {
             if let Err(e) = r.injected.feed(&data) {
                 return self.fail_move(
@@ -1551,6 +1554,13 @@ impl Session {
                         let why = format!(
                             "backend {backend} offers other capabilities (0x{:08x}, the session has 0x{source_caps:08x})",
                             session.capabilities
+                        );
+                        return self.fail_move(now, MoveFailure::Target, why);
+                    }
+                    let target_mariadb = session.handshake.mariadb_capabilities & client_mariadb;
+                    if target_mariadb != source_mariadb {
+                        let why = format!(
+                            "backend {backend} offers other MariaDB extensions (0x{target_mariadb:x}, the session uses 0x{source_mariadb:x})"
                         );
                         return self.fail_move(now, MoveFailure::Target, why);
                     }

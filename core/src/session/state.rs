@@ -409,6 +409,9 @@ impl SessionState {
             Command::InitDb(db) => Pending::InitDb(String::from_utf8_lossy(db).into_owned()),
             Command::Execute {
                 id, param_types, ..
+            }
+            | Command::BulkExecute {
+                id, param_types, ..
             } => {
                 self.calc_found_rows = false;
                 Pending::Execute {

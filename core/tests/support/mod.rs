@@ -91,12 +91,23 @@ impl Harness {
     }
 
     pub fn with(config: SessionConfig, style: TraceStyle) -> Self {
+        Self::with_mariadb(config, style, 0)
+    }
+
+    /// Like [`Harness::with`], with the backends' MariaDB extended capabilities known.
+    pub fn with_mariadb(config: SessionConfig, style: TraceStyle, mariadb: u32) -> Self {
         let greeting = Greeting {
             server_version: "5.5.5-10.11.6-MariaDB".into(),
             connection_id: 7,
             salt: FERRY_SALT,
             collation: 45,
-            capabilities: FERRY_SUPPORTED,
+            // A MariaDB greeting (the only kind with extended capabilities) clears CLIENT_MYSQL.
+            capabilities: if mariadb == 0 {
+                FERRY_SUPPORTED
+            } else {
+                FERRY_SUPPORTED & !CLIENT_MYSQL
+            },
+            mariadb_capabilities: mariadb,
         };
         let session = Session::new(
             Timestamp::ZERO,
@@ -431,9 +442,20 @@ fn describe_row(body: &[u8]) -> String {
 }
 
 pub fn client_response(user: &str, password: &str, salt: &[u8], plugin: &str) -> Bytes {
+    client_response_mariadb(user, password, salt, plugin, 0)
+}
+
+/// A handshake response asking for MariaDB extended capabilities `mariadb`.
+pub fn client_response_mariadb(
+    user: &str,
+    password: &str,
+    salt: &[u8],
+    plugin: &str,
+    mariadb: u32,
+) -> Bytes {
     let r = HandshakeResponse {
         capabilities: FERRY_SUPPORTED,
-        mariadb_capabilities: 0,
+        mariadb_capabilities: mariadb,
         max_packet_size: 1 << 24,
         collation: 45,
         user: user.into(),
@@ -450,12 +472,17 @@ pub fn client_response(user: &str, password: &str, salt: &[u8], plugin: &str) ->
 
 /// A backend's greeting with thread id `connection_id`.
 pub fn backend_handshake_with_id(connection_id: u32) -> Bytes {
+    backend_handshake_mariadb(connection_id, 0x1d)
+}
+
+/// A backend's greeting offering MariaDB extended capabilities `mariadb`.
+pub fn backend_handshake_mariadb(connection_id: u32, mariadb: u32) -> Bytes {
     let h = Handshake {
         server_version: "5.5.5-10.11.6-MariaDB".into(),
         connection_id,
         auth_data: BACKEND_SALT.to_vec(),
         capabilities: BACKEND_CAPS,
-        mariadb_capabilities: 0x1d,
+        mariadb_capabilities: mariadb,
         collation: 45,
         status: SERVER_STATUS_AUTOCOMMIT,
         auth_plugin: Some("mysql_native_password".into()),

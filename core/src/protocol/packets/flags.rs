@@ -47,8 +47,7 @@ pub mod caps {
     /// What ferry offers clients: only what it follows end to end.
     ///
     /// Left out: SSL (until TLS lands), compression, query attributes and
-    /// optional metadata (they change packet shapes the tracker must follow),
-    /// and every MariaDB extended capability.
+    /// optional metadata (they change packet shapes the tracker must follow).
     pub const FERRY_SUPPORTED: u32 = CLIENT_LONG_PASSWORD
         | CLIENT_FOUND_ROWS
         | CLIENT_LONG_FLAG
@@ -72,8 +71,13 @@ pub mod caps {
         | CLIENT_SESSION_TRACK
         | CLIENT_DEPRECATE_EOF;
 
-    /// MariaDB extended capabilities ferry offers: none yet.
-    pub const FERRY_SUPPORTED_MARIADB: u32 = 0;
+    /// MariaDB extended capabilities ferry offers (where the backends offer them):
+    /// bulk execute (`COM_STMT_BULK_EXECUTE`, followed like an execute) and the
+    /// extended type information in column definitions (skipped unread). Left
+    /// out: progress reports and `COM_MULTI` (other packet shapes) and metadata
+    /// caching (results without column definitions).
+    pub const FERRY_SUPPORTED_MARIADB: u32 =
+        MARIADB_CLIENT_STMT_BULK_OPERATIONS | MARIADB_CLIENT_EXTENDED_TYPE_INFO;
 }
 
 /// Server status flags carried by OK and EOF packets (`SERVER_*`).

@@ -29,6 +29,19 @@ pub struct Greeting {
     /// Capabilities to offer: ferry's, cut down to the backends' when known,
     /// so no client negotiates a packet shape a backend will not produce.
     pub capabilities: u32,
+    /// MariaDB extended capabilities the backends offer (ferry offers what it also follows).
+    pub mariadb_capabilities: u32,
+}
+
+impl Greeting {
+    /// The MariaDB extended capabilities ferry offers: those it follows that
+    /// the backends offer, and only in a MariaDB greeting (`CLIENT_MYSQL` clear).
+    pub fn offered_mariadb(&self) -> u32 {
+        if self.capabilities & CLIENT_MYSQL != 0 {
+            return 0;
+        }
+        self.mariadb_capabilities & FERRY_SUPPORTED_MARIADB
+    }
 }
 
 /// A client whose login ferry has verified.
@@ -110,7 +123,7 @@ impl ClientLogin {
             connection_id: greeting.connection_id,
             auth_data: greeting.salt.to_vec(),
             capabilities: greeting.capabilities & FERRY_SUPPORTED,
-            mariadb_capabilities: FERRY_SUPPORTED_MARIADB,
+            mariadb_capabilities: greeting.offered_mariadb(),
             collation: greeting.collation,
             status: SERVER_STATUS_AUTOCOMMIT,
             auth_plugin: Some(NATIVE_PASSWORD.to_string()),
@@ -277,6 +290,9 @@ impl ClientLogin {
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
         let capabilities = response.capabilities & self.greeting.capabilities & FERRY_SUPPORTED;
+        let mut response = response;
+        // Replayed to backends: only what ferry offered is in force.
+        response.mariadb_capabilities &= self.greeting.offered_mariadb();
         ClientStep::Verified(Box::new(VerifiedClient {
             login: name.with_attr_labels(attrs),
             response,

@@ -12,6 +12,12 @@ pub const LAST_PREPARED: u32 = 0xFFFF_FFFF;
 /// `COM_STMT_EXECUTE` flag asking for a read-only cursor.
 pub const CURSOR_TYPE_READ_ONLY: u8 = 1;
 
+/// `COM_STMT_BULK_EXECUTE` flag: the parameter types follow the flags.
+pub const STMT_BULK_FLAG_CLIENT_SEND_TYPES: u16 = 128;
+
+/// `COM_STMT_BULK_EXECUTE` flag: one result per row of parameters (MariaDB 11.5+).
+pub const STMT_BULK_FLAG_SEND_UNIT_RESULTS: u16 = 64;
+
 /// SQL text sent by the client, possibly cut at [`SQL_LIMIT`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SqlText {
@@ -37,6 +43,15 @@ pub enum Command {
         /// Cursor flags.
         flags: u8,
         /// Parameter types when the client bound new ones (`new_params_bound_flag = 1`).
+        param_types: Option<Vec<u16>>,
+    },
+    /// MariaDB's `COM_STMT_BULK_EXECUTE`: many rows of parameters at once.
+    BulkExecute {
+        /// Statement id (resolved as for `Execute`).
+        id: u32,
+        /// Bulk flags ([`STMT_BULK_FLAG_CLIENT_SEND_TYPES`], [`STMT_BULK_FLAG_SEND_UNIT_RESULTS`]).
+        flags: u16,
+        /// Parameter types when the client sent them (same encoding as `Execute`'s).
         param_types: Option<Vec<u16>>,
     },
     /// `COM_STMT_FETCH`.
@@ -85,6 +100,7 @@ impl Command {
             Command::Prepare(_) => COM_STMT_PREPARE,
             Command::InitDb(_) => COM_INIT_DB,
             Command::Execute { .. } => COM_STMT_EXECUTE,
+            Command::BulkExecute { .. } => COM_STMT_BULK_EXECUTE,
             Command::Fetch { .. } => COM_STMT_FETCH,
             Command::Close { .. } => COM_STMT_CLOSE,
             Command::Reset { .. } => COM_STMT_RESET,
@@ -110,6 +126,18 @@ pub(crate) fn wanted(head: &[u8], params: impl Fn(u32) -> Option<u16>) -> usize 
         COM_STMT_CLOSE | COM_STMT_RESET => 5,
         COM_STMT_SEND_LONG_DATA => 7,
         COM_SET_OPTION => 3,
+        COM_STMT_BULK_EXECUTE if head.len() < 7 => 7,
+        COM_STMT_BULK_EXECUTE => {
+            let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
+            let flags = u16::from_le_bytes([head[5], head[6]]);
+            if flags & STMT_BULK_FLAG_CLIENT_SEND_TYPES == 0 {
+                return head.len();
+            }
+            match params(id) {
+                Some(n) => 7 + 2 * n as usize,
+                None => 1 + SQL_LIMIT,
+            }
+        }
         COM_STMT_EXECUTE if head.len() < 10 => 10,
         COM_STMT_EXECUTE => {
             let id = u32::from_le_bytes([head[1], head[2], head[3], head[4]]);
@@ -167,6 +195,19 @@ pub(crate) fn parse(
                 param_types = types.ok();
             }
             Command::Execute {
+                id,
+                flags,
+                param_types,
+            }
+        }
+        COM_STMT_BULK_EXECUTE => {
+            let id = resolve(r.u32().ok()?);
+            let flags = r.u16().ok()?;
+            let n = params(id).unwrap_or(0) as usize;
+            let param_types = (flags & STMT_BULK_FLAG_CLIENT_SEND_TYPES != 0 && n > 0)
+                .then(|| (0..n).map(|_| r.u16()).collect::<Result<Vec<_>, _>>().ok())
+                .flatten();
+            Command::BulkExecute {
                 id,
                 flags,
                 param_types,

@@ -25,7 +25,10 @@ use crate::packets::{EofPacket, ErrPacket, OkPacket};
 use crate::wire::{HEADER_LEN, MAX_FRAME_PAYLOAD};
 
 pub use crate::packets::session_state::TrackItem;
-pub use command::{Command, SqlText, CURSOR_TYPE_READ_ONLY, LAST_PREPARED, SQL_LIMIT};
+pub use command::{
+    Command, SqlText, CURSOR_TYPE_READ_ONLY, LAST_PREPARED, SQL_LIMIT,
+    STMT_BULK_FLAG_CLIENT_SEND_TYPES, STMT_BULK_FLAG_SEND_UNIT_RESULTS,
+};
 
 use frames::{Frames, Packet};
 
@@ -382,6 +385,7 @@ pub fn command_name(code: u8) -> String {
         COM_BINLOG_DUMP_GTID => "COM_BINLOG_DUMP_GTID",
         COM_STMT_PREPARE => "COM_STMT_PREPARE",
         COM_STMT_EXECUTE => "COM_STMT_EXECUTE",
+        COM_STMT_BULK_EXECUTE => "COM_STMT_BULK_EXECUTE",
         COM_STMT_SEND_LONG_DATA => "COM_STMT_SEND_LONG_DATA",
         COM_STMT_CLOSE => "COM_STMT_CLOSE",
         COM_STMT_RESET => "COM_STMT_RESET",
@@ -813,6 +817,7 @@ impl Conversation {
         let is_stmt_command = matches!(
             code,
             COM_STMT_EXECUTE
+                | COM_STMT_BULK_EXECUTE
                 | COM_STMT_FETCH
                 | COM_STMT_CLOSE
                 | COM_STMT_RESET
@@ -846,6 +851,30 @@ impl Conversation {
                     }
                     edits.push((offset, 3, grown.to_le_bytes()[..3].to_vec()));
                     edits.push((offset + HEADER_LEN as u64 + flag_at as u64, 1, flag));
+                    self.resend_types.remove(&resolved);
+                }
+                _ => {}
+            }
+        }
+        if code == COM_STMT_BULK_EXECUTE && self.resend_types.contains(&resolved) {
+            let n = self.params_of(resolved).unwrap_or(0) as usize;
+            let types = self.types.get(&resolved).filter(|t| t.len() == n);
+            let grown = payload_len + 2 * n as u64;
+            match (head.get(5..7), types) {
+                (Some(f), _)
+                    if u16::from_le_bytes([f[0], f[1]]) & STMT_BULK_FLAG_CLIENT_SEND_TYPES != 0 =>
+                {
+                    self.resend_types.remove(&resolved);
+                }
+                (Some(f), Some(types)) if n > 0 && grown < MAX_FRAME_PAYLOAD as u64 => {
+                    // The new backend never saw the types: the flags say they follow, and they do.
+                    let flags = u16::from_le_bytes([f[0], f[1]]) | STMT_BULK_FLAG_CLIENT_SEND_TYPES;
+                    let mut bytes = flags.to_le_bytes().to_vec();
+                    for t in types {
+                        bytes.extend_from_slice(&t.to_le_bytes());
+                    }
+                    edits.push((offset, 3, grown.to_le_bytes()[..3].to_vec()));
+                    edits.push((offset + HEADER_LEN as u64 + 5, 2, bytes));
                     self.resend_types.remove(&resolved);
                 }
                 _ => {}
@@ -1222,6 +1251,18 @@ impl Conversation {
                 self.cursors.remove(id);
                 self.long_data.remove(id);
                 stmt = Some(*id);
+                Some(Expect::ResultStart { binary: true })
+            }
+            Command::BulkExecute {
+                id, param_types, ..
+            } => {
+                if let Some(types) = param_types {
+                    self.types.insert(*id, types.clone());
+                }
+                self.cursors.remove(id);
+                self.long_data.remove(id);
+                stmt = Some(*id);
+                // An OK, or results (RETURNING, unit results) as for an execute.
                 Some(Expect::ResultStart { binary: true })
             }
             Command::Fetch { id, .. } => {
