@@ -38,6 +38,8 @@ const BACKOFF: Duration = Duration::from_secs(3);
 fn config() -> SessionConfig {
     SessionConfig {
         move_backoff: BACKOFF,
+        // Above the hold limit (1 MiB): a client may send more than ferry holds in one packet.
+        max_packet_size: 4 << 20,
         ..test_config()
     }
 }

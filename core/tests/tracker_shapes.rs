@@ -893,3 +893,27 @@ fn prepare_execute_and_close_of_the_last_prepared_written_at_once() {
     assert!(t.safe_point());
     assert_eq!(t.last_prepared(), None);
 }
+
+#[test]
+fn a_client_packet_over_the_limit_is_refused_from_its_header() {
+    let mut t = Tracker::new(DEPRECATE);
+    t.set_client_packet_limit(1000);
+    // Exactly the limit passes.
+    let mut out = BytesMut::new();
+    let mut q = query("SELECT '");
+    q.resize(1000, b'x');
+    write_packet(&mut out, 0, &q);
+    t.client_bytes(&out).unwrap();
+    server(&mut t, &[ok(0, DEPRECATE)]);
+    // One byte more, announced by a header alone: refused before any payload arrives.
+    let e = t.client_bytes(&[0xe9, 0x03, 0x00, 0x00]).unwrap_err();
+    assert_eq!(e.too_large, Some(1), "{e}");
+    // Continuation frames count together.
+    let mut t = Tracker::new(DEPRECATE).with_frame_limit(600);
+    t.set_client_packet_limit(1000);
+    let mut head = vec![0x58, 0x02, 0x00, 0x00, COM_QUERY];
+    head.extend_from_slice(&[b'x'; 599]);
+    t.client_bytes(&head).unwrap();
+    let e = t.client_bytes(&[0x58, 0x02, 0x00, 0x01]).unwrap_err();
+    assert_eq!(e.too_large, Some(2), "{e}");
+}

@@ -394,3 +394,40 @@ fn column_definitions_carry_extended_type_info_as_directly() {
     assert_eq!(metadata(ferry.port()), direct);
     assert_quiet(&ferry);
 }
+
+// max_packet_size after login ----------------------------------------------------
+
+#[test]
+fn a_packet_over_max_packet_size_after_login_gets_err_1153_from_its_header_alone() {
+    let backend = backends()[0];
+    let ferry = ConfigBuilder::new()
+        .backend(Backend::new("cn1", backend))
+        .field("max_packet_size: 1048576")
+        .start();
+    let out = python(
+        r#"
+import os, struct, pymysql
+conn = pymysql.connect(host="127.0.0.1", port=int(os.environ["FERRY_PORT"]), user="root",
+                       password="111", database="test", read_timeout=20)
+# Just under the limit: passes.
+cur = conn.cursor()
+cur.execute("SELECT '" + "x" * (1048576 - 100) + "'")
+print(len(cur.fetchone()[0]))
+s = conn._sock
+# Only the header of a 2 MiB COM_QUERY and its first bytes: ferry answers at once.
+s.sendall(struct.pack("<I", 2 << 20)[:3] + b"\x00" + b"\x03SELECT '")
+head = s.recv(4)
+body = s.recv(int.from_bytes(head[:3], "little"))
+code = struct.unpack("<H", body[1:3])[0]
+print("seq", head[3], "code", code, body[9:].decode())
+print("then", s.recv(100))
+"#,
+        &[("FERRY_PORT", ferry.port().to_string())],
+    );
+    out.assert_success("a packet over max_packet_size");
+    assert_eq!(
+        out.stdout,
+        "1048476\nseq 1 code 1153 Got a packet bigger than 'max_allowed_packet' bytes\nthen b''\n"
+    );
+    wait_for_log(&ferry, "max_packet_size", 1);
+}

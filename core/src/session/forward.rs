@@ -185,6 +185,7 @@ impl Forward {
             direction: Direction::Server,
             offset: 0,
             reason,
+            too_large: None,
         };
         let packet = match reply.decode() {
             Ok(Some(p)) => p,
@@ -290,6 +291,11 @@ impl Forward {
     /// Capabilities in force with the backend.
     pub fn backend_caps(&self) -> u32 {
         self.backend_caps
+    }
+
+    /// Refuses client packets longer than `limit` (`max_packet_size`).
+    pub fn set_client_packet_limit(&mut self, limit: u64) {
+        self.tracker.set_client_packet_limit(limit);
     }
 
     /// MariaDB extended capabilities the backend offered in its greeting.

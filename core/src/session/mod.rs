@@ -903,11 +903,12 @@ impl Session {
             mut rx,
             ..
         } = *phase;
-        let forward = Forward::new(
+        let mut forward = Forward::new(
             client.capabilities,
             &backend,
             client.response.database.clone(),
         );
+        forward.set_client_packet_limit(self.config.max_packet_size as u64);
         let mut ok = BytesMut::new();
         backend.ok.write(&mut ok, client.capabilities);
         self.outputs
@@ -969,7 +970,15 @@ impl Session {
             .from_client(data, &mut |s| outputs.push_back(to_output(s, h)))
         {
             Ok(()) => self.after_tracking(self.now, start),
-            Err(e) => self.close(CloseReason::ProtocolError(e.to_string())),
+            Err(e) => {
+                if let Some(seq) = e.too_large {
+                    // As MariaDB does: ER_NET_PACKET_TOO_LARGE, then the connection closes.
+                    let err = errors::packet_too_large();
+                    self.outputs
+                        .push_back(Output::ToClient(err_frame(&err, seq)));
+                }
+                self.close(CloseReason::ProtocolError(e.to_string()))
+            }
         }
     }
 

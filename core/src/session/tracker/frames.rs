@@ -55,6 +55,8 @@ pub(crate) trait Reader {
 pub(crate) struct Frames {
     /// Payload length of a full frame (one that a continuation follows).
     frame_limit: usize,
+    /// Largest logical packet allowed, known from frame headers alone.
+    packet_limit: Option<u64>,
     /// Bytes of this direction consumed so far.
     offset: u64,
     /// A header split across chunks.
@@ -84,6 +86,7 @@ impl Frames {
     pub fn new(frame_limit: usize) -> Self {
         Frames {
             frame_limit,
+            packet_limit: None,
             offset: 0,
             header: [0; HEADER_LEN],
             header_len: 0,
@@ -92,6 +95,11 @@ impl Frames {
             current: None,
             head: Vec::new(),
         }
+    }
+
+    /// Refuses packets whose payload (continuation frames joined) exceeds `limit`.
+    pub fn set_packet_limit(&mut self, limit: u64) {
+        self.packet_limit = Some(limit);
     }
 
     /// The frame size this walker expects.
@@ -156,6 +164,15 @@ impl Frames {
             want: 1,
         });
         p.payload_len += len as u64;
+        if let Some(limit) = self.packet_limit.filter(|l| p.payload_len > *l) {
+            // Decided from the header: nothing of the frame has been looked at (or passed on).
+            return Err(TrackError {
+                direction: super::Direction::Client,
+                offset: p.offset,
+                reason: format!("a packet of more than {limit} bytes (max_packet_size)"),
+                too_large: Some(h[3].wrapping_add(1)),
+            });
+        }
         self.left = len;
         self.continued = len == self.frame_limit;
         if len == 0 {

@@ -152,6 +152,8 @@ pub struct TrackError {
     pub offset: u64,
     /// What was wrong.
     pub reason: String,
+    /// The client sent a packet larger than the limit; the sequence id for the ERR that says so.
+    pub too_large: Option<u8>,
 }
 
 impl fmt::Display for TrackError {
@@ -214,6 +216,12 @@ impl Tracker {
         self.client = Frames::new(limit);
         self.server = Frames::new(limit);
         self
+    }
+
+    /// Refuses client packets longer than `limit` bytes (from their frame
+    /// headers, before any byte of the offending frame is passed on).
+    pub fn set_client_packet_limit(&mut self, limit: u64) {
+        self.client.set_packet_limit(limit);
     }
 
     /// Observes bytes the client sent (as read, any chunk boundary).
@@ -629,6 +637,7 @@ impl Conversation {
             direction: self.dir,
             offset,
             reason: reason.into(),
+            too_large: None,
         }
     }
 
