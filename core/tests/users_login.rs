@@ -341,3 +341,119 @@ fn a_user_configured_for_another_tenant_only_is_refused_not_handed_to_the_backen
     );
     assert!(!h.outputs.iter().any(|o| matches!(o, Output::Route(_))));
 }
+
+#[test]
+fn a_client_slow_to_answer_the_relayed_challenge_hits_the_login_timeout_not_the_backends() {
+    let mut h = harness(false, UnverifiedLogins::Backend);
+    h.client_logs_in("ghost", "boo");
+    h.backend_greets("cn1");
+    // Past the backend timeout (5 s), within the login timeout (10 s): nothing happens.
+    h.advance(Duration::from_secs(6));
+    assert!(h.closed.is_none(), "{}", h.trace);
+    assert!(
+        !h.outputs
+            .iter()
+            .any(|o| matches!(o, Output::Event(SessionEvent::BackendUnreachable { .. }))),
+        "the backend is not blamed for the client: {}",
+        h.trace
+    );
+    h.advance(Duration::from_secs(5));
+    assert_eq!(h.closed, Some(CloseReason::LoginTimeout));
+}
+
+#[test]
+fn change_user_to_a_user_only_the_backend_knows_is_verified_by_the_backend() {
+    let mut h = harness(false, UnverifiedLogins::Backend);
+    h.client_logs_in("root", "111");
+    h.backend_greets("cn1");
+    h.backend_accepts(2);
+    let salt = h.client_salt();
+    let change = ChangeUser {
+        user: "ghost".into(),
+        auth_response: scramble_native(&salt, b"boo"),
+        database: String::new(),
+        collation: Some(45),
+        auth_plugin: Some("mysql_native_password".into()),
+        attributes: None,
+    };
+    h.feed(Input::ClientData(frame(0, |b| {
+        change.write(b, FERRY_SUPPORTED)
+    })));
+    let sent = ChangeUser::parse(
+        &packet(h.to_backend.last().unwrap()).payload,
+        FERRY_SUPPORTED,
+    )
+    .unwrap();
+    assert_eq!(sent.user, "ghost", "passed on for the backend to decide");
+    // MariaDB answers with an auth switch; the client answers it itself.
+    let new_salt = b"change-user-salt-012";
+    let switch = AuthSwitchRequest {
+        plugin: "mysql_native_password".into(),
+        data: new_salt.to_vec(),
+    };
+    h.feed(Input::BackendData(B0, frame(1, |b| switch.write(b))));
+    assert_eq!(
+        AuthSwitchRequest::parse(&packet(h.to_client.last().unwrap()).payload).unwrap(),
+        switch
+    );
+    h.feed(Input::ClientData(frame(2, |b| {
+        b.extend_from_slice(&scramble_native(new_salt, b"boo"))
+    })));
+    h.feed(Input::BackendData(B0, backend_ok(3)));
+    // ferry switches the session trackers back on after the change.
+    h.feed(Input::BackendData(B0, backend_ok(1)));
+    assert!(h.outputs.iter().any(|o| matches!(
+        o,
+        Output::Event(SessionEvent::BackendVerified { user }) if user == "ghost"
+    )));
+    assert_eq!(
+        h.session.status().unwrap().blocked_by,
+        [CREDENTIAL_UNKNOWN],
+        "{}",
+        h.trace
+    );
+
+    // The hash becomes known: recovered from the change's exchange.
+    let mut known = (*users()).clone();
+    known.insert(None, "ghost".into(), StoredCredential::from_password("boo"));
+    h.feed(Input::Control(Control::Users(Arc::new(known))));
+    assert!(h.session.status().unwrap().safe, "{}", h.trace);
+}
+
+#[test]
+fn a_change_user_the_backend_refuses_leaves_the_session_as_it_was() {
+    let mut h = harness(false, UnverifiedLogins::Backend);
+    h.client_logs_in("root", "111");
+    h.backend_greets("cn1");
+    h.backend_accepts(2);
+    let change = ChangeUser {
+        user: "ghost".into(),
+        auth_response: vec![7; 20],
+        database: String::new(),
+        collation: Some(45),
+        auth_plugin: Some("mysql_native_password".into()),
+        attributes: None,
+    };
+    h.feed(Input::ClientData(frame(0, |b| {
+        change.write(b, FERRY_SUPPORTED)
+    })));
+    let switch = AuthSwitchRequest {
+        plugin: "mysql_native_password".into(),
+        data: b"change-user-salt-012".to_vec(),
+    };
+    h.feed(Input::BackendData(B0, frame(1, |b| switch.write(b))));
+    h.feed(Input::ClientData(frame(2, |b| {
+        b.extend_from_slice(&[9; 20])
+    })));
+    let refusal = ErrPacket::new(1045, "28000", "Access denied for user 'ghost'@'x'");
+    h.feed(Input::BackendData(B0, frame(3, |b| refusal.write(b))));
+    assert!(
+        h.closed.is_none(),
+        "the server keeps the connection, so does ferry"
+    );
+    assert!(!h
+        .outputs
+        .iter()
+        .any(|o| matches!(o, Output::Event(SessionEvent::BackendVerified { .. }))));
+    assert!(h.session.status().unwrap().safe, "{}", h.trace);
+}

@@ -352,3 +352,41 @@ fn a_hash_the_user_source_could_not_read_is_learned_by_a_later_read() {
     drop_user(&f, "rt_late");
     forget(&["rt_src"]);
 }
+
+#[test]
+fn without_a_user_source_change_user_to_a_user_only_the_backends_know_is_verified_by_them() {
+    forget(&["rt_cu"]);
+    let f = ferry(false);
+    let admin = Admin::of(&f);
+    create_user(&f, "rt_cu", "cu-pw");
+    let mut c = f.connect("root", "111").unwrap();
+    c.change_user(
+        ChangeUserOpts::DEFAULT
+            .with_user(Some("rt_cu".into()))
+            .with_pass(Some("cu-pw".into())),
+    )
+    .expect("the backend verifies a COM_CHANGE_USER ferry cannot");
+    assert_eq!(current_user(&mut c), "rt_cu@%");
+    let id = u64::from(c.connection_id());
+    admin.wait_for("the blocker", Duration::from_secs(5), |a| {
+        let s = a.session(id);
+        (
+            s["blocked_by"].to_string().contains("credential unknown"),
+            s,
+        )
+    });
+    // And back to a user ferry knows: movable again.
+    c.change_user(
+        ChangeUserOpts::DEFAULT
+            .with_user(Some("root".into()))
+            .with_pass(Some("111".into())),
+    )
+    .expect("back to root");
+    assert!(current_user(&mut c).starts_with("root@"));
+    admin.wait_for("the blocker to clear", Duration::from_secs(5), |a| {
+        let s = a.session(id);
+        (s["blocked_by"] == serde_json::json!([]), s)
+    });
+    drop(c);
+    drop_user(&f, "rt_cu");
+}

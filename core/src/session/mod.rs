@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::auth::NATIVE_PASSWORD;
 use crate::cluster::{BackendId, NoBackend, Route, RouteRequest};
+use crate::config::UnverifiedLogins;
 use crate::errors;
 use crate::forward::{Forward, Send, SessionStatus};
 use crate::injected::{Injected, Reply, Request};
@@ -30,7 +31,7 @@ use crate::kill::{Kill, RemoteStatement};
 use crate::labels::parse_login_name;
 use crate::labels::LoginName;
 use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
-use crate::login::change_user::{FirstReply, SwitchWatch};
+use crate::login::change_user::{ChangeReply, Relayed};
 use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedBy, VerifiedClient};
 use crate::login::{err_frame, frame, LoginPolicy, ReadUsers, UsersRead};
 use crate::migrate::{
@@ -352,8 +353,9 @@ struct Identity {
     pending_kill: Option<Kill>,
     /// A COM_CHANGE_USER waiting for the users to be read again, and what the client sent since.
     parked_change_user: Option<(Bytes, BytesMut)>,
-    /// A COM_CHANGE_USER was passed on: its first reply may be an auth switch to remember.
-    switch_watch: Option<SwitchWatch>,
+    /// A COM_CHANGE_USER was passed on: its reply may carry an auth switch to
+    /// remember, and the verdict of a backend that verifies the new user.
+    change_reply: Option<ChangeReply>,
     /// The salt of the last auth switch the client answered (a relayed login
     /// or COM_CHANGE_USER): it scrambles its next COM_CHANGE_USER with it.
     client_salt: Option<Vec<u8>>,
@@ -529,6 +531,11 @@ impl Session {
     }
 
     fn on_client_data(&mut self, now: Timestamp, data: Bytes) {
+        if let State::Forwarding(f) = &mut self.state {
+            if let Some(change) = f.identity.change_reply.as_mut() {
+                change.from_client(&data);
+            }
+        }
         match &mut self.state {
             State::Forwarding(f) if f.identity.parked_change_user.is_some() => {
                 let (_, held) = f.identity.parked_change_user.as_mut().expect("checked");
@@ -798,16 +805,13 @@ impl Session {
                     // A connection the session already left.
                     return;
                 }
-                if let Some(watch) = f.identity.switch_watch.as_mut() {
-                    match watch.feed(&data) {
-                        FirstReply::Pending => {}
-                        FirstReply::Switch(salt) => {
-                            f.identity.switch_watch = None;
-                            f.identity.backend_salt = salt.clone();
-                            f.identity.client_salt = Some(salt);
-                        }
-                        FirstReply::Other => f.identity.switch_watch = None,
-                    }
+                if f.identity.change_reply.is_some() {
+                    login::change_user::watch_reply(
+                        &mut f.identity,
+                        &mut f.forward,
+                        &data,
+                        &mut self.outputs,
+                    );
                 }
                 if let Some((read, _)) = f.refresh.as_mut() {
                     let step = read.feed(&data);
@@ -934,7 +938,7 @@ impl Session {
                 backend_salt: backend.handshake.auth_data.clone(),
                 pending_kill: None,
                 parked_change_user: None,
-                switch_watch: None,
+                change_reply: None,
                 client_salt: None,
             },
             backend: handle,
@@ -1126,6 +1130,28 @@ impl Session {
                 }));
                 return;
             }
+            let unknown = self
+                .users
+                .lookup(name.tenant.as_deref(), &name.user)
+                .is_none()
+                && !self.users.knows(&name.user);
+            if unknown && self.config.logins.unverified == UnverifiedLogins::Backend {
+                // ferry cannot check this password: the backend does, through
+                // the auth switch it answers COM_CHANGE_USER with.
+                let mut to_backend = request.clone();
+                to_backend.user = name.user.clone();
+                if to_backend.auth_plugin.is_some() {
+                    to_backend.auth_plugin = Some(NATIVE_PASSWORD.to_string());
+                }
+                identity.change_reply = Some(ChangeReply::relayed(Relayed {
+                    user: name.user,
+                    sent_user: request.user.clone(),
+                    database: (!request.database.is_empty()).then(|| request.database.clone()),
+                }));
+                let mut payload = BytesMut::new();
+                to_backend.write(&mut payload, caps);
+                return self.forward_client(frame(&payload, 0));
+            }
             let err = errors::access_denied(
                 &request.user,
                 &self.peer_host,
@@ -1157,7 +1183,7 @@ impl Session {
         identity.client.response.user = request.user;
         identity.client.response.database =
             (!request.database.is_empty()).then(|| request.database.clone());
-        identity.switch_watch = Some(SwitchWatch::default());
+        identity.change_reply = Some(ChangeReply::verified());
         let mut payload = BytesMut::new();
         to_backend.write(&mut payload, caps);
         self.forward_client(frame(&payload, 0));

@@ -55,7 +55,13 @@ impl Session {
         switch.write(&mut payload);
         self.outputs
             .push_back(Output::ToClient(frame(&payload, phase.client.next_seq)));
+        // The client answers with the next id; ferry's verdict follows that.
+        phase.client.next_seq = phase.client.next_seq.wrapping_add(2);
         phase.relayed_salt = Some(salt);
+        // Now the client is slow, not the backend: a slow client must not make
+        // ferry take a backend out of routing. It has the login timeout.
+        self.backend_deadline = None;
+        self.login_deadline = Some(self.now + self.config.login_timeout);
     }
 
     /// The client's answer to the relayed challenge: on to the backend, which decides.
@@ -73,6 +79,8 @@ impl Session {
         };
         let reply = packet.payload.to_vec();
         phase.client.next_seq = packet.next_seq;
+        self.login_deadline = None;
+        self.backend_deadline = Some(self.now + self.config.backend_timeout);
         phase.client.verified_by = VerifiedBy::Backend(Some(Exchange {
             salt,
             reply: reply.clone(),
