@@ -19,7 +19,7 @@ pub mod query;
 
 // The modules by their own names, as the rest of ferry knows them.
 pub use cluster::{health, users, usersync};
-pub use protocol::{auth, packets, wire};
+pub use protocol::{auth, compress, packets, wire};
 pub use session::{
     client_trackers, forward, injected, kill, login, migrate, restore, state, tracker,
 };
