@@ -290,6 +290,14 @@ pub struct BackendConfig {
     /// Whether it takes new sessions.
     #[serde(default)]
     pub state: WorkState,
+    /// Whether a compressed client's connection to it is compressed too
+    /// (`false` keeps that link uncompressed, e.g. on a fast local network).
+    #[serde(default = "yes")]
+    pub compress_backend: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Whether a backend takes new sessions, and whether its sessions should leave.

@@ -53,6 +53,11 @@ pub fn packet_too_large() -> ErrPacket {
     )
 }
 
+/// ER_NET_UNCOMPRESS_ERROR: a compressed frame that does not inflate (corrupt, or a zip bomb).
+pub fn uncompress_failed() -> ErrPacket {
+    ErrPacket::new(1157, "08S01", "Couldn't uncompress communication packet")
+}
+
 /// ER_MALFORMED_PACKET: a packet ferry could not parse.
 pub fn malformed_packet(detail: &str) -> ErrPacket {
     ErrPacket::new(

@@ -18,6 +18,7 @@ fn backend(id: &str, labels: &[(&str, &str)]) -> BackendConfig {
         addr: format!("127.0.0.{}:3306", id.len()).parse().unwrap(),
         labels: labels.iter().copied().collect(),
         state: WorkState::Working,
+        compress_backend: true,
     }
 }
 

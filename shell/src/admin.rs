@@ -305,6 +305,7 @@ fn put_backend(shared: &Shared, id: &str, body: &[u8]) -> Reply {
         let mut cluster = shared.cluster.lock().expect("cluster lock");
         let existing = cluster.backend(&BackendId(id.to_string())).cloned();
         let config = BackendConfig {
+            compress_backend: true,
             id: id.to_string(),
             addr,
             labels: match (put.labels, &existing) {

@@ -11,7 +11,7 @@ use ferry_core::cluster::{BackendChange, BackendId, Cluster, NoBackend, Route, R
 use ferry_core::config::Config;
 use ferry_core::login::client::Greeting;
 use ferry_core::login::{ReadUsers, UsersRead};
-use ferry_core::packets::flags::caps::FERRY_SUPPORTED;
+use ferry_core::packets::flags::caps::{FERRY_COMPRESSION, FERRY_SUPPORTED};
 use ferry_core::session::{
     CloseReason, Session, SessionConfig, SessionEvent, SessionLocation, Transfer,
 };
@@ -91,7 +91,7 @@ impl Shared {
                     .server_version
                     .clone()
                     .unwrap_or_else(|| FALLBACK_VERSION.to_string()),
-                capabilities: FERRY_SUPPORTED,
+                capabilities: FERRY_SUPPORTED | FERRY_COMPRESSION,
                 mariadb_capabilities: 0,
             }),
             session_config: RwLock::new(session_config(config)),
@@ -192,6 +192,12 @@ pub fn session_config(config: &Config) -> SessionConfig {
             user_source: config.user_source.is_some(),
             unverified: config.unverified_logins,
         },
+        uncompressed_backends: config
+            .backends
+            .iter()
+            .filter(|b| !b.compress_backend)
+            .map(|b| BackendId(b.id.clone()))
+            .collect(),
     }
 }
 
@@ -452,7 +458,7 @@ pub async fn learn_identity(shared: &Shared, configured_version: Option<&str>) {
         match read_handshake(addr, Duration::from_secs(2)).await {
             Ok(hs) => {
                 let mut identity = shared.identity.write().expect("identity lock");
-                identity.capabilities = FERRY_SUPPORTED & hs.capabilities;
+                identity.capabilities = (FERRY_SUPPORTED | FERRY_COMPRESSION) & hs.capabilities;
                 identity.mariadb_capabilities = hs.mariadb_capabilities;
                 if configured_version.is_none() {
                     identity.version = hs.server_version.clone();

@@ -12,9 +12,10 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use ferry_core::labels::LoginName;
+use ferry_core::packets::flags::caps::CLIENT_COMPRESS;
 use ferry_core::session::LoginDetails;
 use ferry_core::Timestamp;
-use tracing::warn;
+use tracing::{info, warn};
 
 /// The first line of every recording.
 pub const MAGIC: &str = "# ferry recording v1";
@@ -49,6 +50,12 @@ impl Recorder {
     /// The session logged in: creates the file and writes the header.
     pub fn logged_in(&mut self, now: Timestamp, login: &LoginName, client: &LoginDetails) {
         if self.out.is_some() || self.failed {
+            return;
+        }
+        if client.capabilities & CLIENT_COMPRESS != 0 {
+            // The bytes read are compressed frames, which replay does not speak.
+            info!(conn_id = self.conn_id, "compressed session: not recorded");
+            self.failed = true;
             return;
         }
         let unix_ms = std::time::SystemTime::now()

@@ -267,6 +267,7 @@ fn run(
         password_hash: None,
     }];
     config.backends = vec![BackendConfig {
+        compress_backend: true,
         id: "db".into(),
         addr: db_addr,
         labels: Labels::default(),

@@ -358,6 +358,7 @@ fn backend_config(
     addrs: &BTreeMap<String, SocketAddr>,
 ) -> BackendConfig {
     BackendConfig {
+        compress_backend: true,
         id: b.id.clone(),
         addr: addrs[&b.id],
         labels: Labels(b.labels.clone()),

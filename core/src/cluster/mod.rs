@@ -1181,6 +1181,7 @@ mod tests {
 
     fn backend(id: &str, port: u16, labels: &[(&str, &str)]) -> BackendConfig {
         BackendConfig {
+            compress_backend: true,
             id: id.into(),
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             labels: labels.iter().copied().collect(),
@@ -1483,6 +1484,7 @@ mod group_tests {
 
     fn backend(id: &str, labels: &[(&str, &str)]) -> BackendConfig {
         BackendConfig {
+            compress_backend: true,
             id: id.into(),
             addr: "127.0.0.1:3307".parse().unwrap(),
             labels: Labels(

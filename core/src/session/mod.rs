@@ -6,6 +6,7 @@
 //! [`BackendHandle`]: while a session moves it holds two.
 
 pub mod client_trackers;
+mod compression;
 pub mod forward;
 pub mod injected;
 pub mod kill;
@@ -15,7 +16,7 @@ pub mod restore;
 pub mod state;
 pub mod tracker;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +38,7 @@ use crate::login::{err_frame, frame, LoginPolicy, ReadUsers, UsersRead};
 use crate::migrate::{
     Move, ReadError, ReadStep, Restoring, SourceRead, StateRead, Target, TargetPhase, HELD_LIMIT,
 };
-use crate::packets::flags::caps::CLIENT_CONNECT_WITH_DB;
+use crate::packets::flags::caps::{CLIENT_COMPRESS, CLIENT_CONNECT_WITH_DB};
 use crate::packets::flags::command::{
     COM_CHANGE_USER, COM_QUIT, COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA,
 };
@@ -69,6 +70,8 @@ pub struct SessionConfig {
     pub move_backoff: Duration,
     /// What happens to logins ferry cannot verify with the users it has.
     pub logins: LoginPolicy,
+    /// Backends whose connections stay uncompressed even for a compressed client.
+    pub uncompressed_backends: BTreeSet<BackendId>,
 }
 
 impl Default for SessionConfig {
@@ -79,6 +82,7 @@ impl Default for SessionConfig {
             max_packet_size: 64 << 20,
             move_backoff: Duration::from_secs(5),
             logins: LoginPolicy::default(),
+            uncompressed_backends: BTreeSet::new(),
         }
     }
 }
@@ -379,6 +383,8 @@ pub struct Session {
     now: Timestamp,
     /// The connection id ferry gave the client.
     id: u32,
+    /// The compressed links (client, backends): plain packets inside, frames outside.
+    compression: compression::Compression,
 }
 
 /// The payload if `data` is exactly one command packet (clients send short commands in one write).
@@ -423,6 +429,7 @@ impl Session {
         let greeting_id = greeting.connection_id;
         let (login, handshake) = ClientLogin::start(greeting, peer_host.clone());
         let login_max = LOGIN_MAX_PACKET.min(config.max_packet_size);
+        let config_max_packet = config.max_packet_size;
         let mut session = Session {
             login_deadline: Some(now + config.login_timeout),
             backend_deadline: None,
@@ -437,6 +444,7 @@ impl Session {
             next_handle: 0,
             now,
             id: greeting_id,
+            compression: compression::Compression::new(config_max_packet),
         };
         session.outputs.push_back(Output::ToClient(handshake));
         session
@@ -445,6 +453,9 @@ impl Session {
     /// Feeds one event.
     pub fn handle(&mut self, now: Timestamp, input: Input) {
         self.now = now;
+        let Some(input) = self.inflate(input) else {
+            return;
+        };
         match input {
             Input::ClientData(data) => self.on_client_data(now, data),
             Input::BackendData(h, data) => self.on_backend_data(now, h, data),
@@ -468,7 +479,8 @@ impl Session {
 
     /// The next thing to do, if any. Drain after every [`Session::handle`].
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let output = self.outputs.pop_front()?;
+        Some(self.compression.output(output))
     }
 
     /// When [`Input::Timeout`] should next be fed.
@@ -646,16 +658,25 @@ impl Session {
         self.close(CloseReason::ProtocolError(e.to_string()));
     }
 
-    /// A login to `client`'s backend: the saved response, the bare user, the recovered secret.
-    fn backend_login(client: &VerifiedClient, database: Option<String>) -> BackendLogin {
+    /// A login to `client`'s backend: the saved response, the bare user, the
+    /// recovered secret; compressed if the client is and `compress` allows.
+    fn backend_login(
+        client: &VerifiedClient,
+        database: Option<String>,
+        compress: bool,
+    ) -> BackendLogin {
         let mut template = client.response.clone();
         template.user = client.login.user.clone();
         template.database = database;
+        let mut caps = client.capabilities;
+        if !compress {
+            caps &= !CLIENT_COMPRESS;
+        }
         if matches!(client.verified_by, VerifiedBy::Backend(_)) {
             // Only a first login gets here (a session the backend verified does not move).
-            return BackendLogin::relayed(template, client.capabilities, true);
+            return BackendLogin::relayed(template, caps, true);
         }
-        BackendLogin::new(template, client.secret.clone(), client.capabilities, true)
+        BackendLogin::new(template, client.secret.clone(), caps, true)
     }
 
     fn on_routed(&mut self, now: Timestamp, route: Route) {
@@ -666,7 +687,8 @@ impl Session {
         let handle = self.new_handle();
         self.outputs
             .push_back(Output::Connect(handle, route.clone()));
-        let login = Self::backend_login(&client, client.response.database.clone());
+        let compress = self.config.compresses_to(&route.backend);
+        let login = Self::backend_login(&client, client.response.database.clone(), compress);
         self.state = State::BackendLogin(Box::new(BackendPhase {
             client: *client,
             route,
@@ -707,6 +729,7 @@ impl Session {
                         phase.login = Self::backend_login(
                             &phase.client,
                             phase.client.response.database.clone(),
+                            self.config.compresses_to(&phase.route.backend),
                         );
                         self.backend_deadline = Some(now + self.config.backend_timeout);
                         self.outputs.push_back(Output::Connect(handle, route));
@@ -740,7 +763,8 @@ impl Session {
                 };
                 let handle = BackendHandle(self.next_handle);
                 self.next_handle += 1;
-                let login = Self::backend_login(&f.identity.client, None);
+                let compress = self.config.compresses_to(&route.backend);
+                let login = Self::backend_login(&f.identity.client, None, compress);
                 m.target = Some(Target {
                     handle,
                     route: route.clone(),
@@ -881,7 +905,14 @@ impl Session {
                 Err(e) => return self.fail_login(&e.to_string()),
             };
             let h = phase.handle;
-            match phase.login.handle(packet) {
+            let step = phase.login.handle(packet);
+            if phase.login.compressed() {
+                let queued = self.outputs.len();
+                if let Err(e) = self.compression.start_backend(h, queued, &mut phase.rx) {
+                    return self.fail_login(&e.to_string());
+                }
+            }
+            match step {
                 BackendStep::Send(bytes) => self.outputs.push_back(Output::ToBackend(h, bytes)),
                 BackendStep::Wait => {}
                 BackendStep::Done(backend) => return self.logged_in(*backend),
@@ -917,6 +948,10 @@ impl Session {
         backend.ok.write(&mut ok, client.capabilities);
         self.outputs
             .push_back(Output::ToClient(frame(&ok, client.next_seq)));
+        if client.capabilities & CLIENT_COMPRESS != 0 {
+            // The OK is the last plain packet: the client compresses from its first command.
+            self.compression.start_client(self.outputs.len());
+        }
         self.outputs
             .push_back(Output::Event(SessionEvent::LoggedIn {
                 login: client.login.clone(),
@@ -1577,7 +1612,15 @@ impl Session {
                     )
                 }
             };
-            match login.handle(packet) {
+            let step = login.handle(packet);
+            if login.compressed() {
+                let queued = self.outputs.len();
+                if let Err(e) = self.compression.start_backend(t.handle, queued, &mut t.rx) {
+                    let why = format!("logging in to backend {backend}: {e}");
+                    return self.fail_move(now, MoveFailure::Target, why);
+                }
+            }
+            match step {
                 BackendStep::Send(bytes) => {
                     self.outputs.push_back(Output::ToBackend(t.handle, bytes))
                 }
@@ -1585,7 +1628,9 @@ impl Session {
                 BackendStep::Done(session) => {
                     // CONNECT_WITH_DB only shapes the login packet: the target logs in
                     // without a database (COM_INIT_DB restores it), the source may have had one.
-                    if (session.capabilities ^ source_caps) & !CLIENT_CONNECT_WITH_DB != 0 {
+                    // Nor does compression: it belongs to the connection, not the session.
+                    let shaping = CLIENT_CONNECT_WITH_DB | CLIENT_COMPRESS;
+                    if (session.capabilities ^ source_caps) & !shaping != 0 {
                         let why = format!(
                             "backend {backend} offers other capabilities (0x{:08x}, the session has 0x{source_caps:08x})",
                             session.capabilities

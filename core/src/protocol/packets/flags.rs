@@ -46,8 +46,9 @@ pub mod caps {
 
     /// What ferry offers clients: only what it follows end to end.
     ///
-    /// Left out: SSL (until TLS lands), compression, query attributes and
-    /// optional metadata (they change packet shapes the tracker must follow).
+    /// Left out: SSL (until TLS lands), query attributes and optional
+    /// metadata (they change packet shapes the tracker must follow), and
+    /// compression (see [`FERRY_COMPRESSION`]).
     pub const FERRY_SUPPORTED: u32 = CLIENT_LONG_PASSWORD
         | CLIENT_FOUND_ROWS
         | CLIENT_LONG_FLAG
@@ -78,6 +79,11 @@ pub mod caps {
     /// caching (results without column definitions).
     pub const FERRY_SUPPORTED_MARIADB: u32 =
         MARIADB_CLIENT_STMT_BULK_OPERATIONS | MARIADB_CLIENT_EXTENDED_TYPE_INFO;
+
+    /// Compression, offered besides [`FERRY_SUPPORTED`]: it frames the
+    /// connection, not the packets the tracker follows. The shell adds it
+    /// to its greeting when the backends offer it.
+    pub const FERRY_COMPRESSION: u32 = CLIENT_COMPRESS;
 }
 
 /// Server status flags carried by OK and EOF packets (`SERVER_*`).

@@ -94,6 +94,8 @@ pub struct BackendLogin {
     client_caps: u32,
     track: bool,
     state: State,
+    /// The login OK came and `CLIENT_COMPRESS` is in force: frames from here on are compressed.
+    compressed: bool,
 }
 
 impl BackendLogin {
@@ -107,6 +109,7 @@ impl BackendLogin {
             client_caps,
             track,
             state: State::AwaitHandshake,
+            compressed: false,
         }
     }
 
@@ -136,6 +139,12 @@ impl BackendLogin {
         response.write(&mut payload);
         self.state = State::AwaitResult { handshake, caps };
         BackendStep::Send(frame(&payload, seq))
+    }
+
+    /// True once the backend accepted the login with `CLIENT_COMPRESS` in force:
+    /// everything after its OK, both ways, is compressed.
+    pub fn compressed(&self) -> bool {
+        self.compressed
     }
 
     /// Feeds the backend's next packet.
@@ -212,6 +221,7 @@ impl BackendLogin {
         match packet.payload.first() {
             Some(0x00) => match OkPacket::parse(&packet.payload, caps) {
                 Ok(ok) => {
+                    self.compressed = caps & CLIENT_COMPRESS != 0;
                     let session = Box::new(BackendSession {
                         handshake: *handshake,
                         capabilities: caps,

@@ -122,7 +122,7 @@ impl ClientLogin {
             server_version: greeting.server_version.clone(),
             connection_id: greeting.connection_id,
             auth_data: greeting.salt.to_vec(),
-            capabilities: greeting.capabilities & FERRY_SUPPORTED,
+            capabilities: greeting.capabilities & (FERRY_SUPPORTED | FERRY_COMPRESSION),
             mariadb_capabilities: greeting.offered_mariadb(),
             collation: greeting.collation,
             status: SERVER_STATUS_AUTOCOMMIT,
@@ -289,7 +289,9 @@ impl ClientLogin {
                 .iter()
                 .map(|(k, v)| (k.as_str(), v.as_str())),
         );
-        let capabilities = response.capabilities & self.greeting.capabilities & FERRY_SUPPORTED;
+        let capabilities = response.capabilities
+            & self.greeting.capabilities
+            & (FERRY_SUPPORTED | FERRY_COMPRESSION);
         let mut response = response;
         // Replayed to backends: only what ferry offered is in force.
         response.mariadb_capabilities &= self.greeting.offered_mariadb();
