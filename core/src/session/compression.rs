@@ -51,8 +51,8 @@ impl Session {
             other => return Some(other),
         };
         let plain = match h {
-            None => self.compression.from_client(data),
-            Some(h) => self.compression.from_backend(h, data),
+            None => self.compression.read_client(data),
+            Some(h) => self.compression.read_backend(h, data),
         };
         match (h, plain) {
             (_, Ok(plain)) if plain.is_empty() => None,
@@ -218,7 +218,7 @@ impl Compression {
     }
 
     /// Bytes read from the client, as the plain stream.
-    pub fn from_client(&mut self, data: Bytes) -> Result<Bytes, CompressError> {
+    pub fn read_client(&mut self, data: Bytes) -> Result<Bytes, CompressError> {
         match self.client.as_mut() {
             Some(link) => link.inflate(data),
             None => Ok(data),
@@ -226,7 +226,7 @@ impl Compression {
     }
 
     /// Bytes read from backend connection `h`, as the plain stream.
-    pub fn from_backend(&mut self, h: BackendHandle, data: Bytes) -> Result<Bytes, CompressError> {
+    pub fn read_backend(&mut self, h: BackendHandle, data: Bytes) -> Result<Bytes, CompressError> {
         match self.backends.get_mut(&h) {
             Some(link) => link.inflate(data),
             None => Ok(data),
