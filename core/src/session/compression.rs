@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{CloseReason, Input, Output, Session, SessionConfig};
 use crate::cluster::BackendId;
-use crate::compress::{CompressError, Deflater, Inflater};
+use crate::compress::{CompressError, Deflater, Inflater, MAX_COMPRESSED_PAYLOAD};
 use crate::errors;
 use crate::login::err_frame;
 use crate::migrate::BackendHandle;
@@ -175,7 +175,7 @@ pub(crate) struct Compression {
 }
 
 impl Compression {
-    /// No link compressed yet; frames may announce at most `max_frame` bytes.
+    /// No link compressed yet; a client's frames may announce at most `max_frame` bytes.
     pub fn new(max_frame: usize) -> Self {
         Compression {
             max_frame,
@@ -204,7 +204,8 @@ impl Compression {
         let link = self
             .backends
             .entry(h)
-            .or_insert_with(|| Link::new(self.max_frame, queued));
+            // max_packet_size limits clients; a backend's frames are as long as its packets.
+            .or_insert_with(|| Link::new(MAX_COMPRESSED_PAYLOAD, queued));
         let unread = rx.take_remaining();
         if !unread.is_empty() {
             rx.extend(&link.inflate(unread.freeze())?);
