@@ -204,6 +204,7 @@ impl Compressed {
             salt: FERRY_SALT,
             collation: 45,
             capabilities: FERRY_SUPPORTED | FERRY_COMPRESSION,
+            mariadb_capabilities: 0,
         };
         let session = Session::new(
             Timestamp::ZERO,
