@@ -9,12 +9,11 @@ use std::time::Duration;
 use anyhow::Context;
 use ferry_core::cluster::{BackendChange, BackendId, Cluster, NoBackend, Route, RouteRequest};
 use ferry_core::config::Config;
+use ferry_core::kill::Peer;
 use ferry_core::login::client::Greeting;
 use ferry_core::login::{ReadUsers, UsersRead};
 use ferry_core::packets::flags::caps::{FERRY_COMPRESSION, FERRY_SUPPORTED};
-use ferry_core::session::{
-    CloseReason, Session, SessionConfig, SessionEvent, SessionLocation, Transfer,
-};
+use ferry_core::session::{CloseReason, Session, SessionConfig, SessionEvent, Transfer};
 use ferry_core::users::UserDirectory;
 use ferry_core::usersync::SyncedUsers;
 use futures_lite::FutureExt;
@@ -33,10 +32,7 @@ const DEFAULT_COLLATION: u8 = 45;
 /// Announced when no backend could be asked and none is configured.
 const FALLBACK_VERSION: &str = "5.5.5-10.11.6-MariaDB-ferry";
 
-/// ferry's connection ids start here, far above the thread ids backends hand
-/// out, so that a `KILL n` can name either (the handshake's id, or the
-/// `CONNECTION_ID()` the session sees on its backend) without mixing them up.
-pub const FIRST_CONNECTION_ID: u32 = 1 << 30;
+pub use ferry_core::kill::FIRST_CONNECTION_ID;
 
 /// What ferry tells clients about "the server".
 #[derive(Clone, Debug)]
@@ -351,43 +347,24 @@ impl<T: Clock> Router for SessionHooks<T> {
         log_change(change);
     }
 
-    fn locate(&self, id: u32, tenant: Option<&str>) -> Option<SessionLocation> {
-        // `id` is a ferry connection id, or the backend thread id a session of
-        // the same tenant sees as CONNECTION_ID(); only an unambiguous match counts.
-        let mut found: Vec<(Arc<SessionEntry>, SessionInfo)> = Vec::new();
-        if let Some(e) = self.shared.registry.get(id) {
-            if let Some(info) = e.info() {
-                found.push((e, info));
-            }
-        }
-        for e in self.shared.registry.all() {
-            if e.id == id {
-                continue;
-            }
-            if let Some(info) = e.info() {
-                if info.backend_connection_id == id && info.tenant.as_deref() == tenant {
-                    found.push((e, info));
-                }
-            }
-        }
-        if found.len() != 1 {
-            return None;
-        }
-        let (entry, info) = found.pop().expect("one");
-        let addr = self
-            .shared
-            .cluster
-            .lock()
-            .expect("cluster lock")
-            .backend(&info.backend)?
-            .addr;
-        Some(SessionLocation {
-            id: entry.id,
-            backend: info.backend,
-            thread: info.backend_connection_id,
-            addr,
-            tenant: info.tenant,
-        })
+    fn peers(&self) -> Vec<Peer> {
+        let entries = self.shared.registry.all();
+        let cluster = self.shared.cluster.lock().expect("cluster lock");
+        entries
+            .iter()
+            .filter_map(|e| {
+                let info = e.info()?;
+                Some(Peer {
+                    id: e.id,
+                    addr: cluster.backend(&info.backend).map(|b| b.addr),
+                    tenant: info.tenant,
+                    user: info.user,
+                    backend: info.backend,
+                    thread: info.backend_connection_id,
+                    earlier: e.earlier_threads(),
+                })
+            })
+            .collect()
     }
 
     async fn read_users(&self, wanted: &ReadUsers) -> UsersRead {
@@ -396,7 +373,7 @@ impl<T: Clock> Router for SessionHooks<T> {
 
     fn close_session(&self, id: u32, why: &str) {
         if let Some(entry) = self.shared.registry.get(id) {
-            entry.send(ferry_core::session::Control::Close(why.to_string()));
+            entry.send(ferry_core::session::Control::Kill(why.to_string()));
         }
     }
 

@@ -13,13 +13,12 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
 use ferry_core::cluster::{NoBackend, Route, RouteRequest};
-use ferry_core::kill::RemoteStatement;
+use ferry_core::kill::{Peer, RemoteStatement};
 use ferry_core::login::{ReadUsers, UsersRead};
 use ferry_core::packets::ErrPacket;
 use ferry_core::query::QueryClient;
 use ferry_core::session::{
-    BackendHandle, CloseReason, Control, Input, Output, Session, SessionEvent, SessionLocation,
-    Transfer,
+    BackendHandle, CloseReason, Control, Input, Output, Session, SessionEvent, Transfer,
 };
 use futures_io::{AsyncRead, AsyncWrite};
 use futures_lite::{AsyncWriteExt, FutureExt, Stream};
@@ -56,10 +55,9 @@ pub trait Router: Send + Sync + 'static {
     fn transfer_back(&self, _moved: &Route, _original: &Route) {}
     /// Closes the session with ferry connection id `id` (a KILL through ferry). Default: nothing.
     fn close_session(&self, _id: u32, _why: &str) {}
-    /// Where the session a `KILL id` names lives (by ferry connection id, or by
-    /// the backend thread id a session of `tenant` sees). Default: nowhere.
-    fn locate(&self, _id: u32, _tenant: Option<&str>) -> Option<SessionLocation> {
-        None
+    /// The live sessions, for a `KILL` to find the one it names. Default: none.
+    fn peers(&self) -> Vec<Peer> {
+        Vec::new()
     }
     /// Reads the user source again for a waiting login. Default: there is none.
     fn read_users(&self, _wanted: &ReadUsers) -> impl Future<Output = UsersRead> + Send {
@@ -287,9 +285,9 @@ where
                     let answer = router.read_users(&wanted).await;
                     session.handle(clock.now(), Input::UsersRead(answer));
                 }
-                Output::Locate { id, tenant } => {
-                    let at = router.locate(id, tenant.as_deref());
-                    session.handle(clock.now(), Input::Located(at))
+                Output::Locate => {
+                    let peers = router.peers();
+                    session.handle(clock.now(), Input::Located(peers))
                 }
                 Output::Connect(h, route) => {
                     connecting.push((h, Box::pin(connector.connect(route.addr))));

@@ -4,7 +4,7 @@
 //! when it ends. The pump updates the entry through [`SessionEntry`]'s
 //! atomics: no lock on the hot path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -48,8 +48,14 @@ pub struct SessionEntry {
     reads: AtomicU64,
     last_read: AtomicU8,
     moves: Mutex<Moves>,
+    /// The backend threads it ran as before its moves, newest first: a
+    /// `KILL` of an id read before a move still finds it.
+    earlier: Mutex<VecDeque<(BackendId, u32)>>,
     control: async_channel::Sender<Control>,
 }
+
+/// How many earlier backend threads a session remembers.
+pub const EARLIER_THREADS: usize = 8;
 
 /// What the admin API and the balancer know of a session's moves.
 #[derive(Clone, Debug, Default)]
@@ -68,6 +74,7 @@ impl SessionEntry {
     fn new(id: u32, control: async_channel::Sender<Control>) -> Self {
         SessionEntry {
             moves: Mutex::new(Moves::default()),
+            earlier: Mutex::new(VecDeque::new()),
             control,
             id,
             info: Mutex::new(None),
@@ -131,10 +138,23 @@ impl SessionEntry {
                 report.to.clone(),
                 report.backend_connection_id,
             ) {
+                let mut earlier = self.earlier.lock().expect("earlier threads lock");
+                earlier.push_front((info.backend.clone(), info.backend_connection_id));
+                earlier.truncate(EARLIER_THREADS);
                 info.backend = to;
                 info.backend_connection_id = thread;
             }
         }
+    }
+
+    /// The backend threads it ran as before, newest first.
+    pub fn earlier_threads(&self) -> Vec<(BackendId, u32)> {
+        self.earlier
+            .lock()
+            .expect("earlier threads lock")
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Why the session cannot move now.
@@ -269,6 +289,39 @@ mod tests {
         assert_eq!(r.all().iter().map(|e| e.id).collect::<Vec<_>>(), [2]);
         drop(b);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_session_remembers_the_last_threads_it_ran_as() {
+        use ferry_core::session::MoveReport;
+        let r = Arc::new(Registry::default());
+        let g = r.register(1);
+        let e = &g.entry;
+        e.set_info(SessionInfo {
+            tenant: None,
+            user: "app".into(),
+            labels: Labels::new(),
+            backend: BackendId("cn1".into()),
+            backend_connection_id: 100,
+        });
+        for i in 0..10u32 {
+            let report = MoveReport {
+                trigger: Trigger::Admin,
+                from: BackendId(format!("cn{}", 1 + i % 2)),
+                to: Some(BackendId(format!("cn{}", 1 + (i + 1) % 2))),
+                outcome: Ok(()),
+                duration: std::time::Duration::ZERO,
+                paused: None,
+                backend_connection_id: Some(101 + i),
+                skipped: Vec::new(),
+            };
+            e.move_ended(&report, Timestamp::ZERO);
+        }
+        let earlier = e.earlier_threads();
+        assert_eq!(earlier.len(), EARLIER_THREADS);
+        assert_eq!(earlier[0], (BackendId("cn2".into()), 109));
+        assert_eq!(earlier[7], (BackendId("cn1".into()), 102));
+        assert_eq!(e.info().unwrap().backend_connection_id, 110);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use crate::config::UnverifiedLogins;
 use crate::errors;
 use crate::forward::{Forward, Send, SessionStatus};
 use crate::injected::{Injected, Reply, Request};
-use crate::kill::{Kill, RemoteStatement};
+use crate::kill::{Peer, RemoteStatement};
 use crate::labels::parse_login_name;
 use crate::labels::LoginName;
 use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
@@ -39,11 +39,9 @@ use crate::migrate::{
     Move, ReadError, ReadStep, Restoring, SourceRead, StateRead, Target, TargetPhase, HELD_LIMIT,
 };
 use crate::packets::flags::caps::{CLIENT_COMPRESS, CLIENT_CONNECT_WITH_DB};
-use crate::packets::flags::command::{
-    COM_CHANGE_USER, COM_QUIT, COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA,
-};
+use crate::packets::flags::command::{COM_QUIT, COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA};
+use crate::packets::ChangeUser;
 use crate::packets::ErrPacket;
-use crate::packets::{ChangeUser, OkPacket};
 use crate::restore::{OnError, Step};
 use crate::users::UserDirectory;
 use crate::wire::{frame_header, FrameError, PacketDecoder, HEADER_LEN, MAX_FRAME_PAYLOAD};
@@ -96,6 +94,8 @@ pub enum Control {
     Close(String),
     /// The users were read again: a session the backend verified may now learn its credential.
     Users(Arc<UserDirectory>),
+    /// A KILL named the session and its backend thread is gone: close, the client just loses the connection.
+    Kill(String),
 }
 
 /// An event for the session.
@@ -125,27 +125,12 @@ pub enum Input {
     Timeout,
     /// The proxy is shutting down: close at the next safe point.
     Shutdown,
-    /// Where the session asked about with [`Output::Locate`] is (`None`: no such session).
-    Located(Option<SessionLocation>),
+    /// The live sessions, the answer to [`Output::Locate`].
+    Located(Vec<Peer>),
     /// How [`Output::RunElsewhere`] went: done, the backend's ERR, or why it could not be run.
     RanElsewhere(Result<Result<(), ErrPacket>, String>),
     /// The answer to [`Output::ReadUsers`].
     UsersRead(UsersRead),
-}
-
-/// Where a session lives: its backend and that backend's thread id for it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SessionLocation {
-    /// The session's ferry connection id.
-    pub id: u32,
-    /// The backend.
-    pub backend: BackendId,
-    /// The backend's thread (connection) id.
-    pub thread: u32,
-    /// The backend's address.
-    pub addr: std::net::SocketAddr,
-    /// The session's tenant: a KILL only reaches sessions of the killer's own tenant.
-    pub tenant: Option<String>,
 }
 
 /// A request to move the session's count from one backend to another.
@@ -181,14 +166,8 @@ pub enum Output {
     Connect(BackendHandle, Route),
     /// Close a backend connection (after writing what was queued for it). No answer.
     CloseBackend(BackendHandle),
-    /// Find the session a `KILL` names: by ferry connection id, or by the
-    /// backend thread id a session of `tenant` sees; answer with [`Input::Located`].
-    Locate {
-        /// The number the client gave.
-        id: u32,
-        /// The killer's tenant.
-        tenant: Option<String>,
-    },
+    /// List the live sessions, to find the one a `KILL` names; answer with [`Input::Located`].
+    Locate,
     /// Run a statement on another backend as this client; answer with [`Input::RanElsewhere`].
     RunElsewhere(RemoteStatement),
     /// Read the user source again (a login waits); answer with [`Input::UsersRead`].
@@ -338,6 +317,8 @@ struct Forwarding {
     /// not yet answered: the answer is ferry's, so it is read and dropped,
     /// and client bytes wait behind it.
     draining: Option<Box<Draining>>,
+    /// Commands ferry handles alone (KILL, COM_CHANGE_USER), held until they may go.
+    intercept: crate::kill::Intercept,
 }
 
 /// The rest of ferry's own question on the backend in use, and the client bytes waiting for it.
@@ -353,8 +334,6 @@ struct Identity {
     client: VerifiedClient,
     route: Route,
     backend_salt: Vec<u8>,
-    /// A KILL waiting for [`Input::Located`].
-    pending_kill: Option<Kill>,
     /// A COM_CHANGE_USER waiting for the users to be read again, and what the client sent since.
     parked_change_user: Option<(Bytes, BytesMut)>,
     /// A COM_CHANGE_USER was passed on: its reply may carry an auth switch to
@@ -470,11 +449,13 @@ impl Session {
             Input::Control(Control::Close(why)) => self.on_close_request(why),
             Input::Control(Control::Users(users)) => self.on_users(now, UsersRead::Read(users)),
             Input::UsersRead(answer) => self.on_users(now, answer),
+            Input::Control(Control::Kill(why)) => self.on_killed(why),
             Input::Timeout => self.on_timeout(now),
             Input::Shutdown => self.on_shutdown(),
-            Input::Located(location) => self.on_located(now, location),
+            Input::Located(peers) => self.on_located(peers),
             Input::RanElsewhere(result) => self.on_ran_elsewhere(result),
         }
+        self.resume_intercept();
     }
 
     /// The next thing to do, if any. Drain after every [`Session::handle`].
@@ -595,16 +576,8 @@ impl Session {
                     );
                 }
             }
-            // Commands ferry answers or rewrites itself arrive whole, between responses.
-            State::Forwarding(f) if f.forward.is_idle() => match one_command(&data) {
-                Some([COM_CHANGE_USER, ..]) => self.change_user(data, false),
-                Some(payload) => match Kill::parse(payload) {
-                    Some(kill) => self.kill(kill),
-                    None => self.forward_client(data),
-                },
-                None => self.forward_client(data),
-            },
-            State::Forwarding(_) => self.forward_client(data),
+            // Commands ferry answers or rewrites itself wait for the answers before them.
+            State::Forwarding(_) => self.client_commands(data),
             State::ClientLogin(_) => {
                 self.client_rx.extend(&data);
                 self.drive_client_login();
@@ -971,7 +944,6 @@ impl Session {
                 client,
                 route,
                 backend_salt: backend.handshake.auth_data.clone(),
-                pending_kill: None,
                 parked_change_user: None,
                 change_reply: None,
                 client_salt: None,
@@ -986,6 +958,7 @@ impl Session {
             passing: false,
             transfers: VecDeque::new(),
             draining: None,
+            intercept: Default::default(),
         }));
         self.backend_deadline = None;
         self.note_backend_verified();
@@ -1019,92 +992,6 @@ impl Session {
                 self.close(CloseReason::ProtocolError(e.to_string()))
             }
         }
-    }
-
-    /// `KILL <ferry id>`: find where that session lives first.
-    fn kill(&mut self, kill: Kill) {
-        let State::Forwarding(f) = &mut self.state else {
-            return;
-        };
-        let id = kill.target;
-        let tenant = f.identity.client.login.tenant.clone();
-        f.identity.pending_kill = Some(kill);
-        self.outputs.push_back(Output::Locate { id, tenant });
-    }
-
-    fn on_located(&mut self, _now: Timestamp, location: Option<SessionLocation>) {
-        let State::Forwarding(f) = &mut self.state else {
-            return;
-        };
-        let identity = &mut f.identity;
-        let Some(kill) = identity.pending_kill.take() else {
-            return;
-        };
-        let err = match location {
-            None => errors::no_such_thread(kill.target),
-            // Tenants never reach each other's sessions, whatever the backend would allow.
-            Some(at) if at.tenant != identity.client.login.tenant => {
-                errors::no_such_thread(kill.target)
-            }
-            Some(at) if !kill.query_only && at.id == self.id => {
-                let err = errors::connection_closed("the session killed itself");
-                self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
-                self.quit_backend_if_idle();
-                return self.close(CloseReason::Closed("killed itself".into()));
-            }
-            Some(at) if !kill.query_only => {
-                // ferry closes the session itself: its backend may change under a
-                // KILL, and a backend connection that merely closed is failed over.
-                self.outputs.push_back(Output::CloseSession {
-                    id: at.id,
-                    why: format!("killed by connection {}", self.id),
-                });
-                let ok = OkPacket {
-                    status: f.forward.server_status(),
-                    ..OkPacket::default()
-                };
-                let mut payload = BytesMut::new();
-                ok.write(&mut payload, identity.client.capabilities);
-                self.outputs.push_back(Output::ToClient(frame(&payload, 1)));
-                return;
-            }
-            Some(at) if at.backend == identity.route.backend => {
-                return self.forward_client(frame(&kill.payload_for(at.thread), 0));
-            }
-            Some(at) => {
-                self.outputs
-                    .push_back(Output::RunElsewhere(RemoteStatement {
-                        backend: at.backend.0.clone(),
-                        addr: at.addr,
-                        user: identity.client.login.user.clone(),
-                        secret: identity.client.secret.clone(),
-                        sql: kill.sql_for(at.thread),
-                    }));
-                return;
-            }
-        };
-        // Answered here: the backend never sees the command.
-        self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
-    }
-
-    fn on_ran_elsewhere(&mut self, result: Result<Result<(), ErrPacket>, String>) {
-        let State::Forwarding(f) = &self.state else {
-            return;
-        };
-        let reply = match result {
-            Ok(Ok(())) => {
-                let ok = OkPacket {
-                    status: f.forward.server_status(),
-                    ..OkPacket::default()
-                };
-                let mut payload = BytesMut::new();
-                ok.write(&mut payload, f.identity.client.capabilities);
-                frame(&payload, 1)
-            }
-            Ok(Err(err)) => err_frame(&err, 1),
-            Err(why) => err_frame(&errors::remote_failed(&why), 1),
-        };
-        self.outputs.push_back(Output::ToClient(reply));
     }
 
     /// COM_CHANGE_USER: ferry verifies the new user itself (the client
@@ -1495,6 +1382,7 @@ impl Session {
             || f.lost.is_some()
             || f.draining.is_some()
             || f.refresh.is_some()
+            || !f.intercept.is_clear()
             || self.shutting_down
         {
             return;
@@ -2004,7 +1892,7 @@ impl Session {
             held.unsplit(std::mem::take(&mut d.held));
         }
         if !held.is_empty() {
-            self.forward_client(held.freeze());
+            self.client_commands(held.freeze());
         }
     }
 

@@ -192,7 +192,7 @@ impl Harness {
                     format!("connect          {h} {} {}", r.backend, r.addr)
                 }
                 Output::Connect(_, r) => format!("connect          {} {}", r.backend, r.addr),
-                Output::Locate { id, .. } => format!("locate           session {id}"),
+                Output::Locate => "locate           the live sessions".to_string(),
                 Output::RunElsewhere(r) => format!("run elsewhere    {} {:?}", r.backend, r.sql),
                 Output::Close(reason) => {
                     self.closed = Some(reason.clone());
