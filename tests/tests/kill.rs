@@ -479,3 +479,48 @@ fn forms_ferry_does_not_translate_reach_an_unshared_backend_as_written() {
         .expect("an executable comment on an unshared backend");
     s.interrupted("KILL in an executable comment");
 }
+
+#[test]
+fn a_kill_pipelined_behind_a_query_never_reaches_the_backend_as_written() {
+    // Two tenants on one backend as the same user: a KILL of the other
+    // tenant's thread, written right behind a query (one write), would kill
+    // it if it reached the backend untranslated.
+    let ferry = one_backend();
+    let mut victim = login(&ferry, "acc2:app");
+    let thread = thread_id(&mut victim);
+    let s = sleep_on(victim);
+    let out = pymysql(
+        ferry.port(),
+        "acc1:app",
+        "secret",
+        "",
+        &format!(
+            r#"
+import struct
+def packet(sql):
+    payload = b"\x03" + sql.encode()
+    return struct.pack("<I", len(payload))[:3] + b"\x00" + payload
+# Both commands in one write, the KILL cut from the query at no packet boundary ferry reads apart.
+conn._write_bytes(packet("SELECT SLEEP(0.2)") + packet("KILL {thread}"))
+conn._next_seq_id = 1
+conn._read_query_result()
+print("first", conn._result.rows[0][0])
+try:
+    conn._next_seq_id = 1
+    conn._read_query_result()
+    print("second ok")
+except pymysql.err.MySQLError as e:
+    print("second ERR", e.args[0])
+print("then", q("SELECT 1")[0][0])
+"#
+        ),
+    );
+    assert!(out.success(), "{out:?}");
+    assert!(out.stdout.contains("first 0"), "{out:?}");
+    assert!(out.stdout.contains("second ERR 1095"), "{out:?}");
+    assert!(out.stdout.contains("then 1"), "{out:?}");
+    s.still_running("after a pipelined KILL from another tenant");
+    let mut own = login(&ferry, "acc2:app");
+    kill(&mut own, &format!("KILL QUERY {thread}"));
+    s.interrupted("by its own tenant");
+}
