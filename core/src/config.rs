@@ -97,6 +97,9 @@ pub struct Config {
     /// Logins of users whose hash ferry does not know: the backend decides (default), or refused.
     #[serde(default)]
     pub unverified_logins: UnverifiedLogins,
+    /// TLS for clients: ferry offers it (and may require it) with this certificate; None = no TLS.
+    #[serde(default)]
+    pub tls: Option<ClientTlsConfig>,
 }
 
 /// `unverified_logins: Backend | Refuse`: what ferry does with a login it cannot verify
@@ -108,6 +111,38 @@ pub enum UnverifiedLogins {
     Backend,
     /// Refuse with 1045, as if the user did not exist.
     Refuse,
+}
+
+/// `tls: Some((cert: "server.pem", key: "server.key", required: false))`: ferry's
+/// certificate for clients. Relative paths are relative to the config file's directory.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// PEM certificate chain, ferry's own certificate first.
+    pub cert: String,
+    /// PEM private key of that certificate.
+    pub key: String,
+    /// Refuse clients that do not ask for TLS (ERR 1045, as MariaDB does for a `REQUIRE SSL` account).
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// A backend's `tls: Some((ca: "ca.pem", verify: true))`: ferry connects to it over TLS.
+/// A relative `ca` is relative to the config file's directory.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendTlsConfig {
+    /// PEM certificates the backend's certificate must chain to (needed when `verify`).
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// Check the backend's certificate (against `ca`, for the backend's IP address);
+    /// false is an explicit choice to accept any certificate (default true).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -294,6 +329,9 @@ pub struct BackendConfig {
     /// (`false` keeps that link uncompressed, e.g. on a fast local network).
     #[serde(default = "yes")]
     pub compress_backend: bool,
+    /// Connect to it over TLS; None = plain TCP.
+    #[serde(default)]
+    pub tls: Option<BackendTlsConfig>,
 }
 
 fn yes() -> bool {
@@ -458,6 +496,18 @@ impl Config {
                     format!("backend id '{}' is used twice", backend.id),
                     anchor,
                 ));
+            }
+            if let Some(tls) = &backend.tls {
+                if tls.verify && tls.ca.is_none() {
+                    return Err(Problem::new(
+                        format!(
+                            "backend '{}': tls with verify: true needs ca: \"ca.pem\" \
+                             (or verify: false to accept any certificate)",
+                            backend.id
+                        ),
+                        anchor,
+                    ));
+                }
             }
         }
         Ok(())

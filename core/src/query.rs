@@ -38,6 +38,9 @@ pub struct ResultSet {
 pub enum QueryOutput {
     /// Send these bytes to the backend.
     Send(Bytes),
+    /// Upgrade the connection to TLS now (the SSLRequest was the last `Send`);
+    /// the next `Send` goes over TLS.
+    StartTls,
     /// Logged in; [`QueryClient::query`] may be called.
     Ready,
     /// The answer to the last query: rows (empty for a statement without a result set) or the server's error.
@@ -96,6 +99,14 @@ impl QueryClient {
             decoder: PacketDecoder::new(MAX_PACKET),
             outputs: VecDeque::new(),
         }
+    }
+
+    /// The same client, logging in over TLS when `tls` (the backend's `tls` setting is on).
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        if let State::Login(login) = self.state {
+            self.state = State::Login(Box::new(login.with_tls(tls)));
+        }
+        self
     }
 
     /// True when logged in and no query is running.
@@ -158,6 +169,12 @@ impl QueryClient {
             State::Login(mut login) => match login.handle(packet) {
                 BackendStep::Send(bytes) => {
                     self.outputs.push_back(QueryOutput::Send(bytes));
+                    self.state = State::Login(login);
+                }
+                BackendStep::StartTls(request, response) => {
+                    self.outputs.push_back(QueryOutput::Send(request));
+                    self.outputs.push_back(QueryOutput::StartTls);
+                    self.outputs.push_back(QueryOutput::Send(response));
                     self.state = State::Login(login);
                 }
                 BackendStep::Wait => self.state = State::Login(login),

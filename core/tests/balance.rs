@@ -19,6 +19,7 @@ fn backend(id: &str, labels: &[(&str, &str)]) -> BackendConfig {
         labels: labels.iter().copied().collect(),
         state: WorkState::Working,
         compress_backend: true,
+        tls: None,
     }
 }
 

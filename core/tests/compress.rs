@@ -205,6 +205,7 @@ impl Compressed {
             collation: 45,
             capabilities: FERRY_SUPPORTED | FERRY_COMPRESSION,
             mariadb_capabilities: 0,
+            tls: TlsOffer::Off,
         };
         let session = Session::new(
             Timestamp::ZERO,

@@ -67,6 +67,7 @@ fn the_contract_example_parses_to_exactly_this() {
                 labels: Labels::new(),
                 state: WorkState::Working,
                 compress_backend: true,
+                tls: None,
             },
             BackendConfig {
                 id: "cn2".into(),
@@ -74,6 +75,7 @@ fn the_contract_example_parses_to_exactly_this() {
                 labels: labels(&[("account", "acc1")]),
                 state: WorkState::Working,
                 compress_backend: true,
+                tls: None,
             },
             BackendConfig {
                 id: "cn3".into(),
@@ -81,6 +83,7 @@ fn the_contract_example_parses_to_exactly_this() {
                 labels: labels(&[("account", "acc1"), ("region", "eu-*")]),
                 state: WorkState::Draining,
                 compress_backend: true,
+                tls: None,
             },
         ],
         server_version: None,
@@ -100,6 +103,7 @@ fn the_contract_example_parses_to_exactly_this() {
         drain_timeout_ms: 60_000,
         migration_backoff_ms: 5_000,
         unverified_logins: UnverifiedLogins::Backend,
+        tls: None,
     };
     assert_eq!(config, expected);
 }

@@ -185,6 +185,7 @@ fn a_refused_backend_connect_is_retried_on_another_backend() {
         backend: BackendId("cn2".into()),
         addr: "127.0.0.1:3308".parse().unwrap(),
         group: LabelGroup::default(),
+        tls: false,
     })));
     let b1 = BackendHandle(1);
     h.feed(Input::BackendConnected(b1));

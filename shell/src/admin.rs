@@ -318,6 +318,8 @@ fn put_backend(shared: &Shared, id: &str, body: &[u8]) -> Reply {
                 (None, Some(b)) if !b.removing => b.state,
                 _ => WorkState::Working,
             },
+            // Not settable here: a backend keeps the TLS setting of the config file.
+            tls: existing.as_ref().and_then(|b| b.tls.clone()),
         };
         cluster.upsert(&config);
         let b = cluster

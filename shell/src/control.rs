@@ -139,7 +139,8 @@ pub fn snapshot(shared: &Shared) -> Vec<SessionView> {
         .iter()
         .filter_map(|e| {
             let info = e.info()?;
-            let addr = cluster.backend(&info.backend)?.addr;
+            let backend = cluster.backend(&info.backend)?;
+            let (addr, tls) = (backend.addr, backend.tls.is_some());
             let request = RouteRequest {
                 tenant: info.tenant.clone(),
                 labels: info.labels.clone(),
@@ -155,6 +156,7 @@ pub fn snapshot(shared: &Shared) -> Vec<SessionView> {
                     backend: info.backend.clone(),
                     addr,
                     group: LabelGroup::of(tenant, &info.labels),
+                    tls,
                 },
                 request,
                 movable: e.safe.load(std::sync::atomic::Ordering::Relaxed),

@@ -39,7 +39,9 @@ pub async fn check_all<K: Connector, T: Clock>(shared: &Arc<Shared>, connector: 
     let mut probes: Vec<Check<'_>> = targets
         .into_iter()
         .map(|(id, addr)| {
-            let p: Probe<'_> = Box::pin(probe(connector, clock, addr, timeout));
+            let key = id.clone();
+            let p: Probe<'_> =
+                Box::pin(async move { probe(connector, clock, &key, addr, timeout).await });
             (id, addr, Some(p), None)
         })
         .collect();
@@ -87,7 +89,8 @@ pub async fn check_all<K: Connector, T: Clock>(shared: &Arc<Shared>, connector: 
 
 /// Checks all backends every interval until shutdown.
 pub async fn run(shared: Arc<Shared>) {
-    run_with(shared, TcpConnector, SystemClock::new()).await
+    let connector = TcpConnector::new(shared.tls.clone());
+    run_with(shared, connector, SystemClock::new()).await
 }
 
 /// [`run`] over any connector and clock (the simulator's too).

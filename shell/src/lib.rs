@@ -17,4 +17,5 @@ pub mod record;
 pub mod registry;
 pub mod side;
 pub mod signals;
+pub mod tls;
 pub mod usersync;

@@ -94,6 +94,9 @@ fn run(config: Config, path: PathBuf, record: Option<PathBuf>) -> anyhow::Result
     let mut seed = [0u8; 8];
     getrandom::getrandom(&mut seed).map_err(|e| anyhow::anyhow!("OS random source: {e}"))?;
     let mut shared = Shared::from_config(&config, u64::from_le_bytes(seed))?;
+    let tls = ferry_shell::tls::Loaded::from_config(&config, &ferry_shell::tls::config_dir(&path))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    shared.tls.install(tls);
     if let Some(dir) = &record {
         info!(dir = %dir.display(), "recording every session's traffic");
     }

@@ -1,25 +1,36 @@
-//! Reads a backend's handshake: learns its version and capabilities, and tells whether it answers.
+//! Reads a backend's handshake: learns its version and capabilities, and tells
+//! whether it answers; for a backend with TLS, also completes the TLS
+//! handshake (so a certificate that does not verify fails the check).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ferry_core::packets::Handshake;
+use ferry_core::cluster::BackendId;
+use ferry_core::login::frame;
+use ferry_core::packets::flags::caps::*;
+use ferry_core::packets::{Handshake, HandshakeResponse, SSL_REQUEST_LEN};
 use ferry_core::wire::PacketDecoder;
-use futures_lite::{AsyncReadExt, FutureExt};
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
 
 use crate::clock::Clock;
 use crate::pump::Connector;
 
-/// Connects to `addr` and parses its handshake, within `timeout`.
-pub async fn read_handshake(addr: SocketAddr, timeout: Duration) -> Result<Handshake, String> {
+/// Connects to `backend` at `addr` and parses its handshake, within `timeout`.
+pub async fn read_handshake(
+    connector: &crate::proxy::TcpConnector,
+    backend: &BackendId,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<Handshake, String> {
     let clock = crate::clock::SystemClock::new();
-    probe(&crate::proxy::TcpConnector, &clock, addr, timeout).await
+    probe(connector, &clock, backend, addr, timeout).await
 }
 
 /// [`read_handshake`] over any connector and clock (the simulator's too).
 pub async fn probe<K: Connector, T: Clock>(
     connector: &K,
     clock: &T,
+    backend: &BackendId,
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<Handshake, String> {
@@ -37,7 +48,11 @@ pub async fn probe<K: Connector, T: Clock>(
                         .map_err(|e| e.to_string())?;
                     return Err(format!("backend refused: {} {}", err.code, err.message));
                 }
-                return Handshake::parse(&packet.payload).map_err(|e| e.to_string());
+                let handshake = Handshake::parse(&packet.payload).map_err(|e| e.to_string())?;
+                if connector.tls_for(backend) {
+                    tls_handshake(connector, &mut stream, backend, addr, &handshake).await?;
+                }
+                return Ok(handshake);
             }
             let n = stream
                 .read(&mut buf)
@@ -56,4 +71,40 @@ pub async fn probe<K: Connector, T: Clock>(
             Err(format!("no handshake within {timeout:?}"))
         })
         .await
+}
+
+/// Sends an SSLRequest and completes the TLS handshake, then closes.
+async fn tls_handshake<K: Connector>(
+    connector: &K,
+    stream: &mut K::Stream,
+    backend: &BackendId,
+    addr: SocketAddr,
+    handshake: &Handshake,
+) -> Result<(), String> {
+    if handshake.capabilities & CLIENT_SSL == 0 {
+        return Err("TLS is configured for this backend, but it does not offer TLS".into());
+    }
+    let request = HandshakeResponse {
+        capabilities: CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | CLIENT_SSL,
+        mariadb_capabilities: 0,
+        max_packet_size: 1 << 24,
+        collation: 45,
+        user: String::new(),
+        auth_response: Vec::new(),
+        database: None,
+        auth_plugin: None,
+        attributes: Vec::new(),
+    };
+    let mut payload = bytes::BytesMut::new();
+    request.write(&mut payload);
+    stream
+        .write_all(&frame(&payload[..SSL_REQUEST_LEN], 1))
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    connector
+        .start_tls(stream, backend, addr)
+        .await
+        .map_err(|e| format!("TLS: {e}"))?;
+    let _ = stream.close().await;
+    Ok(())
 }

@@ -23,9 +23,10 @@ use tracing::{error, info, warn};
 use crate::clock::{Clock, SystemClock};
 use crate::metrics::{LoginFailure, Metrics};
 use crate::probe::read_handshake;
-use crate::pump::{self, Connector, Router};
+use crate::pump::{self, ClientTls, Connector, Router};
 use crate::record::Recorder;
 use crate::registry::{Registry, SessionEntry, SessionInfo};
+use crate::tls::{self, TlsSettings};
 
 /// utf8mb4_general_ci.
 const DEFAULT_COLLATION: u8 = 45;
@@ -67,6 +68,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// `ferry --record DIR`: where each session's traffic is recorded (off when `None`).
     pub record_dir: Option<std::path::PathBuf>,
+    /// Certificates for clients and backends (see [`crate::tls`]); empty until installed.
+    pub tls: Arc<TlsSettings>,
     shutting_down: AtomicBool,
     shutdown: (async_channel::Sender<()>, async_channel::Receiver<()>),
     next_conn_id: AtomicU32,
@@ -97,6 +100,7 @@ impl Shared {
             registry: Arc::new(Registry::default()),
             metrics: Metrics::default(),
             record_dir: None,
+            tls: Arc::new(TlsSettings::default()),
             shutting_down: AtomicBool::new(false),
             shutdown: async_channel::bounded(1),
             next_conn_id: AtomicU32::new(FIRST_CONNECTION_ID),
@@ -401,17 +405,39 @@ impl<T: Clock> Router for SessionHooks<T> {
     }
 }
 
-/// Connects to backends over TCP.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TcpConnector;
+/// Connects to backends over TCP, with TLS for the backends whose setting asks for it.
+#[derive(Clone, Default)]
+pub struct TcpConnector {
+    tls: Arc<TlsSettings>,
+}
+
+impl TcpConnector {
+    /// A connector using the TLS settings in force in `tls`.
+    pub fn new(tls: Arc<TlsSettings>) -> Self {
+        TcpConnector { tls }
+    }
+}
 
 impl Connector for TcpConnector {
-    type Stream = async_net::TcpStream;
+    type Stream = tls::Stream<async_net::TcpStream>;
 
     async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Stream> {
         let stream = async_net::TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        Ok(stream)
+        Ok(tls::Stream::Plain(stream))
+    }
+
+    fn tls_for(&self, backend: &BackendId) -> bool {
+        self.tls.backend(backend).is_some()
+    }
+
+    async fn start_tls(
+        &self,
+        stream: &mut Self::Stream,
+        backend: &BackendId,
+        addr: SocketAddr,
+    ) -> std::io::Result<()> {
+        self.tls.connect(stream, backend, addr).await
     }
 }
 
@@ -431,8 +457,9 @@ pub async fn learn_identity(shared: &Shared, configured_version: Option<&str>) {
         let cluster = shared.cluster.lock().expect("cluster lock");
         cluster.backends().map(|b| (b.id.clone(), b.addr)).collect()
     };
+    let connector = TcpConnector::new(shared.tls.clone());
     for (id, addr) in addrs {
-        match read_handshake(addr, Duration::from_secs(2)).await {
+        match read_handshake(&connector, &id, addr, Duration::from_secs(2)).await {
             Ok(hs) => {
                 let mut identity = shared.identity.write().expect("identity lock");
                 identity.capabilities = (FERRY_SUPPORTED | FERRY_COMPRESSION) & hs.capabilities;
@@ -461,6 +488,7 @@ pub async fn serve(
     listener: async_net::TcpListener,
 ) -> anyhow::Result<()> {
     let clock = SystemClock::new();
+    let connector = TcpConnector::new(shared.tls.clone());
     info!(listen = %listener.local_addr().context("listener address")?, "accepting clients");
     loop {
         let accepted = async { Some(listener.accept().await) }
@@ -484,8 +512,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
+        let connector = connector.clone();
+        // The certificate in force now: a reload changes it for later sessions only.
+        let tls = shared.tls.acceptor();
         ex.spawn(async move {
-            run_session(shared, stream, peer, &TcpConnector, &clock, fresh_salt()).await;
+            let stream = tls::Stream::Plain(stream);
+            run_session(shared, stream, peer, &connector, &clock, fresh_salt(), &tls).await;
         })
         .detach();
     }
@@ -493,18 +525,21 @@ pub async fn serve(
 
 /// Runs one accepted client connection to its end: registers it, builds its
 /// session, pumps it (the same code for the binary and the simulator).
-/// `salt` is the random salt of ferry's handshake.
-pub async fn run_session<S, K, T>(
+/// `salt` is the random salt of ferry's handshake; `tls` upgrades the client
+/// connection when it asks for TLS ([`pump::NoTls`] where there is none).
+pub async fn run_session<S, K, T, A>(
     shared: Arc<Shared>,
     stream: S,
     peer: SocketAddr,
     connector: &K,
     clock: &T,
     salt: [u8; 20],
+    tls: &A,
 ) where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
     K: Connector,
     T: Clock,
+    A: ClientTls<S>,
 {
     shared
         .metrics
@@ -520,6 +555,7 @@ pub async fn run_session<S, K, T>(
         collation: DEFAULT_COLLATION,
         capabilities: identity.capabilities,
         mariadb_capabilities: identity.mariadb_capabilities,
+        tls: tls.offer(),
     };
     let users = shared.users.read().expect("users lock").clone();
     let session_config = shared.session_config.read().expect("config lock").clone();
@@ -534,7 +570,7 @@ pub async fn run_session<S, K, T>(
     let shutdown = shared.shutdown_requested();
     let control = registration.control.take().expect("a fresh registration");
     let pump = pump::run(
-        conn_id, session, stream, connector, &hooks, clock, shutdown, control,
+        conn_id, session, stream, connector, &hooks, clock, shutdown, control, tls,
     );
     // A bug in one session must not take the proxy down: the panic ends
     // this task only (its sockets close and its count is released on unwind).

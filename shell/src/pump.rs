@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Bytes, BytesMut};
-use ferry_core::cluster::{NoBackend, Route, RouteRequest};
+use ferry_core::cluster::{BackendId, NoBackend, Route, RouteRequest};
 use ferry_core::kill::{Peer, RemoteStatement};
+use ferry_core::login::client::TlsOffer;
 use ferry_core::login::{ReadUsers, UsersRead};
 use ferry_core::packets::ErrPacket;
 use ferry_core::query::QueryClient;
@@ -33,6 +34,71 @@ pub trait Connector: Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send;
     /// Connects to `addr`.
     fn connect(&self, addr: SocketAddr) -> impl Future<Output = io::Result<Self::Stream>> + Send;
+    /// Whether connections to `backend` use TLS (its `tls` setting). Default: never.
+    fn tls_for(&self, _backend: &BackendId) -> bool {
+        false
+    }
+    /// Upgrades a connection to `backend` (at `addr`) to TLS in place, right
+    /// after ferry wrote its SSLRequest. Default: TLS is not available.
+    fn start_tls<'a>(
+        &'a self,
+        _stream: &'a mut Self::Stream,
+        backend: &'a BackendId,
+        _addr: SocketAddr,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a {
+        async move {
+            Err(io::Error::other(format!(
+                "TLS to backend {backend} is not available here"
+            )))
+        }
+    }
+}
+
+/// Upgrades client connections of type `C` to TLS (ferry's listener); see [`NoTls`].
+pub trait ClientTls<C>: Sync {
+    /// What the session's greeting offers.
+    fn offer(&self) -> TlsOffer;
+    /// Upgrades `client` in place as the TLS server; `early` is what the client
+    /// sent after its SSLRequest and was already read.
+    fn accept<'a>(
+        &'a self,
+        client: &'a mut C,
+        early: Bytes,
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a;
+}
+
+/// No TLS for clients (the simulator, or no `tls` in the config).
+pub struct NoTls;
+
+impl<C: Send> ClientTls<C> for NoTls {
+    fn offer(&self) -> TlsOffer {
+        TlsOffer::Off
+    }
+
+    async fn accept(&self, _client: &mut C, _early: Bytes) -> io::Result<()> {
+        Err(io::Error::other("TLS is not configured"))
+    }
+}
+
+/// How long a TLS handshake may take when the session has no deadline of its own.
+const TLS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs a TLS upgrade until it ends or `deadline` (the session's next one) passes.
+async fn upgrade<T: Clock>(
+    clock: &T,
+    deadline: Option<ferry_core::Timestamp>,
+    upgrade: impl Future<Output = io::Result<()>>,
+) -> io::Result<()> {
+    let deadline = deadline.unwrap_or_else(|| clock.now() + TLS_TIMEOUT);
+    upgrade
+        .or(async {
+            clock.sleep_until(deadline).await;
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            ))
+        })
+        .await
 }
 
 /// Chooses backends and keeps their counts.
@@ -197,7 +263,7 @@ enum Wake {
 /// completes, the session closes at its next safe point; `control` carries
 /// commands from the proxy (move, close).
 #[allow(clippy::too_many_arguments)]
-pub async fn run<C, K, R, T>(
+pub async fn run<C, K, R, T, A>(
     conn_id: u32,
     mut session: Session,
     mut client: C,
@@ -206,16 +272,20 @@ pub async fn run<C, K, R, T>(
     clock: &T,
     shutdown: impl Future<Output = ()>,
     control: async_channel::Receiver<Control>,
+    tls: &A,
 ) -> CloseReason
 where
     C: AsyncRead + AsyncWrite + Unpin,
     K: Connector,
     R: Router,
     T: Clock,
+    A: ClientTls<C>,
 {
     let mut backends: Vec<BackendConn<K::Stream>> = Vec::with_capacity(2);
     let mut connecting: Vec<Connecting<'_, K::Stream>> = Vec::new();
     let mut fresh: Option<(BackendHandle, K::Stream)> = None;
+    // Where each backend connection that will need TLS goes (from its Connect).
+    let mut tls_routes: Vec<(BackendHandle, Route)> = Vec::new();
     let mut lease = Lease {
         router,
         route: None,
@@ -231,14 +301,15 @@ where
         while let Some(output) = session.poll_output() {
             match output {
                 Output::ToClient(bytes) => {
-                    if let Err(e) = client.write_all(&bytes).await {
+                    // Flushed: a TLS stream may hold back the last record otherwise.
+                    if let Err(e) = write_flushed(&mut client, &bytes).await {
                         debug!(conn_id, error = %e, "write to client failed");
                         session.handle(clock.now(), Input::ClientClosed);
                     }
                 }
                 Output::ToBackend(h, bytes) => {
                     let result = match backends.iter_mut().find(|b| b.handle == h) {
-                        Some(b) => b.stream.write_all(&bytes).await,
+                        Some(b) => write_flushed(&mut b.stream, &bytes).await,
                         None => Err(io::ErrorKind::NotConnected.into()),
                     };
                     if let Err(e) = result {
@@ -246,7 +317,38 @@ where
                         session.handle(clock.now(), Input::BackendClosed(h));
                     }
                 }
+                Output::StartTls(early) => {
+                    let deadline = session.poll_timeout();
+                    let result = upgrade(clock, deadline, tls.accept(&mut client, early)).await;
+                    // The handshake's reads took over the socket's waker: poll it afresh.
+                    client_gate = ReadGate::new();
+                    if let Err(e) = result {
+                        info!(conn_id, error = %e, "TLS handshake with the client failed; closed");
+                        session.handle(clock.now(), Input::ClientClosed);
+                    }
+                }
+                Output::BackendTls(h) => {
+                    let deadline = session.poll_timeout();
+                    let route = tls_routes.iter().find(|(t, _)| *t == h).map(|(_, r)| r);
+                    let result = match (backends.iter_mut().find(|b| b.handle == h), route) {
+                        (Some(b), Some(route)) => {
+                            let start =
+                                connector.start_tls(&mut b.stream, &route.backend, route.addr);
+                            let result = upgrade(clock, deadline, start).await;
+                            b.gate = ReadGate::new();
+                            result.map_err(|e| {
+                                format!("TLS with backend {} failed: {e}", route.backend)
+                            })
+                        }
+                        _ => Err("TLS asked for on a connection that is not open".to_string()),
+                    };
+                    if let Err(why) = result {
+                        warn!(conn_id, backend = %h, reason = %why, "backend TLS failed");
+                        session.handle(clock.now(), Input::BackendConnectFailed(h, why));
+                    }
+                }
                 Output::CloseBackend(h) => {
+                    tls_routes.retain(|(t, _)| *t != h);
                     connecting.retain(|(c, _)| *c != h);
                     if let Some(i) = backends.iter().position(|b| b.handle == h) {
                         let mut b = backends.swap_remove(i);
@@ -291,6 +393,9 @@ where
                 }
                 Output::Connect(h, route) => {
                     connecting.push((h, Box::pin(connector.connect(route.addr))));
+                    if route.tls {
+                        tls_routes.push((h, route));
+                    }
                 }
                 Output::Event(event) => {
                     router.on_event(&event);
@@ -489,12 +594,9 @@ async fn run_elsewhere<K: Connector, T: Clock>(
 ) -> Result<Result<(), ErrPacket>, String> {
     let backend = statement.backend.clone();
     let attempt = async {
-        let stream = connector
-            .connect(statement.addr)
-            .await
-            .map_err(|e| e.to_string())?;
         let client = QueryClient::with_secret(&statement.user, statement.secret);
-        let mut conn = SideConn::login(stream, client).await?;
+        let id = BackendId(statement.backend.clone());
+        let mut conn = SideConn::open(connector, &id, statement.addr, client).await?;
         let answer = conn.query(&statement.sql).await?;
         conn.quit().await;
         Ok(answer.map(|_| ()))
@@ -508,6 +610,12 @@ async fn run_elsewhere<K: Connector, T: Clock>(
         })
         .await
         .map_err(|why: String| format!("could not run the statement on backend {backend}: {why}"))
+}
+
+/// Writes all of `bytes` and flushes.
+async fn write_flushed<S: AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
 }
 
 fn log_close(conn_id: u32, reason: &CloseReason) {

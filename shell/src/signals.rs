@@ -52,7 +52,13 @@ pub async fn run(mut signals: Signals, shared: Arc<Shared>, path: PathBuf) {
 pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let new = Config::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    apply(shared, new)
+    // Certificates first: a file that does not load rejects the whole reload.
+    let tls = crate::tls::Loaded::from_config(&new, &crate::tls::config_dir(path))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    apply(shared, new)?;
+    // New sessions and connections use them; running ones keep what they have.
+    shared.tls.install(tls);
+    Ok(())
 }
 
 /// Applies a parsed config: backends reconciled, users replaced, limits updated.

@@ -17,7 +17,7 @@ use futures_lite::FutureExt;
 use tracing::{debug, info, warn};
 
 use crate::clock::{Clock, SystemClock};
-use crate::proxy::Shared;
+use crate::proxy::{Shared, TcpConnector};
 use crate::side::SideConn;
 
 /// Who reads the user source when: one read at a time, at least `reread_ms`
@@ -81,18 +81,19 @@ pub async fn reread(shared: &Shared, wanted: Option<&ReadUsers>) -> UsersRead {
     UsersRead::Read(shared.users.read().expect("users lock").clone())
 }
 
-/// Logs in to `addr` as `user` and runs the users query (MariaDB's, then MySQL's).
+/// Logs in to `backend` at `addr` as `user` (over TLS if its setting says
+/// so) and runs the users query (MariaDB's, then MySQL's).
 pub async fn read_users(
+    connector: &TcpConnector,
+    backend: &BackendId,
     addr: std::net::SocketAddr,
     user: &str,
     password: &str,
     timeout: Duration,
 ) -> Result<ResultSet, String> {
     let attempt = async {
-        let stream = async_net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {addr}: {e}"))?;
-        let mut conn = SideConn::login(stream, QueryClient::new(user, password)).await?;
+        let client = QueryClient::new(user, password);
+        let mut conn = SideConn::open(connector, backend, addr, client).await?;
         // MariaDB's query first, then MySQL's; report the first error if both fail.
         let first_error = match conn.query(USERS_QUERY).await? {
             Ok(rows) => {
@@ -119,11 +120,12 @@ pub async fn sync_once(shared: &Shared) -> Result<(), String> {
     let Some(source) = &config.user_source else {
         return Ok(());
     };
+    let backend = BackendId(source.backend.clone());
     let addr = shared
         .cluster
         .lock()
         .expect("cluster lock")
-        .backend(&BackendId(source.backend.clone()))
+        .backend(&backend)
         .map(|b| b.addr)
         .ok_or_else(|| {
             format!(
@@ -133,6 +135,8 @@ pub async fn sync_once(shared: &Shared) -> Result<(), String> {
         })?;
     shared.metrics.user_source_reads.fetch_add(1, Relaxed);
     let rows = read_users(
+        &TcpConnector::new(shared.tls.clone()),
+        &backend,
         addr,
         &source.user,
         &source.password,

@@ -75,7 +75,16 @@ pub async fn serve(config: Config, seed: u64, trace: Trace, slot: ProxySlot) -> 
         }
         let shared = shared.clone();
         tokio::task::spawn_local(async move {
-            proxy::run_session(shared, stream.compat(), peer, &SimConnector, &clock, salt).await;
+            proxy::run_session(
+                shared,
+                stream.compat(),
+                peer,
+                &SimConnector,
+                &clock,
+                salt,
+                &ferry_shell::pump::NoTls,
+            )
+            .await;
         });
     }
 }

@@ -272,6 +272,7 @@ fn run(
         addr: db_addr,
         labels: Labels::default(),
         state: WorkState::Working,
+        tls: None,
     }];
     sim.host("ferry", move || {
         let config = config.clone();
@@ -289,8 +290,16 @@ fn run(
                 n = n.wrapping_add(1);
                 let salt = [33 + n % 94; 20];
                 tokio::task::spawn_local(async move {
-                    proxy::run_session(shared, stream.compat(), peer, &SimConnector, &clock, salt)
-                        .await;
+                    proxy::run_session(
+                        shared,
+                        stream.compat(),
+                        peer,
+                        &SimConnector,
+                        &clock,
+                        salt,
+                        &ferry_shell::pump::NoTls,
+                    )
+                    .await;
                 });
             }
         }

@@ -363,6 +363,7 @@ fn backend_config(
         addr: addrs[&b.id],
         labels: Labels(b.labels.clone()),
         state: b.state,
+        tls: None,
     }
 }
 

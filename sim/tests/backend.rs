@@ -247,6 +247,7 @@ fn ferrys_own_login_and_settings_query_work() {
                     QueryOutput::Answer(a) => answers.push(a),
                     QueryOutput::Failed(why) => panic!("{why}"),
                     QueryOutput::Ready => {}
+                    QueryOutput::StartTls => panic!("no TLS in the simulator"),
                 }
             }
         }

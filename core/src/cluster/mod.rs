@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{BackendConfig, RebalanceConfig, WorkState};
+use crate::config::{BackendConfig, BackendTlsConfig, RebalanceConfig, WorkState};
 use crate::health::{HealthCounter, HealthPolicy};
 use crate::labels::{glob_match, Labels, ACCOUNT};
 use crate::rng::Rng;
@@ -60,6 +60,8 @@ pub struct Backend {
     pub state: WorkState,
     /// Health from checks.
     pub health: Health,
+    /// Its TLS setting; None = plain TCP.
+    pub tls: Option<BackendTlsConfig>,
     /// Sessions currently counted on it.
     pub connections: u32,
     /// The same sessions by label group (tenant and requested labels).
@@ -152,7 +154,7 @@ fn describe(tenant: Option<&str>, labels: &Labels) -> String {
 }
 
 /// Where a session goes. The backend's count already includes it; release it with [`Cluster::release`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Route {
     /// The chosen backend.
     pub backend: BackendId,
@@ -160,6 +162,22 @@ pub struct Route {
     pub addr: SocketAddr,
     /// The session's label group, counted on the backend too.
     pub group: LabelGroup,
+    /// Whether ferry talks TLS with this backend (its `tls` setting).
+    pub tls: bool,
+}
+
+impl fmt::Debug for Route {
+    /// `tls` only when set: traces of plain-TCP sessions read as they always did.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Route");
+        d.field("backend", &self.backend)
+            .field("addr", &self.addr)
+            .field("group", &self.group);
+        if self.tls {
+            d.field("tls", &true);
+        }
+        d.finish()
+    }
 }
 
 /// Sessions that asked for the same tenant and labels, e.g. `acc1?region=eu`
@@ -576,6 +594,7 @@ impl Cluster {
             labels: Labels::default(),
             state: WorkState::Working,
             health: Health::Up,
+            tls: None,
             connections: 0,
             groups: BTreeMap::new(),
             removing: false,
@@ -587,6 +606,7 @@ impl Cluster {
         entry.addr = config.addr;
         entry.labels = config.labels.clone();
         entry.state = config.state;
+        entry.tls = config.tls.clone();
         entry.removing = false;
         entry.forget_drain();
         self.settle(&id);
@@ -743,6 +763,7 @@ impl Cluster {
             backend: backend.id.clone(),
             addr: backend.addr,
             group,
+            tls: backend.tls.is_some(),
         };
         self.settle(id);
         route
@@ -1186,6 +1207,7 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             labels: labels.iter().copied().collect(),
             state: WorkState::Working,
+            tls: None,
         }
     }
 
@@ -1206,6 +1228,7 @@ mod tests {
             backend: id(s),
             addr: "127.0.0.1:1".parse().unwrap(),
             group: LabelGroup::default(),
+            tls: false,
         }
     }
 
@@ -1494,6 +1517,7 @@ mod group_tests {
                     .collect(),
             ),
             state: WorkState::Working,
+            tls: None,
         }
     }
 

@@ -151,6 +151,15 @@ pub enum Output {
     ToClient(Bytes),
     /// Write these bytes to a backend connection.
     ToBackend(BackendHandle, Bytes),
+    /// Upgrade the client connection to TLS as the server. The bytes are what
+    /// the client sent after its SSLRequest (the start of its TLS handshake),
+    /// already read; what the client sends next arrives decrypted. No answer;
+    /// if the upgrade fails, feed [`Input::ClientClosed`].
+    StartTls(Bytes),
+    /// Upgrade this backend connection to TLS as the client (ferry has just
+    /// written its SSLRequest); the next bytes for it go over TLS. No answer;
+    /// if the upgrade fails, feed [`Input::BackendConnectFailed`] naming TLS.
+    BackendTls(BackendHandle),
     /// Ask the cluster for a backend; answer with [`Input::Routed`] or [`Input::RouteFailed`].
     Route(RouteRequest),
     /// Move the session's count to another backend; answer with [`Input::Transferred`].
@@ -605,6 +614,10 @@ impl Session {
     fn client_login_step(&mut self, step: ClientStep) {
         match step {
             ClientStep::Send(bytes) => self.outputs.push_back(Output::ToClient(bytes)),
+            ClientStep::StartTls => {
+                let early = self.client_rx.take_remaining().freeze();
+                self.outputs.push_back(Output::StartTls(early));
+            }
             ClientStep::Refuse(err, why) => {
                 self.outputs.push_back(Output::ToClient(err));
                 self.close(CloseReason::LoginRefused(why));
@@ -637,6 +650,7 @@ impl Session {
         client: &VerifiedClient,
         database: Option<String>,
         compress: bool,
+        route: &Route,
     ) -> BackendLogin {
         let mut template = client.response.clone();
         template.user = client.login.user.clone();
@@ -647,9 +661,9 @@ impl Session {
         }
         if matches!(client.verified_by, VerifiedBy::Backend(_)) {
             // Only a first login gets here (a session the backend verified does not move).
-            return BackendLogin::relayed(template, caps, true);
+            return BackendLogin::relayed(template, caps, true).with_tls(route.tls);
         }
-        BackendLogin::new(template, client.secret.clone(), caps, true)
+        BackendLogin::new(template, client.secret.clone(), caps, true).with_tls(route.tls)
     }
 
     fn on_routed(&mut self, now: Timestamp, route: Route) {
@@ -661,7 +675,8 @@ impl Session {
         self.outputs
             .push_back(Output::Connect(handle, route.clone()));
         let compress = self.config.compresses_to(&route.backend);
-        let login = Self::backend_login(&client, client.response.database.clone(), compress);
+        let login =
+            Self::backend_login(&client, client.response.database.clone(), compress, &route);
         self.state = State::BackendLogin(Box::new(BackendPhase {
             client: *client,
             route,
@@ -703,6 +718,7 @@ impl Session {
                             &phase.client,
                             phase.client.response.database.clone(),
                             self.config.compresses_to(&phase.route.backend),
+                            &route,
                         );
                         self.backend_deadline = Some(now + self.config.backend_timeout);
                         self.outputs.push_back(Output::Connect(handle, route));
@@ -737,7 +753,7 @@ impl Session {
                 let handle = BackendHandle(self.next_handle);
                 self.next_handle += 1;
                 let compress = self.config.compresses_to(&route.backend);
-                let login = Self::backend_login(&f.identity.client, None, compress);
+                let login = Self::backend_login(&f.identity.client, None, compress, &route);
                 m.target = Some(Target {
                     handle,
                     route: route.clone(),
@@ -887,6 +903,7 @@ impl Session {
             }
             match step {
                 BackendStep::Send(bytes) => self.outputs.push_back(Output::ToBackend(h, bytes)),
+                BackendStep::StartTls(request, response) => self.backend_tls(h, request, response),
                 BackendStep::Wait => {}
                 BackendStep::Done(backend) => return self.logged_in(*backend),
                 BackendStep::Refused(err) => {
@@ -898,6 +915,13 @@ impl Session {
                 BackendStep::Failed(why) => return self.fail_login(&why),
             }
         }
+    }
+
+    /// SSLRequest, upgrade, then the handshake response over TLS: in this order.
+    fn backend_tls(&mut self, h: BackendHandle, request: Bytes, response: Bytes) {
+        self.outputs.push_back(Output::ToBackend(h, request));
+        self.outputs.push_back(Output::BackendTls(h));
+        self.outputs.push_back(Output::ToBackend(h, response));
     }
 
     fn logged_in(&mut self, backend: BackendSession) {
@@ -1511,6 +1535,12 @@ impl Session {
             match step {
                 BackendStep::Send(bytes) => {
                     self.outputs.push_back(Output::ToBackend(t.handle, bytes))
+                }
+                BackendStep::StartTls(request, response) => {
+                    let h = t.handle;
+                    self.outputs.push_back(Output::ToBackend(h, request));
+                    self.outputs.push_back(Output::BackendTls(h));
+                    self.outputs.push_back(Output::ToBackend(h, response));
                 }
                 BackendStep::Wait => {}
                 BackendStep::Done(session) => {

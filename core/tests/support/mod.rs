@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use ferry_core::auth::{scramble_native, StoredCredential, StoredHash};
 use ferry_core::cluster::{BackendId, LabelGroup, Route};
-use ferry_core::login::client::Greeting;
+pub use ferry_core::login::client::{Greeting, TlsOffer};
 use ferry_core::packets::codec::{put_lenenc_bytes, put_lenenc_int, Reader};
 use ferry_core::packets::flags::caps::*;
 use ferry_core::packets::flags::command::*;
@@ -96,6 +96,20 @@ impl Harness {
 
     /// Like [`Harness::with`], with the backends' MariaDB extended capabilities known.
     pub fn with_mariadb(config: SessionConfig, style: TraceStyle, mariadb: u32) -> Self {
+        Self::with_greeting(config, style, mariadb, TlsOffer::Off)
+    }
+
+    /// A harness whose greeting offers (or requires) TLS as `tls` says.
+    pub fn with_tls(config: SessionConfig, style: TraceStyle, tls: TlsOffer) -> Self {
+        Self::with_greeting(config, style, 0, tls)
+    }
+
+    fn with_greeting(
+        config: SessionConfig,
+        style: TraceStyle,
+        mariadb: u32,
+        tls: TlsOffer,
+    ) -> Self {
         let greeting = Greeting {
             server_version: "5.5.5-10.11.6-MariaDB".into(),
             connection_id: 7,
@@ -108,6 +122,7 @@ impl Harness {
                 FERRY_SUPPORTED & !CLIENT_MYSQL
             },
             mariadb_capabilities: mariadb,
+            tls,
         };
         let session = Session::new(
             Timestamp::ZERO,
@@ -206,6 +221,8 @@ impl Harness {
                     format!("transfer back    {} -> {}", moved.backend, original.backend)
                 }
                 Output::CloseBackend(h) => format!("close backend    {h}"),
+                Output::StartTls(early) => format!("start tls        {} early bytes", early.len()),
+                Output::BackendTls(h) => format!("backend tls      {h}"),
                 Output::CloseSession { id, why } => format!("close session    {id}: {why}"),
                 Output::ReadUsers(r) => format!("read users       for '{}': {}", r.user, r.cause),
             };
@@ -547,6 +564,7 @@ pub fn route(id: &str) -> Route {
         backend: BackendId(id.into()),
         addr: "127.0.0.1:3308".parse().unwrap(),
         group: LabelGroup::default(),
+        tls: false,
     }
 }
 

@@ -19,7 +19,7 @@ pub use auth_switch::{AuthMoreData, AuthSwitchRequest};
 pub use change_user::ChangeUser;
 pub use generic::{EofPacket, ErrPacket, InfoStyle, OkPacket, ServerReply};
 pub use handshake::Handshake;
-pub use response::{is_ssl_request, HandshakeResponse};
+pub use response::{is_ssl_request, HandshakeResponse, SSL_REQUEST_LEN};
 pub use session_state::TrackItem;
 
 /// Why a payload could not be parsed.

@@ -7,7 +7,8 @@ use super::flags::caps::*;
 use super::ParseError;
 
 /// Length of an SSLRequest payload (the fixed head of a HandshakeResponse41).
-const SSL_REQUEST_LEN: usize = 32;
+/// Length of an SSLRequest: the fixed head of a handshake response.
+pub const SSL_REQUEST_LEN: usize = 32;
 
 /// The client's login packet (protocol 4.1).
 #[derive(Clone, Debug, PartialEq, Eq)]

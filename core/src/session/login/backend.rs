@@ -1,5 +1,6 @@
 //! ferry as the client: log in to a backend with the client's saved response
-//! and the recovered secret, answering the backend's own salt.
+//! and the recovered secret, answering the backend's own salt; over TLS when
+//! the backend's `tls` setting asks for it (SSLRequest, upgrade, response).
 
 use bytes::{Bytes, BytesMut};
 
@@ -10,6 +11,7 @@ use crate::packets::flags::caps::*;
 use crate::packets::flags::command::COM_QUERY;
 use crate::packets::{
     AuthSwitchRequest, EofPacket, ErrPacket, Handshake, HandshakeResponse, OkPacket,
+    SSL_REQUEST_LEN,
 };
 use crate::wire::write_packet;
 use crate::wire::Packet;
@@ -21,7 +23,8 @@ use super::frame;
 pub struct BackendSession {
     /// The backend's handshake (its version and thread id).
     pub handshake: Handshake,
-    /// Capabilities in force between ferry and the backend.
+    /// Capabilities in force between ferry and the backend (without
+    /// `CLIENT_SSL`: TLS is the transport's, not the packets' business).
     pub capabilities: u32,
     /// The backend's login OK.
     pub ok: OkPacket,
@@ -52,6 +55,9 @@ SESSION session_track_transaction_info='STATE'";
 pub enum BackendStep {
     /// Send these bytes to the backend and wait for its next packet.
     Send(Bytes),
+    /// Send the first bytes (an SSLRequest), upgrade the connection to TLS,
+    /// then send the second (the handshake response) over it.
+    StartTls(Bytes, Bytes),
     /// Nothing to send; wait for the backend's next packet.
     Wait,
     /// Logged in.
@@ -93,6 +99,7 @@ pub struct BackendLogin {
     secret: Option<Secret>,
     client_caps: u32,
     track: bool,
+    tls: bool,
     state: State,
     /// The login OK came and `CLIENT_COMPRESS` is in force: frames from here on are compressed.
     compressed: bool,
@@ -108,9 +115,16 @@ impl BackendLogin {
             secret: Some(secret),
             client_caps,
             track,
+            tls: false,
             state: State::AwaitHandshake,
             compressed: false,
         }
+    }
+
+    /// The same login over TLS (`tls`: the backend's `tls` setting is on).
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// A login whose password the backend checks: ferry does not know the
@@ -135,9 +149,29 @@ impl BackendLogin {
             return BackendStep::Failed("a client answer ferry did not ask for".into());
         };
         response.auth_response = reply;
+        self.send_response(&response, handshake, caps, seq)
+    }
+
+    /// Sends `response` with sequence id `seq`; over TLS, after an SSLRequest.
+    fn send_response(
+        &mut self,
+        response: &HandshakeResponse,
+        handshake: Box<Handshake>,
+        caps: u32,
+        seq: u8,
+    ) -> BackendStep {
         let mut payload = BytesMut::new();
         response.write(&mut payload);
-        self.state = State::AwaitResult { handshake, caps };
+        self.state = State::AwaitResult {
+            handshake,
+            caps: caps & !CLIENT_SSL,
+        };
+        if self.tls {
+            // The SSLRequest is the response's fixed head, so both carry the same capabilities.
+            let request = frame(&payload[..SSL_REQUEST_LEN], seq);
+            let response = frame(&payload, seq.wrapping_add(1));
+            return BackendStep::StartTls(request, response);
+        }
         BackendStep::Send(frame(&payload, seq))
     }
 
@@ -191,6 +225,18 @@ impl BackendLogin {
         if self.template.attributes.is_empty() {
             caps &= !CLIENT_CONNECT_ATTRS;
         }
+        // Never the client's request: ferry's TLS with the client is not the backend's.
+        caps &= !CLIENT_SSL;
+        if self.tls {
+            if handshake.capabilities & CLIENT_SSL == 0 {
+                return BackendStep::Failed(
+                    "TLS is configured for this backend, but it does not offer TLS \
+                     (no CLIENT_SSL in its handshake; give it ssl_cert and ssl_key)"
+                        .into(),
+                );
+            }
+            caps |= CLIENT_SSL;
+        }
         let mut response = self.template.clone();
         response.capabilities = caps;
         response.mariadb_capabilities = self.template.mariadb_capabilities
@@ -208,13 +254,7 @@ impl BackendLogin {
             return BackendStep::AskClient(salt);
         };
         response.auth_response = secret.respond(&handshake.auth_data);
-        let mut payload = BytesMut::new();
-        response.write(&mut payload);
-        self.state = State::AwaitResult {
-            handshake: Box::new(handshake),
-            caps,
-        };
-        BackendStep::Send(frame(&payload, packet.next_seq))
+        self.send_response(&response, Box::new(handshake), caps, packet.next_seq)
     }
 
     fn on_result(&mut self, packet: Packet, handshake: Box<Handshake>, caps: u32) -> BackendStep {

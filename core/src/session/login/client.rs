@@ -1,5 +1,6 @@
-//! ferry as the server: greet the client, read its response, switch it to
-//! `mysql_native_password` if it asked for another plugin, and verify it.
+//! ferry as the server: greet the client, read its response (after a TLS
+//! upgrade if it sent an SSLRequest), switch it to `mysql_native_password` if
+//! it asked for another plugin, and verify it.
 
 use bytes::{Bytes, BytesMut};
 
@@ -31,6 +32,8 @@ pub struct Greeting {
     pub capabilities: u32,
     /// MariaDB extended capabilities the backends offer (ferry offers what it also follows).
     pub mariadb_capabilities: u32,
+    /// Whether ferry offers (or requires) TLS.
+    pub tls: TlsOffer,
 }
 
 impl Greeting {
@@ -42,6 +45,19 @@ impl Greeting {
         }
         self.mariadb_capabilities & FERRY_SUPPORTED_MARIADB
     }
+}
+
+/// What ferry offers clients for TLS (the config's top-level `tls`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsOffer {
+    /// No TLS: `CLIENT_SSL` is not offered and an SSLRequest gets ERR 1235.
+    #[default]
+    Off,
+    /// `CLIENT_SSL` offered; clients may log in without TLS too.
+    Optional,
+    /// `CLIENT_SSL` offered and required: a login without TLS gets ERR 1045,
+    /// as MariaDB answers an account created `REQUIRE SSL`.
+    Required,
 }
 
 /// A client whose login ferry has verified.
@@ -80,6 +96,10 @@ pub enum VerifiedBy {
 pub enum ClientStep {
     /// Send these bytes to the client and wait for its next packet.
     Send(Bytes),
+    /// The client sent an SSLRequest: upgrade its connection to TLS (the
+    /// bytes it sent after the request are the start of its TLS handshake),
+    /// then wait for its handshake response over TLS.
+    StartTls,
     /// The client is verified; route it.
     Verified(Box<VerifiedClient>),
     /// Refuse the client: send this ERR frame, then close. The string is for logs.
@@ -91,6 +111,8 @@ pub enum ClientStep {
 #[derive(Debug)]
 enum State {
     AwaitResponse,
+    /// After the TLS upgrade: the real response, with sequence id 2.
+    AwaitTlsResponse,
     AwaitSwitchReply(Box<HandshakeResponse>),
     /// Verification failed with the users ferry had; the source is being read again.
     AwaitUsers(Box<Verifying>),
@@ -122,7 +144,12 @@ impl ClientLogin {
             server_version: greeting.server_version.clone(),
             connection_id: greeting.connection_id,
             auth_data: greeting.salt.to_vec(),
-            capabilities: greeting.capabilities & (FERRY_SUPPORTED | FERRY_COMPRESSION),
+            capabilities: greeting.capabilities & (FERRY_SUPPORTED | FERRY_COMPRESSION)
+                | if greeting.tls == TlsOffer::Off {
+                    0
+                } else {
+                    CLIENT_SSL
+                },
             mariadb_capabilities: greeting.offered_mariadb(),
             collation: greeting.collation,
             status: SERVER_STATUS_AUTOCOMMIT,
@@ -147,7 +174,8 @@ impl ClientLogin {
         policy: LoginPolicy,
     ) -> ClientStep {
         match std::mem::replace(&mut self.state, State::Finished) {
-            State::AwaitResponse => self.on_response(packet, users, policy),
+            State::AwaitResponse => self.on_response(packet, false, users, policy),
+            State::AwaitTlsResponse => self.on_response(packet, true, users, policy),
             State::AwaitSwitchReply(response) => {
                 let reply = packet.payload.to_vec();
                 self.verify(*response, reply, packet.next_seq, users, policy)
@@ -189,19 +217,30 @@ impl ClientLogin {
     fn on_response(
         &mut self,
         packet: Packet,
+        over_tls: bool,
         users: &UserDirectory,
         policy: LoginPolicy,
     ) -> ClientStep {
-        if packet.seq != 1 {
+        // After an SSLRequest (sequence id 1) the response is the client's second packet.
+        let expected = if over_tls { 2 } else { 1 };
+        if packet.seq != expected {
             let why = format!("handshake response has sequence id {}", packet.seq);
             return refuse(errors::malformed_packet(&why), packet.next_seq, why);
         }
         if is_ssl_request(&packet.payload) {
-            return refuse(
-                errors::tls_unsupported(),
-                packet.next_seq,
-                "client requested TLS".into(),
-            );
+            if over_tls {
+                let why = "a second SSLRequest over TLS".to_string();
+                return refuse(errors::malformed_packet(&why), packet.next_seq, why);
+            }
+            if self.greeting.tls == TlsOffer::Off {
+                return refuse(
+                    errors::tls_unsupported(),
+                    packet.next_seq,
+                    "client requested TLS".into(),
+                );
+            }
+            self.state = State::AwaitTlsResponse;
+            return ClientStep::StartTls;
         }
         let response = match HandshakeResponse::parse(&packet.payload) {
             Ok(r) => r,
@@ -210,6 +249,18 @@ impl ClientLogin {
                 return refuse(errors::malformed_packet(&why), packet.next_seq, why);
             }
         };
+        if !over_tls && self.greeting.tls == TlsOffer::Required {
+            let err = errors::access_denied(
+                &response.user,
+                &self.peer_host,
+                !response.auth_response.is_empty(),
+            );
+            let why = format!(
+                "'{}' logged in without TLS, which ferry requires (tls.required)",
+                response.user
+            );
+            return refuse(err, packet.next_seq, why);
+        }
         let wants_other_plugin = response
             .auth_plugin
             .as_deref()

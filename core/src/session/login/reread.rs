@@ -88,6 +88,7 @@ impl Session {
         let h = phase.handle;
         match phase.login.client_replied(reply) {
             BackendStep::Send(bytes) => self.outputs.push_back(Output::ToBackend(h, bytes)),
+            BackendStep::StartTls(request, response) => self.backend_tls(h, request, response),
             BackendStep::Failed(why) => self.fail_login(&why),
             _ => {}
         }
