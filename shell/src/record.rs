@@ -286,7 +286,7 @@ mod tests {
             let details = LoginDetails {
                 user: "acme:app".into(),
                 database: Some("d\tb".into()),
-                capabilities: 0x1234,
+                capabilities: 0x1214, // no CLIENT_COMPRESS: compressed sessions are not recorded
                 collation: 45,
                 attributes: vec![("_client_name".into(), "x y".into())],
             };
@@ -306,7 +306,7 @@ mod tests {
         assert_eq!(rec.get("user"), Some("app"));
         assert_eq!(rec.get("tenant"), Some("acme"));
         assert_eq!(rec.get("database"), Some("d\tb"));
-        assert_eq!(rec.get("capabilities"), Some("0x00001234"));
+        assert_eq!(rec.get("capabilities"), Some("0x00001214"));
         assert_eq!(rec.chunks.len(), 2);
         assert_eq!(rec.chunks[0].at_us, 2000);
         assert_eq!(rec.chunks[0].dir, Direction::Client);
