@@ -962,6 +962,7 @@ impl Session {
                     attributes: client.response.attributes.clone(),
                 }),
             }));
+        let intercept = crate::kill::Intercept::new(client.capabilities);
         self.state = State::Forwarding(Box::new(Forwarding {
             forward,
             identity: Identity {
@@ -982,7 +983,7 @@ impl Session {
             passing: false,
             transfers: VecDeque::new(),
             draining: None,
-            intercept: Default::default(),
+            intercept,
         }));
         self.backend_deadline = None;
         self.note_backend_verified();

@@ -10,7 +10,7 @@ use bytes::BytesMut;
 
 use crate::kill::{classify_sql, may_be_kill, Class};
 use crate::packets::flags::command::{
-    COM_CHANGE_USER, COM_PROCESS_KILL, COM_QUERY, COM_STMT_PREPARE,
+    COM_CHANGE_USER, COM_PROCESS_KILL, COM_QUERY, COM_SET_OPTION, COM_STMT_PREPARE,
 };
 use crate::wire::{frame_header, HEADER_LEN, MAX_FRAME_PAYLOAD};
 
@@ -23,9 +23,24 @@ pub struct Gate {
     continued: bool,
     /// Client bytes from the start of a command that must wait, and all after it.
     pub held: BytesMut,
+    /// The server runs several statements in one query (the client's
+    /// `CLIENT_MULTI_STATEMENTS`, or `COM_SET_OPTION` since): only then is a
+    /// query's text searched for a KILL after a `;`.
+    multi_statements: bool,
 }
 
+/// COM_SET_OPTION's argument that turns multi-statements on.
+const MULTI_STATEMENTS_ON: [u8; 2] = [0, 0];
+
 impl Gate {
+    /// A gate for a client that runs several statements per query or not.
+    pub fn new(multi_statements: bool) -> Self {
+        Gate {
+            multi_statements,
+            ..Gate::default()
+        }
+    }
+
     /// Where in `data` the first command starts that must wait (`None`: all
     /// of it may pass). `data` continues what was scanned before; the gate
     /// then stands at that offset, the start of a packet.
@@ -66,9 +81,18 @@ impl Gate {
                         None => !whole,
                         // Several statements: one after a `;` may be a KILL.
                         Some(false) => {
-                            whole && text.contains(&b';') && classify_sql(text) != Class::Other
+                            self.multi_statements
+                                && whole
+                                && text.contains(&b';')
+                                && classify_sql(text) != Class::Other
                         }
                     },
+                    COM_SET_OPTION => {
+                        if let Some(option) = text.get(..2) {
+                            self.multi_statements = option == MULTI_STATEMENTS_ON;
+                        }
+                        false
+                    }
                     _ => false,
                 };
                 if wait {
@@ -133,9 +157,25 @@ mod tests {
         let mut g = Gate::default();
         assert_eq!(g.scan(&stream[..select.len() + 6]), Some(select.len()));
         let multi = query("SELECT 1; KILL 5");
-        assert_eq!(Gate::default().scan(&multi), Some(0));
+        assert_eq!(Gate::new(true).scan(&multi), Some(0));
+        assert_eq!(
+            Gate::new(false).scan(&multi),
+            None,
+            "one statement per query"
+        );
         let change_user = frame(&[COM_CHANGE_USER, b'u', 0], 0);
         assert_eq!(Gate::default().scan(&change_user), Some(0));
+    }
+
+    #[test]
+    fn com_set_option_turns_the_search_after_a_semicolon_on_and_off() {
+        let multi = query("SELECT 1; KILL 5");
+        let mut g = Gate::new(false);
+        assert_eq!(g.scan(&frame(&[COM_SET_OPTION, 0, 0], 0)), None);
+        assert_eq!(g.scan(&multi), Some(0));
+        let mut g = Gate::new(true);
+        assert_eq!(g.scan(&frame(&[COM_SET_OPTION, 1, 0], 0)), None);
+        assert_eq!(g.scan(&multi), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::session::{CloseReason, Output, Session, State};
 const CLASSIFY_LIMIT: usize = 64 * 1024;
 
 /// What the session is doing about a KILL, and the client bytes that wait.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Intercept {
     /// Finds the commands that wait; holds them and what follows.
     pub(crate) gate: super::Gate,
@@ -28,6 +28,16 @@ pub(crate) struct Intercept {
 }
 
 impl Intercept {
+    /// For a client with `capabilities` (multi-statements on or off).
+    pub(crate) fn new(capabilities: u32) -> Self {
+        Intercept {
+            gate: super::Gate::new(
+                capabilities & crate::packets::flags::caps::CLIENT_MULTI_STATEMENTS != 0,
+            ),
+            pending: None,
+        }
+    }
+
     /// Nothing held, nothing under way: a move may start.
     pub(crate) fn is_clear(&self) -> bool {
         self.pending.is_none() && self.gate.held.is_empty()
