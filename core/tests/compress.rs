@@ -490,3 +490,53 @@ fn a_client_that_did_not_ask_stays_uncompressed() {
     let response = HandshakeResponse::parse(&h.to_backend[0][4..]).unwrap();
     assert_eq!(response.capabilities & CLIENT_COMPRESS, 0);
 }
+
+/// A logged-in compressed session, tracker set-up answered.
+fn logged_in(config: SessionConfig) -> Compressed {
+    let mut c = Compressed::new(config);
+    c.log_in();
+    c.feed(Input::BackendData(B0, backend_ok(2)));
+    c.feed(Input::BackendData(
+        B0,
+        compress_frames(&backend_tracker_setup(), 1),
+    ));
+    assert!(c.session.is_forwarding());
+    c
+}
+
+fn assert_uncompress_error(c: &Compressed, from: usize) {
+    let err = packets(&inflate_all(&c.to_client[from..], 1 << 24).unwrap());
+    assert_eq!(err.len(), 1, "{err:?}");
+    assert_eq!(err[0].1[0], 0xFF);
+    assert_eq!(u16::from_le_bytes([err[0].1[1], err[0].1[2]]), 1157);
+    assert!(
+        matches!(c.closed, Some(CloseReason::ProtocolError(_))),
+        "{:?}",
+        c.closed
+    );
+}
+
+#[test]
+fn a_zip_bomb_from_a_client_gets_1157_and_a_close() {
+    let mut c = logged_in(test_config());
+    let (before, sent) = (c.to_client.len(), c.to_backend.len());
+    let z = zlib(&vec![0u8; 8 << 20]);
+    c.feed(Input::ClientData(raw_frame(0, 64, &z)));
+    assert_uncompress_error(&c, before);
+    assert_eq!(
+        c.to_backend.len(),
+        sent,
+        "nothing of it reached the backend"
+    );
+}
+
+#[test]
+fn a_frame_over_max_packet_size_from_a_client_gets_1157_before_its_payload() {
+    // test_config allows 1 MiB packets; the frame claims 2 MiB.
+    let mut c = logged_in(test_config());
+    let before = c.to_client.len();
+    let mut header = raw_frame(0, 2 << 20, b"").to_vec();
+    header[0..3].copy_from_slice(&[0x00, 0x00, 0x10]);
+    c.feed(Input::ClientData(Bytes::from(header)));
+    assert_uncompress_error(&c, before);
+}
