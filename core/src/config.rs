@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::StoredCredential;
 use crate::labels::Labels;
+use crate::limits::LimitsConfig;
 
 /// Default for [`Config::login_timeout_ms`].
 pub const DEFAULT_LOGIN_TIMEOUT_MS: u64 = 10_000;
@@ -100,6 +101,16 @@ pub struct Config {
     /// TLS for clients: ferry offers it (and may require it) with this certificate; None = no TLS.
     #[serde(default)]
     pub tls: Option<ClientTlsConfig>,
+    /// Connection, login, timeout and memory limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The bearer token every admin request must carry; None = no token
+    /// (then `admin_listen` must be a loopback address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<AdminToken>,
+    /// A file whose first line is the admin token (re-read on SIGHUP); instead of `admin_token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<String>,
 }
 
 /// `unverified_logins: Backend | Refuse`: what ferry does with a login it cannot verify
@@ -143,6 +154,17 @@ pub struct BackendTlsConfig {
 
 fn default_true() -> bool {
     true
+}
+
+/// A secret that Debug never prints (`***`).
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(transparent)]
+pub struct AdminToken(pub String);
+
+impl fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
 }
 
 fn default_drain_timeout_ms() -> u64 {
@@ -265,12 +287,17 @@ impl RebalanceConfig {
 }
 
 /// One user ferry verifies logins for; give exactly one of `password` and `password_hash`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+/// Debug shows neither.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
-    /// The tenant this entry is for; None = any tenant.
+    /// The tenant this entry is for; None = logins without a tenant (and any
+    /// tenant if `any_tenant`).
     #[serde(default)]
     pub tenant: Option<String>,
+    /// A user without a tenant may also log in under any tenant (`acc1:root`); default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_tenant: bool,
     /// The user name, as sent to the backends.
     pub user: String,
     /// The clear-text password (`""` for none).
@@ -279,6 +306,19 @@ pub struct UserConfig {
     /// The `mysql.user` hash, `*` + 40 hex digits.
     #[serde(default)]
     pub password_hash: Option<String>,
+}
+
+impl fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hidden = |v: &Option<String>| v.as_ref().map(|_| "***");
+        f.debug_struct("UserConfig")
+            .field("tenant", &self.tenant)
+            .field("any_tenant", &self.any_tenant)
+            .field("user", &self.user)
+            .field("password", &hidden(&self.password))
+            .field("password_hash", &hidden(&self.password_hash))
+            .finish()
+    }
 }
 
 impl UserConfig {
@@ -411,9 +451,41 @@ impl Config {
                 Anchor::key("admin_listen"),
             ));
         }
+        if let Some((key, message)) = self.limits.problem() {
+            return Err(Problem::new(message, Anchor::key(key)));
+        }
+        self.check_admin()?;
         self.check_rebalance()?;
         self.check_users()?;
         self.check_backends()
+    }
+
+    fn check_admin(&self) -> Result<(), Problem> {
+        if self.admin_token.is_some() && self.admin_token_file.is_some() {
+            return Err(Problem::new(
+                "give admin_token or admin_token_file, not both".into(),
+                Anchor::key("admin_token_file"),
+            ));
+        }
+        if matches!(&self.admin_token, Some(AdminToken(t)) if t.trim().is_empty()) {
+            return Err(Problem::new(
+                "admin_token is empty".into(),
+                Anchor::key("admin_token"),
+            ));
+        }
+        let token = self.admin_token.is_some() || self.admin_token_file.is_some();
+        if !token && !self.admin_listen.ip().is_loopback() {
+            return Err(Problem::new(
+                format!(
+                    "admin_listen {} is not a loopback address and no admin_token is set: \
+                     anyone who can reach it could drain backends and read sessions; \
+                     set admin_token (or admin_token_file) or listen on 127.0.0.1",
+                    self.admin_listen
+                ),
+                Anchor::key("admin_listen"),
+            ));
+        }
+        Ok(())
     }
 
     fn check_rebalance(&self) -> Result<(), Problem> {
@@ -466,6 +538,12 @@ impl Config {
                     ))
                 }
                 _ => {}
+            }
+            if user.any_tenant && user.tenant.is_some() {
+                return fail(format!(
+                    "user '{}' has both a tenant and any_tenant: true; give one or the other",
+                    user.name()
+                ));
             }
             if let Err(e) = user.credential() {
                 return fail(e.message);
@@ -635,7 +713,8 @@ impl Anchor {
 pub const DEFAULT_USER_SOURCE_INTERVAL_MS: u64 = 60_000;
 
 /// `user_source: (backend: "cn1", user: "ferry", password: "...", interval_ms: 60000)`.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+/// Debug does not show the password.
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserSourceConfig {
     /// The id of the backend to read `mysql.user` from.
@@ -652,6 +731,17 @@ pub struct UserSourceConfig {
     /// know, a password that does not verify); default 1_000.
     #[serde(default = "default_user_source_reread_ms")]
     pub reread_ms: u64,
+}
+
+impl fmt::Debug for UserSourceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserSourceConfig")
+            .field("backend", &self.backend)
+            .field("user", &self.user)
+            .field("password", &"***")
+            .field("interval_ms", &self.interval_ms)
+            .finish()
+    }
 }
 
 fn default_user_source_interval_ms() -> u64 {

@@ -100,3 +100,44 @@ pub fn lost_backend(backend: &BackendId, in_transaction: bool) -> ErrPacket {
 pub fn connection_closed(why: &str) -> ErrPacket {
     ErrPacket::new(1927, "70100", format!("Connection was killed: {why}"))
 }
+
+/// ER_CON_COUNT_ERROR: a connection or tenant limit is reached (`limits`).
+pub fn too_many_connections(detail: &str) -> ErrPacket {
+    ErrPacket::new(
+        1040,
+        "08004",
+        format!("Too many connections (ferry: {detail})"),
+    )
+}
+
+/// ER_HOST_IS_BLOCKED: too many failed logins from this address (`limits`).
+pub fn host_blocked(
+    host: &str,
+    failures: u32,
+    window: std::time::Duration,
+    left: std::time::Duration,
+) -> ErrPacket {
+    ErrPacket::new(
+        1129,
+        "HY000",
+        format!(
+            "Host '{host}' is blocked because of many connection errors \
+             (ferry: {failures} failed logins within {} s; try again in {} s)",
+            window.as_secs(),
+            left.as_secs().max(1)
+        ),
+    )
+}
+
+/// ER_CLIENT_INTERACTION_TIMEOUT: the session was idle longer than `idle_timeout_ms`.
+pub fn idle_timeout(timeout: std::time::Duration) -> ErrPacket {
+    ErrPacket::new(
+        4031,
+        "HY000",
+        format!(
+            "The client was disconnected by the server because of inactivity \
+             (ferry: idle for {} ms, limits idle_timeout_ms)",
+            timeout.as_millis()
+        ),
+    )
+}

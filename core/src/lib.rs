@@ -15,6 +15,7 @@ pub mod session;
 pub mod config;
 pub mod errors;
 pub mod labels;
+pub mod limits;
 pub mod query;
 
 // The modules by their own names, as the rest of ferry knows them.

@@ -6,6 +6,7 @@ use ferry_core::config::{
     DEFAULT_MAX_PACKET_SIZE,
 };
 use ferry_core::labels::Labels;
+use ferry_core::limits::LimitsConfig;
 
 /// The example every consumer of the contract relies on, verbatim.
 const EXAMPLE: &str = r#"(
@@ -49,12 +50,14 @@ fn the_contract_example_parses_to_exactly_this() {
         users: vec![
             UserConfig {
                 tenant: None,
+                any_tenant: false,
                 user: "root".into(),
                 password: Some("111".into()),
                 password_hash: None,
             },
             UserConfig {
                 tenant: Some("acc1".into()),
+                any_tenant: false,
                 user: "app".into(),
                 password: None,
                 password_hash: Some("*14E65567ABDB5135D0CFD9A70B3032C179A49EE7".into()),
@@ -104,6 +107,9 @@ fn the_contract_example_parses_to_exactly_this() {
         migration_backoff_ms: 5_000,
         unverified_logins: UnverifiedLogins::Backend,
         tls: None,
+        limits: LimitsConfig::default(),
+        admin_token: None,
+        admin_token_file: None,
     };
     assert_eq!(config, expected);
 }
@@ -458,4 +464,89 @@ fn validate_checks_a_config_built_in_code_without_positions() {
             message: "backend id 'cn1' is used twice".into()
         })
     );
+}
+
+#[test]
+fn limits_have_safe_defaults() {
+    let limits = Config::parse(EXAMPLE).unwrap().limits;
+    assert_eq!(limits.max_connections, 4096);
+    assert_eq!(limits.max_connections_per_tenant, 1024);
+    assert_eq!(limits.max_failed_logins, 10);
+    assert_eq!(limits.failed_login_window_ms, 60_000);
+    assert_eq!(limits.failed_login_block_ms, 300_000);
+    assert_eq!(limits.max_tracked_hosts, 10_000);
+    assert_eq!(limits.idle_timeout_ms, None);
+    assert_eq!(limits.write_timeout_ms, 60_000);
+    assert_eq!(limits.max_session_memory, 32 << 20);
+}
+
+#[test]
+fn limits_can_be_given_one_by_one() {
+    let config = Config::parse(&with(
+        "    limits: (max_connections: 10, idle_timeout_ms: 5000, max_session_memory: 2097152),",
+    ))
+    .unwrap();
+    assert_eq!(config.limits.max_connections, 10);
+    assert_eq!(config.limits.idle_timeout_ms, Some(5000));
+    assert_eq!(config.limits.max_connections_per_tenant, 1024);
+    let session = config.limits.session();
+    assert_eq!(session.memory.held, 65536);
+    assert_eq!(session.idle_timeout.unwrap().as_millis(), 5000);
+}
+
+#[test]
+fn bad_limits_are_refused_with_their_place() {
+    for (field, wanted) in [
+        ("limits: (max_connections: 0),", "max_connections"),
+        ("limits: (max_session_memory: 100),", "max_session_memory"),
+        ("limits: (idle_timeout_ms: 0),", "idle_timeout_ms"),
+        ("limits: (bogus: 1),", "bogus"),
+    ] {
+        let err = Config::parse(&with(&format!("    {field}"))).unwrap_err();
+        assert!(err.message.contains(wanted), "{field}: {err}");
+        assert!(err.line > 0, "{field}: {err}");
+    }
+}
+
+#[test]
+fn a_non_loopback_admin_listen_needs_a_token() {
+    let open = EXAMPLE.replace("127.0.0.1:6010", "0.0.0.0:6010");
+    let err = Config::parse(&open).unwrap_err();
+    assert!(err.message.contains("admin_token"), "{err}");
+    assert!(err.message.contains("0.0.0.0:6010"), "{err}");
+    let with_token = open.replacen("users:", "admin_token: \"s3cret-token\",\n    users:", 1);
+    let config = Config::parse(&with_token).unwrap();
+    assert_eq!(
+        config.admin_token.as_ref().map(|t| t.0.as_str()),
+        Some("s3cret-token")
+    );
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("s3cret-token"), "{debug}");
+    assert!(debug.contains("***"), "{debug}");
+    let with_file = open.replacen(
+        "users:",
+        "admin_token_file: \"/etc/ferry/token\",\n    users:",
+        1,
+    );
+    assert!(Config::parse(&with_file).is_ok());
+    let both = with_token.replacen("users:", "admin_token_file: \"/x\",\n    users:", 1);
+    assert!(Config::parse(&both).is_err());
+}
+
+#[test]
+fn debug_output_shows_no_password() {
+    let config = Config::parse(&with(
+        r#"    users: [(user: "a", password: "pw-in-clear-1"), (user: "b", password_hash: "*14E65567ABDB5135D0CFD9A70B3032C179A49EE7")],
+    user_source: (backend: "cn1", user: "ferry", password: "pw-in-clear-2"),"#,
+    ))
+    .unwrap();
+    let debug = format!("{config:?}");
+    for secret in [
+        "pw-in-clear-1",
+        "pw-in-clear-2",
+        "14E65567ABDB5135D0CFD9A70B3032C179A49EE7",
+    ] {
+        assert!(!debug.contains(secret), "{debug}");
+    }
+    assert!(debug.contains("\"a\""), "{debug}");
 }

@@ -128,11 +128,11 @@ fn the_backends_err_reaches_the_client_unchanged_with_the_clients_sequence() {
 #[test]
 fn no_matching_backend_is_a_clear_error_naming_tenant_and_labels() {
     let mut h = Harness::new();
-    h.client_logs_in("acc9:root?region=us", "111");
+    h.client_logs_in("acc1:app?region=us", "secret");
     let mut labels = Labels::new();
     labels.insert("region", "us");
     h.feed(Input::RouteFailed(NoBackend {
-        tenant: Some("acc9".into()),
+        tenant: Some("acc1".into()),
         labels,
     }));
     insta::assert_snapshot!(h.trace);

@@ -1616,7 +1616,7 @@ fn a_client_that_sends_more_than_ferry_holds_during_a_read_back_goes_on_at_once(
     let mark = h.outputs.len();
     let big = query(&format!(
         "SELECT '{}'",
-        "x".repeat(ferry_core::migrate::HELD_LIMIT)
+        "x".repeat(ferry_core::limits::MemoryBudget::default().held)
     ));
     h.client(big.clone());
     assert_eq!(

@@ -11,6 +11,7 @@ fn cred(password: &str) -> StoredCredential {
 fn user(tenant: Option<&str>, name: &str, password: &str) -> UserConfig {
     UserConfig {
         tenant: tenant.map(str::to_owned),
+        any_tenant: false,
         user: name.to_owned(),
         password: Some(password.to_owned()),
         password_hash: None,
@@ -35,11 +36,48 @@ fn an_entry_for_exactly_this_tenant_wins() {
 }
 
 #[test]
-fn an_entry_without_tenant_serves_any_other_tenant() {
-    assert_eq!(
-        directory().lookup(Some("acc9"), "app"),
-        Some(&cred("shared"))
-    );
+fn an_entry_without_tenant_serves_no_tenant_by_default() {
+    assert_eq!(directory().lookup(Some("acc9"), "app"), None);
+    assert_eq!(directory().lookup(Some("acc2"), "app"), None);
+}
+
+#[test]
+fn an_any_tenant_entry_serves_every_tenant_without_its_own() {
+    let mut dir = directory();
+    dir.insert_any_tenant("app".into(), cred("shared"));
+    assert_eq!(dir.lookup(Some("acc9"), "app"), Some(&cred("shared")));
+    assert_eq!(dir.lookup(None, "app"), Some(&cred("shared")));
+    assert_eq!(dir.lookup(Some("acc1"), "app"), Some(&cred("acc1-only")));
+    assert_eq!(dir.len(), 3);
+}
+
+#[test]
+fn any_tenant_comes_from_the_config() {
+    let config = Config::parse(
+        r#"(
+    listen: "127.0.0.1:6009",
+    admin_listen: "127.0.0.1:6010",
+    users: [(user: "root", password: "111", any_tenant: true), (user: "app", password: "x")],
+)"#,
+    )
+    .unwrap();
+    let dir = UserDirectory::from_config(&config.users).unwrap();
+    assert_eq!(dir.lookup(Some("acc7"), "root"), Some(&cred("111")));
+    assert_eq!(dir.lookup(Some("acc7"), "app"), None);
+    assert_eq!(dir.lookup(None, "app"), Some(&cred("x")));
+}
+
+#[test]
+fn any_tenant_with_a_tenant_is_rejected() {
+    let err = Config::parse(
+        r#"(
+    listen: "127.0.0.1:6009",
+    admin_listen: "127.0.0.1:6010",
+    users: [(tenant: "acc1", user: "root", password: "111", any_tenant: true)],
+)"#,
+    )
+    .unwrap_err();
+    assert!(err.message.contains("any_tenant"), "{err}");
 }
 
 #[test]
@@ -99,7 +137,8 @@ fn from_config_holds_the_example_users() {
     .unwrap();
     let dir = UserDirectory::from_config(&config.users).unwrap();
     assert_eq!(dir.len(), 2);
-    assert_eq!(dir.lookup(Some("acc7"), "root"), Some(&cred("111")));
+    assert_eq!(dir.lookup(None, "root"), Some(&cred("111")));
+    assert_eq!(dir.lookup(Some("acc7"), "root"), None);
     assert_eq!(dir.lookup(Some("acc1"), "app"), Some(&cred("secret")));
     assert_eq!(dir.lookup(None, "app"), None);
 }

@@ -11,22 +11,64 @@ use std::sync::Arc;
 use anyhow::Context;
 use bytes::Bytes;
 use ferry_core::cluster::{Backend, BackendId, Cluster, Health, Removal, RouteRequest};
-use ferry_core::config::{BackendConfig, WorkState};
+use ferry_core::config::{AdminToken, BackendConfig, Config, WorkState};
 use ferry_core::labels::Labels;
 use ferry_core::session::{Control, MoveRequest, Trigger};
+use futures_lite::FutureExt;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use smol::Executor;
-use smol_hyper::rt::FuturesIo;
+use smol_hyper::rt::{FuturesIo, SmolTimer};
 use tracing::{debug, info, warn};
 
 use crate::proxy::Shared;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
+
+/// How long a client has to send a request's headers, and then its body: a
+/// connection that trickles bytes must not hold a task forever.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The admin token from the config: `admin_token`, or the first line of `admin_token_file`.
+pub fn load_token(config: &Config) -> Result<Option<AdminToken>, String> {
+    if let Some(token) = &config.admin_token {
+        return Ok(Some(token.clone()));
+    }
+    let Some(path) = &config.admin_token_file else {
+        return Ok(None);
+    };
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("admin_token_file {path}: {e}"))?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(format!("admin_token_file {path}: the first line is empty"));
+    }
+    Ok(Some(AdminToken(token.to_owned())))
+}
+
+/// Whether `a` and `b` are equal, in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    let differ = a
+        .iter()
+        .zip(b)
+        .fold(0u8, |acc, (x, y)| acc | std::hint::black_box(x ^ y));
+    a.len() == b.len() && differ == 0
+}
+
+/// Whether a request's `Authorization` header carries the admin token (always, without one).
+pub fn authorized(token: Option<&AdminToken>, authorization: Option<&[u8]>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let given = authorization
+        .and_then(|h| h.strip_prefix(b"Bearer "))
+        .map(|t| t.trim_ascii());
+    given.is_some_and(|t| same_secret(t, token.0.as_bytes()))
+}
 
 /// A reply: status, content type and body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,6 +120,8 @@ pub async fn serve(
                 async move { Ok::<_, std::convert::Infallible>(handle(&shared, req).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(SmolTimer::new())
+                .header_read_timeout(READ_TIMEOUT)
                 .serve_connection(FuturesIo::new(stream), service)
                 .await
             {
@@ -98,12 +142,36 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<async_net::TcpListener> {
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let reply = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(body) => respond(shared, &method, &path, &body.to_bytes()),
-        Err(e) => Reply::error(
+    let allowed = {
+        let token = shared.admin_token.read().expect("token lock");
+        let header = req.headers().get(hyper::header::AUTHORIZATION);
+        authorized(token.as_ref(), header.map(|h| h.as_bytes()))
+    };
+    if !allowed {
+        // Neither the header nor the token is logged.
+        debug!(%method, %path, "admin request without the right bearer token");
+        return Response::builder()
+            .status(StatusCode::UNAUTHORIZED)
+            .header("content-type", "application/json")
+            .header("www-authenticate", "Bearer realm=\"ferry\"")
+            .body(Full::new(Bytes::from(
+                json!({"error": "this admin API needs Authorization: Bearer <admin_token>"})
+                    .to_string(),
+            )))
+            .expect("a valid response");
+    }
+    let collect =
+        async { Some(Limited::new(req.into_body(), MAX_BODY).collect().await) }.or(async {
+            async_io::Timer::after(READ_TIMEOUT).await;
+            None
+        });
+    let reply = match collect.await {
+        Some(Ok(body)) => respond(shared, &method, &path, &body.to_bytes()),
+        Some(Err(e)) => Reply::error(
             413,
             format!("request body unreadable or over {MAX_BODY} bytes: {e}"),
         ),
+        None => Reply::error(408, "the request body did not arrive in time"),
     };
     if reply.status >= 400 {
         debug!(%method, %path, status = reply.status, body = %reply.body, "admin request refused");
@@ -184,10 +252,12 @@ fn metrics(shared: &Shared) -> Reply {
         .backends()
         .cloned()
         .collect();
+    let mut body = shared.metrics.render(&backends);
+    shared.guards.render(&mut body);
     Reply {
         status: 200,
         content_type: "text/plain; version=0.0.4; charset=utf-8",
-        body: shared.metrics.render(&backends),
+        body,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod clock;
 pub mod control;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;

@@ -62,7 +62,7 @@ impl LoginFailure {
             CloseReason::LoginRefused(why) if why.starts_with("backend") => LoginFailure::Backend,
             CloseReason::BackendClosed => LoginFailure::Backend,
             CloseReason::LoginRefused(_) => LoginFailure::Refused,
-            CloseReason::Closed(_) => LoginFailure::ClientGone,
+            CloseReason::Closed(_) | CloseReason::IdleTimeout => LoginFailure::ClientGone,
         }
     }
 }

@@ -1,18 +1,20 @@
 //! The proxy process: shared state, the accept loop, and the glue between
 //! the pump and the cluster.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
 use ferry_core::cluster::{BackendChange, BackendId, Cluster, NoBackend, Route, RouteRequest};
-use ferry_core::config::Config;
+use ferry_core::config::{AdminToken, Config};
 use ferry_core::kill::Peer;
+use ferry_core::limits::pre_handshake_frame;
 use ferry_core::login::client::Greeting;
 use ferry_core::login::{ReadUsers, UsersRead};
 use ferry_core::packets::flags::caps::{FERRY_COMPRESSION, FERRY_SUPPORTED};
+use ferry_core::packets::ErrPacket;
 use ferry_core::session::{CloseReason, Session, SessionConfig, SessionEvent, Transfer};
 use ferry_core::users::UserDirectory;
 use ferry_core::usersync::SyncedUsers;
@@ -21,6 +23,7 @@ use smol::Executor;
 use tracing::{error, info, warn};
 
 use crate::clock::{Clock, SystemClock};
+use crate::limits::Guards;
 use crate::metrics::{LoginFailure, Metrics};
 use crate::probe::read_handshake;
 use crate::pump::{self, ClientTls, Connector, Router};
@@ -70,6 +73,10 @@ pub struct Shared {
     pub record_dir: Option<std::path::PathBuf>,
     /// Certificates for clients and backends (see [`crate::tls`]); empty until installed.
     pub tls: Arc<TlsSettings>,
+    /// Connection, tenant and failed-login limits.
+    pub guards: Guards,
+    /// The admin API's bearer token, if any (`admin_token` or `admin_token_file`).
+    pub admin_token: RwLock<Option<AdminToken>>,
     shutting_down: AtomicBool,
     shutdown: (async_channel::Sender<()>, async_channel::Receiver<()>),
     next_conn_id: AtomicU32,
@@ -101,6 +108,8 @@ impl Shared {
             metrics: Metrics::default(),
             record_dir: None,
             tls: Arc::new(TlsSettings::default()),
+            guards: Guards::new(&config.limits),
+            admin_token: RwLock::new(crate::admin::load_token(config).map_err(anyhow::Error::msg)?),
             shutting_down: AtomicBool::new(false),
             shutdown: async_channel::bounded(1),
             next_conn_id: AtomicU32::new(FIRST_CONNECTION_ID),
@@ -198,6 +207,7 @@ pub fn session_config(config: &Config) -> SessionConfig {
             .filter(|b| !b.compress_backend)
             .map(|b| BackendId(b.id.clone()))
             .collect(),
+        limits: config.limits.session(),
     }
 }
 
@@ -219,11 +229,15 @@ pub struct SessionHooks<T: Clock> {
     logged_in: AtomicBool,
     clock: T,
     recorder: Option<Mutex<Recorder>>,
+    /// The client's address (failed logins are counted per address).
+    peer: IpAddr,
+    /// The tenant this session is counted under (`max_connections_per_tenant`).
+    tenant: Mutex<Option<String>>,
 }
 
 impl<T: Clock> SessionHooks<T> {
     /// Hooks for the session with registry entry `entry`.
-    pub fn new(shared: Arc<Shared>, entry: Arc<SessionEntry>, clock: T) -> Self {
+    pub fn new(shared: Arc<Shared>, entry: Arc<SessionEntry>, clock: T, peer: IpAddr) -> Self {
         let recorder = shared
             .record_dir
             .as_deref()
@@ -234,6 +248,8 @@ impl<T: Clock> SessionHooks<T> {
             logged_in: AtomicBool::new(false),
             clock,
             recorder,
+            peer,
+            tenant: Mutex::new(None),
         }
     }
 }
@@ -247,10 +263,29 @@ impl<T: Clock> Drop for SessionHooks<T> {
                 .sessions_current
                 .fetch_sub(1, Ordering::Relaxed);
         }
+        if let Some(tenant) = self.tenant.lock().expect("tenant lock").take() {
+            self.shared.guards.leave_tenant(&tenant);
+        }
     }
 }
 
 impl<T: Clock> Router for SessionHooks<T> {
+    fn admit(&self, req: &RouteRequest) -> Result<(), ErrPacket> {
+        let Some(tenant) = &req.tenant else {
+            return Ok(());
+        };
+        self.shared.guards.enter_tenant(tenant)?;
+        *self.tenant.lock().expect("tenant lock") = Some(tenant.clone());
+        Ok(())
+    }
+
+    fn on_write_timeout(&self) {
+        self.shared
+            .guards
+            .write_timeouts
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     fn route(&self, req: &RouteRequest) -> Result<Route, NoBackend> {
         let routed = self.shared.cluster.lock().expect("cluster lock").route(req);
         if routed.is_err() {
@@ -326,6 +361,7 @@ impl<T: Clock> Router for SessionHooks<T> {
         if !self.logged_in.swap(true, Ordering::Relaxed) {
             m.sessions_total.fetch_add(1, Ordering::Relaxed);
             m.sessions_current.fetch_add(1, Ordering::Relaxed);
+            self.shared.guards.login_succeeded(self.peer);
         }
     }
 
@@ -399,10 +435,29 @@ impl<T: Clock> Router for SessionHooks<T> {
     }
 
     fn on_close(&self, reason: &CloseReason) {
+        if *reason == CloseReason::IdleTimeout {
+            let idle = &self.shared.guards.idle_closed;
+            idle.fetch_add(1, Ordering::Relaxed);
+        }
         if !self.logged_in.load(Ordering::Relaxed) {
-            self.shared.metrics.login_failed(LoginFailure::of(reason));
+            let failure = LoginFailure::of(reason);
+            self.shared.metrics.login_failed(failure);
+            if is_failed_login(failure, reason) {
+                self.shared.guards.login_failed(self.clock.now(), self.peer);
+            }
         }
     }
+}
+
+/// Whether a login's end counts towards blocking its address: ferry refused
+/// the user or password, or the backend did for a user only it could check
+/// (1045). A refusal by a limit (1040) does not count.
+fn is_failed_login(failure: LoginFailure, reason: &CloseReason) -> bool {
+    let CloseReason::LoginRefused(why) = reason else {
+        return false;
+    };
+    (failure == LoginFailure::Refused && !why.starts_with("Too many connections"))
+        || why.contains("whose password only it could check: 1045")
 }
 
 /// Connects to backends over TCP, with TLS for the backends whose setting asks for it.
@@ -545,6 +600,10 @@ pub async fn run_session<S, K, T, A>(
         .metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
+    let _permit = match shared.guards.admit(clock.now(), peer.ip()) {
+        Ok(permit) => permit,
+        Err(err) => return refuse_before_handshake(stream, &err).await,
+    };
     let conn_id = shared.connection_id();
     let mut registration = shared.registry.register(conn_id);
     let identity = shared.identity.read().expect("identity lock").clone();
@@ -566,7 +625,12 @@ pub async fn run_session<S, K, T, A>(
         users,
         peer.ip().to_string(),
     );
-    let hooks = SessionHooks::new(shared.clone(), registration.entry.clone(), clock.clone());
+    let hooks = SessionHooks::new(
+        shared.clone(),
+        registration.entry.clone(),
+        clock.clone(),
+        peer.ip(),
+    );
     let shutdown = shared.shutdown_requested();
     let control = registration.control.take().expect("a fresh registration");
     let pump = pump::run(
@@ -584,4 +648,17 @@ pub async fn run_session<S, K, T, A>(
     }
     drop(hooks);
     drop(registration);
+}
+
+/// Sends a refused connection its ERR and closes it, without waiting on the
+/// client: the ERR fits a fresh socket's send buffer, and a client that does
+/// not take it loses only its own error message.
+async fn refuse_before_handshake<S>(mut stream: S, err: &ErrPacket)
+where
+    S: futures_io::AsyncWrite + Unpin,
+{
+    use futures_lite::AsyncWriteExt;
+    let frame = pre_handshake_frame(err);
+    let _ = futures_lite::future::poll_once(stream.write_all(&frame)).await;
+    let _ = futures_lite::future::poll_once(stream.close()).await;
 }

@@ -113,6 +113,13 @@ pub trait Router: Send + Sync + 'static {
     fn on_read(&self, _from_client: bool, _data: &[u8]) {}
     /// The session ended. Default: nothing.
     fn on_close(&self, _reason: &CloseReason) {}
+    /// Whether a session routed by `req` may be let in (`max_connections_per_tenant`);
+    /// the ERR refuses it. Asked once per session, before [`Router::route`]. Default: yes.
+    fn admit(&self, _req: &RouteRequest) -> Result<(), ErrPacket> {
+        Ok(())
+    }
+    /// The client stopped reading for `write_timeout_ms`; the session is being closed. Default: nothing.
+    fn on_write_timeout(&self) {}
     /// Moves a session's count to another backend (see [`Transfer`]). Default: refused.
     fn transfer(&self, _transfer: &Transfer) -> Result<Route, String> {
         Err("moving sessions is not supported here".into())
@@ -291,6 +298,8 @@ where
         route: None,
     };
     let mut client_buf = ReadBuf::new();
+    // The client stopped reading (write_timeout_ms): nothing more is written to it.
+    let mut client_stuck = false;
     let mut timer: Option<(ferry_core::Timestamp, Pin<Box<T::Sleep>>)> = None;
     let mut fired: Option<ferry_core::Timestamp> = None;
     let mut backend_first = false;
@@ -301,10 +310,28 @@ where
         while let Some(output) = session.poll_output() {
             match output {
                 Output::ToClient(bytes) => {
+                    if client_stuck {
+                        continue;
+                    }
+                    let limit = session.limits().write_timeout;
                     // Flushed: a TLS stream may hold back the last record otherwise.
-                    if let Err(e) = write_flushed(&mut client, &bytes).await {
-                        debug!(conn_id, error = %e, "write to client failed");
-                        session.handle(clock.now(), Input::ClientClosed);
+                    match write_within(clock, limit, write_flushed(&mut client, &bytes)).await {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            debug!(conn_id, error = %e, "write to client failed");
+                            session.handle(clock.now(), Input::ClientClosed);
+                        }
+                        None => {
+                            let ms = limit.map_or(0, |l| l.as_millis());
+                            info!(
+                                conn_id,
+                                write_timeout_ms = ms as u64,
+                                "client stopped reading; closed (write_timeout_ms)"
+                            );
+                            router.on_write_timeout();
+                            client_stuck = true;
+                            session.handle(clock.now(), Input::ClientClosed);
+                        }
                     }
                 }
                 Output::ToBackend(h, bytes) => {
@@ -356,12 +383,13 @@ where
                     }
                 }
                 Output::Route(req) => {
-                    let input = match router.route(&req) {
-                        Ok(route) => {
+                    let input = match router.admit(&req).map(|()| router.route(&req)) {
+                        Err(err) => Input::Refused(err),
+                        Ok(Ok(route)) => {
                             lease.route = Some(route.clone());
                             Input::Routed(route)
                         }
-                        Err(no) => Input::RouteFailed(no),
+                        Ok(Err(no)) => Input::RouteFailed(no),
                     };
                     session.handle(clock.now(), input);
                 }
@@ -402,7 +430,9 @@ where
                     log_event(conn_id, &event);
                 }
                 Output::Close(reason) => {
-                    let _ = client.close().await;
+                    if !client_stuck {
+                        let _ = client.close().await;
+                    }
                     for mut b in backends.drain(..) {
                         let _ = b.stream.close().await;
                     }
@@ -583,6 +613,24 @@ fn log_event(conn_id: u32, event: &SessionEvent) {
     }
 }
 
+/// Runs `write`, giving up after `limit` (None: no limit); None when it timed out.
+async fn write_within<T: Clock, F: Future<Output = io::Result<()>>>(
+    clock: &T,
+    limit: Option<std::time::Duration>,
+    write: F,
+) -> Option<io::Result<()>> {
+    let Some(limit) = limit else {
+        return Some(write.await);
+    };
+    let sleep = clock.sleep_until(clock.now() + limit);
+    async { Some(write.await) }
+        .or(async {
+            sleep.await;
+            None
+        })
+        .await
+}
+
 /// How long a statement on another backend (a KILL) may take.
 const ELSEWHERE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -634,5 +682,9 @@ fn log_close(conn_id: u32, reason: &CloseReason) {
             info!(conn_id, "shutting down: closed the session at a safe point")
         }
         CloseReason::Closed(why) => info!(conn_id, reason = %why, "session closed by ferry"),
+        CloseReason::IdleTimeout => info!(
+            conn_id,
+            "session idle longer than idle_timeout_ms; closed with ERR 4031"
+        ),
     }
 }

@@ -65,6 +65,8 @@ pub fn reload(shared: &Shared, path: &Path) -> Result<(), String> {
 pub fn apply(shared: &Shared, new: Config) -> Result<(), String> {
     let old = shared.config();
     let synced = shared.synced_users.lock().expect("synced lock").clone();
+    // The token file first: an unreadable one rejects the reload before anything changed.
+    let token = crate::admin::load_token(&new)?;
     // Users first: if they do not build, nothing has changed yet.
     usersync::install(shared, &new.users, synced)?;
     let report = {
@@ -72,6 +74,8 @@ pub fn apply(shared: &Shared, new: Config) -> Result<(), String> {
         cluster.set_health_policy(new.health.policy());
         cluster.reconcile(&old.backends, &new.backends)
     };
+    *shared.admin_token.write().expect("token lock") = token;
+    shared.guards.reload(&new.limits);
     *shared.session_config.write().expect("config lock") = session_config(&new);
     if new.listen != old.listen || new.admin_listen != old.admin_listen {
         warn!("listen and admin_listen changes take effect only after a restart");

@@ -257,11 +257,12 @@ fn run(
     }
 
     let mut config = Config::parse(
-        "(listen: \"0.0.0.0:3306\", admin_listen: \"0.0.0.0:3307\", server_version: \"5.5.5-10.11.6-MariaDB-ferry\")",
+        "(listen: \"0.0.0.0:3306\", admin_listen: \"127.0.0.1:3307\", server_version: \"5.5.5-10.11.6-MariaDB-ferry\")",
     )
     .map_err(|e| e.to_string())?;
     config.users = vec![UserConfig {
         tenant,
+        any_tenant: false,
         user: backend_user,
         password: Some(PASSWORD.into()),
         password_hash: None,

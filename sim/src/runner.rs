@@ -314,7 +314,7 @@ fn ferry_config(
     addrs: &BTreeMap<String, SocketAddr>,
 ) -> Result<Config, String> {
     let mut config = Config::parse(
-        "(listen: \"0.0.0.0:3306\", admin_listen: \"0.0.0.0:3307\", server_version: \"5.5.5-10.11.6-MariaDB-ferry\")",
+        "(listen: \"0.0.0.0:3306\", admin_listen: \"127.0.0.1:3307\", server_version: \"5.5.5-10.11.6-MariaDB-ferry\")",
     )
     .map_err(|e| e.to_string())?;
     config.users = scenario
@@ -322,6 +322,7 @@ fn ferry_config(
         .iter()
         .map(|u| UserConfig {
             tenant: u.tenant.clone(),
+            any_tenant: false,
             user: u.user.clone(),
             password: Some(u.password.clone()),
             password_hash: None,

@@ -176,14 +176,16 @@ pub struct ConfigBuilder {
 }
 
 impl ConfigBuilder {
-    /// Free ports, users `root`/`111` (no tenant), `acc1:app`/`secret` (by hash)
+    /// Free ports, users `root`/`111` (no tenant, `any_tenant`), `acc1:app`/`secret` (by hash)
     /// and `sbtest`/`sbtest`, and no backends.
     pub fn new() -> Self {
         ConfigBuilder {
             port: free_port(),
             admin_port: free_port(),
             users: vec![
-                r#"(user: "root", password: "111")"#.into(),
+                // any_tenant: the tests that log in as `acc1:root` opt in to it;
+                // tests/tests/isolation.rs checks the default (off).
+                r#"(user: "root", password: "111", any_tenant: true)"#.into(),
                 format!(r#"(tenant: "acc1", user: "app", password_hash: "{SECRET_HASH}")"#),
                 r#"(user: "sbtest", password: "sbtest")"#.into(),
             ],
@@ -352,6 +354,16 @@ impl Ferry {
     /// The process id (for signals).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends ferry a signal (`HUP`, `TERM`).
+    pub fn signal(&self, sig: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
     }
 
     /// Whether the process is still running.

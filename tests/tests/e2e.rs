@@ -140,7 +140,7 @@ fn tenant_sessions_land_on_their_backends() {
 
     let _c1 = sessions_within(&ferry, "acc1:app", "secret", 4, &acc1);
     let _c2 = sessions_within(&ferry, "acc1#app", "secret", 4, &acc1);
-    // A tenant-less user may log in under any tenant.
+    // A tenant-less user configured `any_tenant: true` may log in under any tenant.
     let _c3 = sessions_within(&ferry, "acc1:root", "111", 2, &acc1);
     // No tenant: only the backend without an `account` label.
     let (_c4, ports) = ports_of_sessions(&ferry, "root", "111", 3);

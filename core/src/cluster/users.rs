@@ -17,14 +17,26 @@ pub struct UserDirectory {
 /// The credentials configured for one user name.
 #[derive(Clone, Default, PartialEq, Eq)]
 struct Entries {
-    /// The entry without a tenant: serves every tenant that has no entry of its own.
-    any_tenant: Option<StoredCredential>,
+    /// The entry without a tenant: logins without a tenant, and every tenant
+    /// without an entry of its own if it was configured `any_tenant: true`.
+    tenantless: Option<Tenantless>,
     by_tenant: BTreeMap<String, StoredCredential>,
+}
+
+/// A user entry without a tenant.
+#[derive(Clone, PartialEq, Eq)]
+struct Tenantless {
+    credential: StoredCredential,
+    /// Whether it also serves logins under a tenant (`acc1:root`). Off unless
+    /// configured: a tenant-less user is usually an operator's or a shared
+    /// pool's, and letting it name any tenant would let it reach every
+    /// tenant's backends.
+    any_tenant: bool,
 }
 
 impl Entries {
     fn len(&self) -> usize {
-        usize::from(self.any_tenant.is_some()) + self.by_tenant.len()
+        usize::from(self.tenantless.is_some()) + self.by_tenant.len()
     }
 }
 
@@ -32,7 +44,7 @@ impl std::fmt::Debug for UserDirectory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut names = f.debug_list();
         for (user, entries) in &self.users {
-            if entries.any_tenant.is_some() {
+            if entries.tenantless.is_some() {
                 names.entry(&format_args!("{user}"));
             }
             for tenant in entries.by_tenant.keys() {
@@ -60,28 +72,52 @@ impl UserDirectory {
                     user.name()
                 )));
             }
-            dir.insert(user.tenant.clone(), user.user.clone(), cred);
+            if user.any_tenant {
+                dir.insert_any_tenant(user.user.clone(), cred);
+            } else {
+                dir.insert(user.tenant.clone(), user.user.clone(), cred);
+            }
         }
         Ok(dir)
     }
 
-    /// Adds or replaces the credential of `user` for `tenant` (None = any tenant).
+    /// Adds or replaces the credential of `user` for `tenant` (None = logins without a tenant only).
     pub fn insert(&mut self, tenant: Option<String>, user: String, cred: StoredCredential) {
         let entries = self.users.entry(user).or_default();
         match tenant {
             Some(tenant) => {
                 entries.by_tenant.insert(tenant, cred);
             }
-            None => entries.any_tenant = Some(cred),
+            None => {
+                entries.tenantless = Some(Tenantless {
+                    credential: cred,
+                    any_tenant: false,
+                })
+            }
         }
     }
 
-    /// The credential for a login: an entry for exactly this tenant wins; a user configured without a tenant may log in under any tenant.
+    /// Adds or replaces the tenant-less entry of `user`, serving logins
+    /// without a tenant and under every tenant without an entry of its own.
+    pub fn insert_any_tenant(&mut self, user: String, cred: StoredCredential) {
+        self.users.entry(user).or_default().tenantless = Some(Tenantless {
+            credential: cred,
+            any_tenant: true,
+        });
+    }
+
+    /// The credential for a login: an entry for exactly this tenant wins; a
+    /// tenant-less entry serves a login under a tenant only if it is `any_tenant`.
     pub fn lookup(&self, tenant: Option<&str>, user: &str) -> Option<&StoredCredential> {
         let entries = self.users.get(user)?;
-        tenant
-            .and_then(|t| entries.by_tenant.get(t))
-            .or(entries.any_tenant.as_ref())
+        let tenantless = entries.tenantless.as_ref();
+        match tenant {
+            None => tenantless.map(|t| &t.credential),
+            Some(t) => entries
+                .by_tenant
+                .get(t)
+                .or(tenantless.filter(|t| t.any_tenant).map(|t| &t.credential)),
+        }
     }
 
     /// The entry stored under exactly this (tenant, user), without falling back.
@@ -89,7 +125,7 @@ impl UserDirectory {
         let entries = self.users.get(user)?;
         match tenant {
             Some(t) => entries.by_tenant.get(t),
-            None => entries.any_tenant.as_ref(),
+            None => entries.tenantless.as_ref().map(|t| &t.credential),
         }
     }
 

@@ -221,6 +221,7 @@ mod tests {
         ]));
         let configured = vec![UserConfig {
             tenant: None,
+            any_tenant: false,
             user: "app".into(),
             password: Some("other".into()),
             password_hash: None,

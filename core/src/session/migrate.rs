@@ -20,9 +20,6 @@ use crate::restore::{self, Step, UserVariable, UserVariableType};
 use crate::wire::PacketDecoder;
 use crate::Timestamp;
 
-/// Most client bytes held while a move runs; more abandons the move.
-pub const HELD_LIMIT: usize = 1 << 20;
-
 pub use crate::cluster::Trigger;
 
 /// What kind of failure abandoned a move (a metric label; the message says more).

@@ -31,12 +31,13 @@ use crate::injected::{Injected, Reply, Request};
 use crate::kill::{Peer, RemoteStatement};
 use crate::labels::parse_login_name;
 use crate::labels::LoginName;
+use crate::limits::{IdleTimer, SessionLimits};
 use crate::login::backend::{BackendLogin, BackendSession, BackendStep};
 use crate::login::change_user::{ChangeReply, Relayed};
 use crate::login::client::{ClientLogin, ClientStep, Greeting, VerifiedBy, VerifiedClient};
 use crate::login::{err_frame, frame, LoginPolicy, ReadUsers, UsersRead};
 use crate::migrate::{
-    Move, ReadError, ReadStep, Restoring, SourceRead, StateRead, Target, TargetPhase, HELD_LIMIT,
+    Move, ReadError, ReadStep, Restoring, SourceRead, StateRead, Target, TargetPhase,
 };
 use crate::packets::flags::caps::{CLIENT_COMPRESS, CLIENT_CONNECT_WITH_DB};
 use crate::packets::flags::command::{COM_QUIT, COM_STMT_CLOSE, COM_STMT_SEND_LONG_DATA};
@@ -70,6 +71,8 @@ pub struct SessionConfig {
     pub logins: LoginPolicy,
     /// Backends whose connections stay uncompressed even for a compressed client.
     pub uncompressed_backends: BTreeSet<BackendId>,
+    /// Idle and write timeouts, memory (`limits` in the config).
+    pub limits: SessionLimits,
 }
 
 impl Default for SessionConfig {
@@ -81,6 +84,7 @@ impl Default for SessionConfig {
             move_backoff: Duration::from_secs(5),
             logins: LoginPolicy::default(),
             uncompressed_backends: BTreeSet::new(),
+            limits: SessionLimits::default(),
         }
     }
 }
@@ -131,6 +135,8 @@ pub enum Input {
     RanElsewhere(Result<Result<(), ErrPacket>, String>),
     /// The answer to [`Output::ReadUsers`].
     UsersRead(UsersRead),
+    /// The proxy refuses the session while it logs in (a limit): send the client this and close.
+    Refused(ErrPacket),
 }
 
 /// A request to move the session's count from one backend to another.
@@ -213,6 +219,8 @@ pub enum CloseReason {
     Shutdown,
     /// The proxy closed it (a drain timed out); the client got an ERR saying why.
     Closed(String),
+    /// No traffic for `idle_timeout_ms` while no command ran; the client got ERR 4031.
+    IdleTimeout,
 }
 
 /// The client's login request, without any secret.
@@ -373,6 +381,8 @@ pub struct Session {
     id: u32,
     /// The compressed links (client, backends): plain packets inside, frames outside.
     compression: compression::Compression,
+    /// Since when the session has had no traffic (`idle_timeout_ms`).
+    idle: IdleTimer,
 }
 
 /// The payload if `data` is exactly one command packet (clients send short commands in one write).
@@ -421,6 +431,7 @@ impl Session {
         let mut session = Session {
             login_deadline: Some(now + config.login_timeout),
             backend_deadline: None,
+            idle: IdleTimer::new(config.limits.idle_timeout, now),
             config,
             users,
             state: State::ClientLogin(login),
@@ -441,6 +452,9 @@ impl Session {
     /// Feeds one event.
     pub fn handle(&mut self, now: Timestamp, input: Input) {
         self.now = now;
+        if matches!(input, Input::ClientData(_) | Input::BackendData(..)) {
+            self.idle.touch(now);
+        }
         let Some(input) = self.inflate(input) else {
             return;
         };
@@ -463,6 +477,12 @@ impl Session {
             Input::Shutdown => self.on_shutdown(),
             Input::Located(peers) => self.on_located(peers),
             Input::RanElsewhere(result) => self.on_ran_elsewhere(result),
+            Input::Refused(err) => {
+                if !self.is_forwarding() {
+                    let why = err.message.clone();
+                    self.refuse(err, self.client_seq(), why);
+                }
+            }
         }
         self.resume_intercept();
     }
@@ -482,8 +502,16 @@ impl Session {
                 // Only a wait still ahead: a passed one is cleared by the timeout.
                 deadlines.push(f.retry_after.filter(|t| *t > self.now));
             }
+            if Self::is_quiet(f) {
+                deadlines.push(self.idle.deadline());
+            }
         }
         deadlines.into_iter().flatten().min()
+    }
+
+    /// The limits the session runs under (the driver enforces the write timeout).
+    pub fn limits(&self) -> &SessionLimits {
+        &self.config.limits
     }
 
     /// True once the session has ended.
@@ -538,6 +566,7 @@ impl Session {
                 change.from_client(&data);
             }
         }
+        let held_limit = self.config.limits.memory.held;
         match &mut self.state {
             State::Forwarding(f) if f.identity.parked_change_user.is_some() => {
                 let (_, held) = f.identity.parked_change_user.as_mut().expect("checked");
@@ -561,14 +590,14 @@ impl Session {
                 // The backend still owes ferry an answer; the command goes after it.
                 let d = f.draining.as_mut().expect("checked");
                 d.held.extend_from_slice(&data);
-                if d.held.len() > HELD_LIMIT {
+                if d.held.len() > held_limit {
                     self.pass_through();
                 }
             }
             State::Forwarding(f) if f.refresh.is_some() && !f.passing => {
                 let (_, held) = f.refresh.as_mut().expect("checked");
                 held.extend_from_slice(&data);
-                if held.len() > HELD_LIMIT {
+                if held.len() > held_limit {
                     self.pass_through();
                 }
             }
@@ -577,7 +606,7 @@ impl Session {
                 let m = f.moving.as_mut().expect("checked");
                 m.held.extend_from_slice(&data);
                 m.held_since.get_or_insert(now);
-                if m.held.len() > HELD_LIMIT {
+                if m.held.len() > held_limit {
                     self.fail_move(
                         now,
                         MoveFailure::Client,
@@ -1040,7 +1069,12 @@ impl Session {
             }
         };
         let current = &identity.client.login;
-        if name.tenant != current.tenant
+        // A name without a tenant stays in the session's tenant (which may
+        // have come from an `account` attribute); naming another is refused.
+        if name
+            .tenant
+            .as_ref()
+            .is_some_and(|t| Some(t) != current.tenant.as_ref())
             || (!name.labels.is_empty() && name.labels != current.labels)
         {
             let why = "COM_CHANGE_USER cannot change the tenant or labels of a session".to_string();
@@ -1049,7 +1083,7 @@ impl Session {
         // The client scrambles with the salt it saw last: an auth switch's, else ferry's handshake's.
         let secret = self
             .users
-            .lookup(name.tenant.as_deref(), &name.user)
+            .lookup(current.tenant.as_deref(), &name.user)
             .and_then(|cred| {
                 let mut salts = identity
                     .client_salt
@@ -1063,7 +1097,7 @@ impl Session {
                 // The user may have been created or changed since ferry read the users.
                 let cause = if self
                     .users
-                    .lookup(name.tenant.as_deref(), &name.user)
+                    .lookup(current.tenant.as_deref(), &name.user)
                     .is_some()
                 {
                     login::RereadCause::PasswordMismatch
@@ -1201,6 +1235,11 @@ impl Session {
     fn on_timeout(&mut self, now: Timestamp) {
         if self.login_deadline.is_some_and(|d| now >= d) {
             return self.close(CloseReason::LoginTimeout);
+        }
+        if let State::Forwarding(f) = &self.state {
+            if Self::is_quiet(f) && self.idle.expired(now) {
+                return self.close_idle();
+            }
         }
         if self.backend_deadline.is_some_and(|d| now >= d) {
             return self.retry_login("timed out waiting for the backend", true);
@@ -1372,6 +1411,20 @@ impl Session {
         }
         f.request = Some(request);
         self.try_move(now);
+    }
+
+    /// No command runs and ferry has nothing of its own under way: the idle timeout may run.
+    fn is_quiet(f: &Forwarding) -> bool {
+        f.forward.is_idle() && f.moving.is_none() && f.refresh.is_none() && f.draining.is_none()
+    }
+
+    /// Idle longer than `idle_timeout_ms`: the client hears why (4031, as MariaDB says it).
+    fn close_idle(&mut self) {
+        let timeout = self.idle.timeout().unwrap_or_default();
+        let err = errors::idle_timeout(timeout);
+        self.outputs.push_back(Output::ToClient(err_frame(&err, 1)));
+        self.quit_backend_if_idle();
+        self.close(CloseReason::IdleTimeout);
     }
 
     fn on_close_request(&mut self, why: String) {

@@ -10,7 +10,6 @@ use super::{
 };
 use crate::errors;
 use crate::login::{err_frame, frame};
-use crate::migrate::HELD_LIMIT;
 use crate::packets::flags::command::COM_CHANGE_USER;
 use crate::packets::{ErrPacket, OkPacket};
 use crate::session::{CloseReason, Output, Session, State};
@@ -58,13 +57,14 @@ enum Pending {
 impl Session {
     /// Client bytes while forwarding: passed on, up to a command that must wait.
     pub(crate) fn client_commands(&mut self, data: Bytes) {
+        let held_limit = self.config.limits.memory.held;
         let State::Forwarding(f) = &mut self.state else {
             return;
         };
         let ic = &mut f.intercept;
         let data = if ic.pending.is_some() || !ic.gate.held.is_empty() {
             ic.gate.held.extend_from_slice(&data);
-            if ic.gate.held.len() > HELD_LIMIT {
+            if ic.gate.held.len() > held_limit {
                 return self.held_too_long();
             }
             if ic.pending.is_some() {
@@ -373,11 +373,12 @@ impl Session {
     }
 
     fn held_too_long(&mut self) {
+        let limit = self.config.limits.memory.held;
         let err = ErrPacket::new(
             1105,
             "HY000",
             format!(
-                "ferry: the client sent more than {HELD_LIMIT} bytes behind a command that waits for the answers before it"
+                "ferry: the client sent more than {limit} bytes behind a command that waits for the answers before it"
             ),
         );
         self.reply_err(&err);

@@ -299,6 +299,16 @@ impl ClientLogin {
                 return refuse(errors::bad_login_name(&why), next_seq, why);
             }
         };
+        // The tenant is settled (an `account` attribute included) before the
+        // user is looked up, so the credential checked is the one of the
+        // tenant the session will be routed as.
+        let attrs = labels_from_attrs(
+            response
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        let name = name.with_attr_labels(attrs);
         let may_reread = policy.user_source && !self.users_reread;
         let reread = if self.users_reread {
             " (after reading the users again)"
@@ -334,12 +344,6 @@ impl ClientLogin {
             }
             None => return denied(format!("unknown user '{}'{reread}", response.user)),
         };
-        let attrs = labels_from_attrs(
-            response
-                .attributes
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str())),
-        );
         let capabilities = response.capabilities
             & self.greeting.capabilities
             & (FERRY_SUPPORTED | FERRY_COMPRESSION);
@@ -347,7 +351,7 @@ impl ClientLogin {
         // Replayed to backends: only what ferry offered is in force.
         response.mariadb_capabilities &= self.greeting.offered_mariadb();
         ClientStep::Verified(Box::new(VerifiedClient {
-            login: name.with_attr_labels(attrs),
+            login: name,
             response,
             secret,
             verified_by,
