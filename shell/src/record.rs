@@ -104,7 +104,13 @@ impl Recorder {
         self.line.clear();
         let dir = if from_client { 'C' } else { 'B' };
         let _ = write!(self.line, "{} {dir} ", now.0.saturating_sub(self.start.0));
-        hex_into(&mut self.line, bytes);
+        match from_client
+            .then(|| without_change_user_scramble(bytes))
+            .flatten()
+        {
+            Some(redacted) => hex_into(&mut self.line, &redacted),
+            None => hex_into(&mut self.line, bytes),
+        }
         self.line.push('\n');
         if let Err(e) = out.write_all(self.line.as_bytes()) {
             self.fail(&e);
@@ -128,6 +134,22 @@ impl Drop for Recorder {
             }
         }
     }
+}
+
+/// A COM_CHANGE_USER packet with its auth response zeroed (a scramble of
+/// the password must not reach a recording); None for anything else.
+pub fn without_change_user_scramble(bytes: &[u8]) -> Option<Vec<u8>> {
+    const COM_CHANGE_USER: u8 = 0x11;
+    if bytes.len() < 6 || bytes[3] != 0 || bytes[4] != COM_CHANGE_USER {
+        return None;
+    }
+    let user_end = 5 + bytes[5..].iter().position(|b| *b == 0)?;
+    let len_at = user_end + 1;
+    let len = usize::from(*bytes.get(len_at)?);
+    let mut redacted = bytes.to_vec();
+    let end = (len_at + 1 + len).min(redacted.len());
+    redacted[len_at + 1..end].fill(0);
+    Some(redacted)
 }
 
 fn hex_into(out: &mut String, bytes: &[u8]) {

@@ -6,6 +6,7 @@
 //! on every migration.
 
 use std::fmt;
+use zeroize::Zeroize;
 
 use sha1::{Digest, Sha1};
 
@@ -129,6 +130,16 @@ impl Secret {
             Secret::Stage1(stage1) => {
                 xor(stage1, &sha1_concat(salt_bytes(salt), &sha1(stage1))).to_vec()
             }
+        }
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        // SHA1(password) logs in as the user anywhere: wipe it when the
+        // session (or a copy made for a side connection) ends.
+        if let Secret::Stage1(stage1) = self {
+            stage1.zeroize();
         }
     }
 }

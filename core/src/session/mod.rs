@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use zeroize::Zeroize;
 
 use crate::auth::NATIVE_PASSWORD;
 use crate::cluster::{BackendId, NoBackend, Route, RouteRequest};
@@ -1150,6 +1151,8 @@ impl Session {
             );
         };
         let mut to_backend = request.clone();
+        let mut request = request;
+        request.auth_response.zeroize();
         to_backend.user = name.user.clone();
         to_backend.auth_response = secret.respond(&identity.backend_salt);
         if to_backend.auth_plugin.is_some() {
@@ -1167,6 +1170,7 @@ impl Session {
         identity.change_reply = Some(ChangeReply::verified());
         let mut payload = BytesMut::new();
         to_backend.write(&mut payload, caps);
+        to_backend.auth_response.zeroize();
         self.forward_client(frame(&payload, 0));
     }
 

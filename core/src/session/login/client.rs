@@ -3,6 +3,7 @@
 //! it asked for another plugin, and verify it.
 
 use bytes::{Bytes, BytesMut};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::auth::{Secret, NATIVE_PASSWORD};
 use crate::config::UnverifiedLogins;
@@ -123,7 +124,7 @@ enum State {
 #[derive(Debug)]
 struct Verifying {
     response: HandshakeResponse,
-    reply: Vec<u8>,
+    reply: Zeroizing<Vec<u8>>,
     next_seq: u8,
 }
 
@@ -177,7 +178,7 @@ impl ClientLogin {
             State::AwaitResponse => self.on_response(packet, false, users, policy),
             State::AwaitTlsResponse => self.on_response(packet, true, users, policy),
             State::AwaitSwitchReply(response) => {
-                let reply = packet.payload.to_vec();
+                let reply = Zeroizing::new(packet.payload.to_vec());
                 self.verify(*response, reply, packet.next_seq, users, policy)
             }
             State::AwaitUsers(_) => refuse(
@@ -276,18 +277,22 @@ impl ClientLogin {
             self.state = State::AwaitSwitchReply(Box::new(response));
             return ClientStep::Send(frame(&payload, packet.next_seq));
         }
-        let reply = response.auth_response.clone();
+        let reply = Zeroizing::new(response.auth_response.clone());
         self.verify(response, reply, packet.next_seq, users, policy)
     }
 
     fn verify(
         &mut self,
-        response: HandshakeResponse,
-        reply: Vec<u8>,
+        mut response: HandshakeResponse,
+        reply: Zeroizing<Vec<u8>>,
         next_seq: u8,
         users: &UserDirectory,
         policy: LoginPolicy,
     ) -> ClientStep {
+        // The client's scramble serves this check only (ferry answers every
+        // backend from the recovered secret): wiped now rather than kept in
+        // the saved handshake for the session's life.
+        response.auth_response.zeroize();
         let denied = |why: String| {
             let err = errors::access_denied(&response.user, &self.peer_host, !reply.is_empty());
             refuse(err, next_seq, why)
@@ -364,7 +369,7 @@ impl ClientLogin {
     fn read_users(
         &mut self,
         response: HandshakeResponse,
-        reply: Vec<u8>,
+        reply: Zeroizing<Vec<u8>>,
         next_seq: u8,
         cause: RereadCause,
     ) -> ClientStep {
