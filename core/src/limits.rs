@@ -66,7 +66,8 @@ pub struct LimitsConfig {
     /// Close a session whose client stops reading for this long (0 = never).
     pub write_timeout_ms: u64,
     /// Most bytes one session holds on its own: client bytes held back during a
-    /// move, pipelined command heads, the rows of ferry's own queries.
+    /// move, pipelined command heads, the rows of ferry's own queries (shared
+    /// out by [`MemoryBudget::of`]).
     pub max_session_memory: usize,
 }
 

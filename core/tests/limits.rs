@@ -174,6 +174,7 @@ fn the_idle_timer_fires_only_after_quiet_time() {
 
 mod support;
 
+use bytes::{Bytes, BytesMut};
 use ferry_core::session::{CloseReason, Input};
 use support::*;
 
@@ -242,5 +243,42 @@ fn a_tenant_less_user_cannot_log_in_under_a_tenant() {
             h.trace
         );
         assert!(h.trace.contains("ERR 1045"), "{name}: {}", h.trace);
+    }
+}
+
+/// Four 64 KiB queries written at once, before any answer.
+fn pipelined_queries() -> Bytes {
+    let mut all = BytesMut::new();
+    for i in 0..4u8 {
+        all.extend_from_slice(&frame(0, |b| {
+            b.extend_from_slice(b"\x03SELECT '");
+            b.extend_from_slice(&vec![b'a' + i; 64 * 1024]);
+            b.extend_from_slice(b"'");
+        }));
+    }
+    all.freeze()
+}
+
+#[test]
+fn max_session_memory_bounds_the_pipelined_commands_ferry_holds() {
+    let mut small = test_config();
+    small.limits = LimitsConfig {
+        max_session_memory: 1 << 20,
+        ..LimitsConfig::default()
+    }
+    .session();
+    for (config, refused) in [(small, true), (test_config(), false)] {
+        let mut h = Harness::with(config, TraceStyle::Login);
+        h.client_logs_in("root", "111");
+        h.backend_greets("cn1");
+        h.backend_accepts(2);
+        h.feed(Input::ClientData(pipelined_queries()));
+        match &h.closed {
+            Some(CloseReason::ProtocolError(why)) if refused => {
+                assert!(why.contains("131072 bytes of commands"), "{why}")
+            }
+            None if !refused => {}
+            other => panic!("refused={refused}: {other:?}"),
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::admin::Admin;
 use ferry_tests::mysql::prelude::Queryable;
-use ferry_tests::mysql::{ChangeUserOpts, Conn};
+use ferry_tests::mysql::ChangeUserOpts;
 use ferry_tests::*;
 use sha1::{Digest, Sha1};
 

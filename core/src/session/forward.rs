@@ -273,6 +273,11 @@ impl Forward {
         self.tracker.client_quit()
     }
 
+    /// Holds at most `limit` bytes of pipelined commands (a share of `max_session_memory`).
+    pub fn set_pipeline_limit(&mut self, limit: usize) {
+        self.tracker.set_pipeline_limit(limit);
+    }
+
     /// True when no command is outstanding (a COM_QUIT may be sent to the backend).
     pub fn is_idle(&self) -> bool {
         self.tracker.is_idle() && matches!(self.rearm, Rearm::Idle)

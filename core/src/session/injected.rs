@@ -90,6 +90,8 @@ pub struct Injected {
     waiting: VecDeque<Shape>,
     reading: Option<Reading>,
     replies: VecDeque<Reply>,
+    /// Most bytes of rows one answer may have.
+    rows_limit: usize,
 }
 
 impl Injected {
@@ -101,7 +103,14 @@ impl Injected {
             waiting: VecDeque::new(),
             reading: None,
             replies: VecDeque::new(),
+            rows_limit: ROWS_LIMIT,
         }
+    }
+
+    /// Accepts answers of at most `limit` bytes of rows instead of [`ROWS_LIMIT`].
+    pub fn with_rows_limit(mut self, limit: usize) -> Self {
+        self.rows_limit = limit;
+        self
     }
 
     /// Queues `request`; returns its bytes to send.
@@ -253,8 +262,8 @@ impl Injected {
                 }
                 _ => {
                     let bytes = bytes + p.len();
-                    if bytes > ROWS_LIMIT {
-                        return Err(format!("more than {ROWS_LIMIT} bytes of rows"));
+                    if bytes > self.rows_limit {
+                        return Err(format!("more than {} bytes of rows", self.rows_limit));
                     }
                     rows.push(parse_row(p)?);
                     self.reading = Some(Reading::Rows { rows, bytes });

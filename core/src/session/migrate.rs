@@ -223,9 +223,10 @@ pub(crate) struct StateRead {
 }
 
 impl StateRead {
-    /// Starts a read on a connection with `caps`; returns the bytes to send.
-    pub fn start(caps: u32, max_packet: usize) -> (Self, Bytes) {
-        let mut q = Injected::new(caps, max_packet);
+    /// Starts a read on a connection with `caps`, accepting at most
+    /// `rows_limit` bytes of rows; returns the bytes to send.
+    pub fn start(caps: u32, max_packet: usize, rows_limit: usize) -> (Self, Bytes) {
+        let mut q = Injected::new(caps, max_packet).with_rows_limit(rows_limit);
         let mut out = BytesMut::new();
         q.write(
             &Request::Query(restore::USER_VARIABLES_QUERY.into()),

@@ -793,8 +793,11 @@ impl Session {
                 self.outputs.push_back(Output::Connect(handle, route));
                 if matches!(m.source, SourceRead::NotStarted) {
                     // Read what only the source knows meanwhile: the client is idle, the source too.
-                    let (read, bytes) =
-                        StateRead::start(f.forward.backend_caps(), self.config.max_packet_size);
+                    let (read, bytes) = StateRead::start(
+                        f.forward.backend_caps(),
+                        self.config.max_packet_size,
+                        self.config.limits.memory.injected_rows,
+                    );
                     m.source = SourceRead::Reading(Box::new(read));
                     self.outputs.push_back(Output::ToBackend(f.backend, bytes));
                 }
@@ -971,6 +974,7 @@ impl Session {
             client.response.database.clone(),
         );
         forward.set_client_packet_limit(self.config.max_packet_size as u64);
+        forward.set_pipeline_limit(self.config.limits.memory.pipelined);
         let mut ok = BytesMut::new();
         backend.ok.write(&mut ok, client.capabilities);
         self.outputs
@@ -1690,7 +1694,8 @@ impl Session {
             values
         };
         let steps = restore::plan(f.forward.state(), &values, f.forward.last_prepared());
-        let mut injected = Injected::new(session.capabilities, self.config.max_packet_size);
+        let mut injected = Injected::new(session.capabilities, self.config.max_packet_size)
+            .with_rows_limit(self.config.limits.memory.injected_rows);
         let mut out = BytesMut::new();
         for step in &steps {
             let request = match step {
@@ -2013,8 +2018,11 @@ impl Session {
             && f.forward.is_idle()
             && f.forward.state().wants_server_values()
         {
-            let (read, bytes) =
-                StateRead::start(f.forward.backend_caps(), self.config.max_packet_size);
+            let (read, bytes) = StateRead::start(
+                f.forward.backend_caps(),
+                self.config.max_packet_size,
+                self.config.limits.memory.injected_rows,
+            );
             f.refresh = Some((read, BytesMut::new()));
             self.outputs.push_back(Output::ToBackend(f.backend, bytes));
             return;

@@ -203,11 +203,17 @@ impl Tracker {
                 edited: None,
                 queue: VecDeque::new(),
                 queued_bytes: 0,
+                pipeline_limit: PIPELINE_LIMIT,
                 events: VecDeque::new(),
                 error: None,
                 dir: Direction::Client,
             },
         }
+    }
+
+    /// Holds at most `limit` bytes of pipelined command heads (more is a protocol error).
+    pub fn set_pipeline_limit(&mut self, limit: usize) {
+        self.conv.pipeline_limit = limit;
     }
 
     /// Uses frames of at most `limit` bytes instead of 16 MiB − 1 (for tests of continuation frames).
@@ -430,6 +436,8 @@ struct Conversation {
     queue: VecDeque<Queued>,
     /// Bytes of command heads in `queue`.
     queued_bytes: usize,
+    /// Most bytes of `queue` (`max_session_memory`; [`PIPELINE_LIMIT`] by default).
+    pipeline_limit: usize,
     events: VecDeque<Event>,
     error: Option<TrackError>,
     /// The direction being fed.
@@ -521,7 +529,8 @@ struct Queued {
     truncated: bool,
 }
 
-/// Most bytes of pipelined command heads the tracker holds (each at most [`SQL_LIMIT`] + 1).
+/// Most bytes of pipelined command heads the tracker holds by default (each at most
+/// [`SQL_LIMIT`] + 1); a session's is a share of `max_session_memory`.
 pub const PIPELINE_LIMIT: usize = 4 << 20;
 
 #[derive(Debug)]
@@ -1214,12 +1223,11 @@ impl Conversation {
         if p.head.is_empty() {
             return Err(self.violation(p.offset, "an empty command packet"));
         }
-        if self.queued_bytes + p.head.len() > PIPELINE_LIMIT {
+        if self.queued_bytes + p.head.len() > self.pipeline_limit {
+            let limit = self.pipeline_limit;
             return Err(self.violation(
                 p.offset,
-                format!(
-                    "more than {PIPELINE_LIMIT} bytes of commands sent ahead of their responses"
-                ),
+                format!("more than {limit} bytes of commands sent ahead of their responses"),
             ));
         }
         self.queued_bytes += p.head.len();
