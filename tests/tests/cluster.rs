@@ -133,7 +133,7 @@ impl Ferry {
     listen: "{}",
     admin_listen: "{}",
     users: [
-        (user: "app", password: "secret"),
+        (user: "app", password: "secret", any_tenant: true),
         (user: "root", password: "111"),
     ],
     backends: [

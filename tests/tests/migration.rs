@@ -39,12 +39,13 @@ fn three() -> [SocketAddr; 3] {
     [b[0], b[1], b[2]]
 }
 
-/// Users root/111 and app/secret, neither bound to a tenant.
+/// Users root/111 and app/secret, neither bound to a tenant (app may log in
+/// under any tenant).
 fn config() -> ConfigBuilder {
     let mut cfg = ConfigBuilder::new();
     cfg.users = vec![
         r#"(user: "root", password: "111")"#.into(),
-        r#"(user: "app", password: "secret")"#.into(),
+        r#"(user: "app", password: "secret", any_tenant: true)"#.into(),
     ];
     cfg
 }
