@@ -20,7 +20,7 @@ pub mod query;
 
 // The modules by their own names, as the rest of ferry knows them.
 pub use cluster::{health, users, usersync};
-pub use protocol::{auth, compress, packets, wire};
+pub use protocol::{auth, compress, packets, proxy_header, wire};
 pub use session::{
     client_trackers, forward, injected, kill, login, migrate, restore, state, tracker,
 };

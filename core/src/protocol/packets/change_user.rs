@@ -51,12 +51,16 @@ impl ChangeUser {
             auth_plugin: None,
             attributes: None,
         };
-        if r.remaining() >= 2 {
-            cu.collation = Some(r.u16()?);
+        if r.remaining() < 2 {
+            // No character set, so nothing after it either (one stray byte is no plugin name).
+            return Ok(cu);
         }
+        cu.collation = Some(r.u16()?);
         if capabilities & CLIENT_PLUGIN_AUTH != 0 && !r.is_empty() {
-            cu.auth_plugin = Some(r.utf8(r.clone().null_terminated_or_rest())?);
-            r.null_terminated_or_rest();
+            let plugin = r.null_terminated_or_rest();
+            let plugin = r.utf8(plugin)?;
+            // Empty names no plugin, as in the handshake response.
+            cu.auth_plugin = (!plugin.is_empty()).then_some(plugin);
         }
         if capabilities & CLIENT_CONNECT_ATTRS != 0 && !r.is_empty() {
             cu.attributes = Some(r.lenenc_bytes()?.to_vec());

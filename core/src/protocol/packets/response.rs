@@ -90,7 +90,10 @@ impl HandshakeResponse {
         }
         if capabilities & CLIENT_PLUGIN_AUTH != 0 && !r.is_empty() {
             let plugin = r.null_terminated_or_rest();
-            resp.auth_plugin = Some(r.utf8(plugin)?);
+            let plugin = r.utf8(plugin)?;
+            // An empty name names no plugin (the server's default), as an absent one
+            // does; what `write` puts for `None` reads back as `None`.
+            resp.auth_plugin = (!plugin.is_empty()).then_some(plugin);
         }
         if capabilities & CLIENT_CONNECT_ATTRS != 0 && !r.is_empty() {
             let all = r.lenenc_bytes()?;
