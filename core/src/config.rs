@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::StoredCredential;
 use crate::labels::Labels;
 use crate::limits::LimitsConfig;
+use crate::proxy_header::Network;
 
 /// Default for [`Config::login_timeout_ms`].
 pub const DEFAULT_LOGIN_TIMEOUT_MS: u64 = 10_000;
@@ -111,6 +112,9 @@ pub struct Config {
     /// A file whose first line is the admin token (re-read on SIGHUP); instead of `admin_token`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token_file: Option<String>,
+    /// Accept PROXY protocol v2 headers from these networks (None: from nobody).
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
 }
 
 /// `unverified_logins: Backend | Refuse`: what ferry does with a login it cannot verify
@@ -372,6 +376,31 @@ pub struct BackendConfig {
     /// Connect to it over TLS; None = plain TCP.
     #[serde(default)]
     pub tls: Option<BackendTlsConfig>,
+    /// Send a PROXY protocol v2 header first on every connection to it, so it
+    /// sees the client's address (MariaDB's `proxy_protocol_networks`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub proxy_protocol: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// `proxy_protocol: (trusted: ["10.0.0.0/8"])`: clients connecting from these
+/// networks (a load balancer) must start with a PROXY protocol v2 header, and
+/// the address it carries stands for the client's.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolConfig {
+    /// Networks whose connections carry a header; anyone else sending one is refused.
+    pub trusted: Vec<Network>,
+}
+
+impl ProxyProtocolConfig {
+    /// Whether a connection from `ip` must carry a header.
+    pub fn trusts(&self, ip: std::net::IpAddr) -> bool {
+        self.trusted.iter().any(|n| n.contains(ip))
+    }
 }
 
 fn yes() -> bool {

@@ -20,6 +20,7 @@ fn backend(id: &str, labels: &[(&str, &str)]) -> BackendConfig {
         state: WorkState::Working,
         compress_backend: true,
         tls: None,
+        proxy_protocol: false,
     }
 }
 

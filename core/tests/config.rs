@@ -71,6 +71,7 @@ fn the_contract_example_parses_to_exactly_this() {
                 state: WorkState::Working,
                 compress_backend: true,
                 tls: None,
+                proxy_protocol: false,
             },
             BackendConfig {
                 id: "cn2".into(),
@@ -79,6 +80,7 @@ fn the_contract_example_parses_to_exactly_this() {
                 state: WorkState::Working,
                 compress_backend: true,
                 tls: None,
+                proxy_protocol: false,
             },
             BackendConfig {
                 id: "cn3".into(),
@@ -87,6 +89,7 @@ fn the_contract_example_parses_to_exactly_this() {
                 state: WorkState::Draining,
                 compress_backend: true,
                 tls: None,
+                proxy_protocol: false,
             },
         ],
         server_version: None,
@@ -110,6 +113,7 @@ fn the_contract_example_parses_to_exactly_this() {
         limits: LimitsConfig::default(),
         admin_token: None,
         admin_token_file: None,
+        proxy_protocol: None,
     };
     assert_eq!(config, expected);
 }
@@ -549,4 +553,36 @@ fn debug_output_shows_no_password() {
         assert!(!debug.contains(secret), "{debug}");
     }
     assert!(debug.contains("\"a\""), "{debug}");
+}
+
+#[test]
+fn proxy_protocol_on_the_listener_and_per_backend() {
+    let config = Config::parse(&with(
+        r#"proxy_protocol: (trusted: ["10.0.0.0/8", "::1", "192.168.1.7"]),
+    backends: [(id: "cn1", addr: "127.0.0.1:3307", proxy_protocol: true)],"#,
+    ))
+    .unwrap();
+    let pp = config.proxy_protocol.as_ref().unwrap();
+    assert!(pp.trusts("10.200.0.1".parse().unwrap()));
+    assert!(pp.trusts("::1".parse().unwrap()));
+    assert!(pp.trusts("192.168.1.7".parse().unwrap()));
+    assert!(!pp.trusts("192.168.1.8".parse().unwrap()));
+    assert!(!pp.trusts("127.0.0.1".parse().unwrap()));
+    assert!(config.backends[0].proxy_protocol);
+    assert_eq!(Config::parse(&config.to_ron()).unwrap(), config);
+    // Off unless asked for.
+    let plain =
+        Config::parse(&with(r#"backends: [(id: "cn1", addr: "127.0.0.1:3307")],"#)).unwrap();
+    assert_eq!(plain.proxy_protocol, None);
+    assert!(!plain.backends[0].proxy_protocol);
+}
+
+#[test]
+fn a_bad_trusted_network_is_named_with_its_line() {
+    let err = reject(&with(r#"proxy_protocol: (trusted: ["10.0.0.0/33"]),"#));
+    assert_eq!(err.line, 4, "{err}");
+    assert!(
+        err.message.contains("'10.0.0.0/33' is not a network"),
+        "{err}"
+    );
 }

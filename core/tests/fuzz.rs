@@ -18,6 +18,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_core::cluster::{BackendId, NoBackend};
 use ferry_core::config::Config;
 use ferry_core::labels::{glob_match, parse_login_name};
+use ferry_core::login::UsersRead;
 use ferry_core::migrate::{MoveRequest, Trigger};
 use ferry_core::packets::flags::caps::*;
 use ferry_core::packets::ChangeUser;
@@ -602,9 +603,12 @@ fn check_session(input: &[u8]) {
                     Output::RunElsewhere(_) => {
                         pending.push(Input::RanElsewhere(Err("not here".into())))
                     }
-                    Output::Locate { .. } => pending.push(Input::Located(None)),
+                    Output::Locate { .. } => pending.push(Input::Located(Vec::new())),
+                    Output::ReadUsers(_) => pending.push(Input::UsersRead(UsersRead::NoSource)),
                     Output::CloseBackend(handle) => connected.retain(|c| *c != handle),
                     Output::Close(_) => closed = true,
+                    // No answer is due; the next bytes are taken as decrypted.
+                    Output::StartTls(_) | Output::BackendTls(_) => {}
                     Output::TransferBack { .. }
                     | Output::CloseSession { .. }
                     | Output::Event(_) => {}

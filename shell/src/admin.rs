@@ -390,6 +390,8 @@ fn put_backend(shared: &Shared, id: &str, body: &[u8]) -> Reply {
             },
             // Not settable here: a backend keeps the TLS setting of the config file.
             tls: existing.as_ref().and_then(|b| b.tls.clone()),
+            // Headers go to backends configured for them (the config file's backends only).
+            proxy_protocol: false,
         };
         cluster.upsert(&config);
         let b = cluster
@@ -448,6 +450,7 @@ fn session_json(entry: &crate::registry::SessionEntry) -> Value {
     let moves = entry.moves();
     json!({
         "id": entry.id,
+        "client_addr": entry.client().map(|a| a.to_string()),
         "tenant": info.as_ref().and_then(|i| i.tenant.clone()),
         "user": info.as_ref().map(|i| i.user.clone()),
         "labels": info.as_ref().map(|i| i.labels.0.clone()).unwrap_or_default(),

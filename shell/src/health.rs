@@ -94,7 +94,9 @@ pub async fn run(shared: Arc<Shared>) {
 }
 
 /// [`run`] over any connector and clock (the simulator's too).
-pub async fn run_with<K: Connector, T: Clock>(shared: Arc<Shared>, connector: K, clock: T) {
+pub async fn run_with<K: Connector + Clone, T: Clock>(shared: Arc<Shared>, connector: K, clock: T) {
+    // Backends that want a PROXY header get the LOCAL one from checks.
+    let connector = crate::proxy_protocol::HeaderConnector::local(connector, shared.clone());
     loop {
         let started = clock.now();
         check_all(&shared, &connector, &clock).await;

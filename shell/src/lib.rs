@@ -13,6 +13,7 @@ pub mod limits;
 pub mod metrics;
 pub mod probe;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod pump;
 pub mod record;
 pub mod registry;

@@ -25,7 +25,8 @@ use tracing::{error, info, warn};
 use crate::clock::{Clock, SystemClock};
 use crate::limits::Guards;
 use crate::metrics::{LoginFailure, Metrics};
-use crate::probe::read_handshake;
+use crate::probe::probe;
+use crate::proxy_protocol::{self, ClientAddr, HeaderConnector};
 use crate::pump::{self, ClientTls, Connector, Router};
 use crate::record::Recorder;
 use crate::registry::{Registry, SessionEntry, SessionInfo};
@@ -507,14 +508,23 @@ fn fresh_salt() -> [u8; 20] {
 }
 
 /// Learns the server version and capabilities from the first backend that answers.
-pub async fn learn_identity(shared: &Shared, configured_version: Option<&str>) {
+pub async fn learn_identity(shared: &Arc<Shared>, configured_version: Option<&str>) {
     let addrs: Vec<(BackendId, SocketAddr)> = {
         let cluster = shared.cluster.lock().expect("cluster lock");
         cluster.backends().map(|b| (b.id.clone(), b.addr)).collect()
     };
     let connector = TcpConnector::new(shared.tls.clone());
     for (id, addr) in addrs {
-        match read_handshake(&connector, &id, addr, Duration::from_secs(2)).await {
+        let connector = HeaderConnector::local(connector.clone(), shared.clone());
+        match probe(
+            &connector,
+            &SystemClock::new(),
+            &id,
+            addr,
+            Duration::from_secs(2),
+        )
+        .await
+        {
             Ok(hs) => {
                 let mut identity = shared.identity.write().expect("identity lock");
                 identity.capabilities = (FERRY_SUPPORTED | FERRY_COMPRESSION) & hs.capabilities;
@@ -571,8 +581,20 @@ pub async fn serve(
         // The certificate in force now: a reload changes it for later sessions only.
         let tls = shared.tls.acceptor();
         ex.spawn(async move {
+            // A PROXY header comes first, before any TLS; bounded by the login timeout.
+            let timeout = shared
+                .session_config
+                .read()
+                .expect("config lock")
+                .login_timeout;
+            let deadline = clock.now() + timeout;
+            let Some((stream, addr)) =
+                proxy_protocol::accept(&shared, stream, peer, &clock, deadline).await
+            else {
+                return;
+            };
             let stream = tls::Stream::Plain(stream);
-            run_session(shared, stream, peer, &connector, &clock, fresh_salt(), &tls).await;
+            run_session(shared, stream, addr, &connector, &clock, fresh_salt(), &tls).await;
         })
         .detach();
     }
@@ -582,17 +604,18 @@ pub async fn serve(
 /// session, pumps it (the same code for the binary and the simulator).
 /// `salt` is the random salt of ferry's handshake; `tls` upgrades the client
 /// connection when it asks for TLS ([`pump::NoTls`] where there is none).
+/// `addr` is the TCP peer, or who a PROXY header said the client is.
 pub async fn run_session<S, K, T, A>(
     shared: Arc<Shared>,
     stream: S,
-    peer: SocketAddr,
+    addr: impl Into<ClientAddr>,
     connector: &K,
     clock: &T,
     salt: [u8; 20],
     tls: &A,
 ) where
     S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
-    K: Connector,
+    K: Connector + Clone,
     T: Clock,
     A: ClientTls<S>,
 {
@@ -600,12 +623,15 @@ pub async fn run_session<S, K, T, A>(
         .metrics
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
-    let _permit = match shared.guards.admit(clock.now(), peer.ip()) {
+    let addr: ClientAddr = addr.into();
+    let connector = HeaderConnector::for_client(connector.clone(), shared.clone(), &addr);
+    let _permit = match shared.guards.admit(clock.now(), addr.client.ip()) {
         Ok(permit) => permit,
         Err(err) => return refuse_before_handshake(stream, &err).await,
     };
     let conn_id = shared.connection_id();
     let mut registration = shared.registry.register(conn_id);
+    registration.entry.set_client(addr.client);
     let identity = shared.identity.read().expect("identity lock").clone();
     let greeting = Greeting {
         server_version: identity.version,
@@ -623,19 +649,22 @@ pub async fn run_session<S, K, T, A>(
         session_config,
         greeting,
         users,
-        peer.ip().to_string(),
+        addr.client.ip().to_string(),
     );
     let hooks = SessionHooks::new(
         shared.clone(),
         registration.entry.clone(),
         clock.clone(),
-        peer.ip(),
+        addr.client.ip(),
     );
     let shutdown = shared.shutdown_requested();
     let control = registration.control.take().expect("a fresh registration");
     let pump = pump::run(
-        conn_id, session, stream, connector, &hooks, clock, shutdown, control, tls,
+        conn_id, session, stream, &connector, &hooks, clock, shutdown, control, tls,
     );
+    // Every line the session logs names its client (the PROXY header's address, if any).
+    let pump =
+        tracing::Instrument::instrument(pump, tracing::info_span!("client", addr = %addr.client));
     // A bug in one session must not take the proxy down: the panic ends
     // this task only (its sockets close and its count is released on unwind).
     if let Err(panic) = std::panic::AssertUnwindSafe(pump).catch_unwind().await {

@@ -52,6 +52,7 @@ pub struct SessionEntry {
     /// `KILL` of an id read before a move still finds it.
     earlier: Mutex<VecDeque<(BackendId, u32)>>,
     control: async_channel::Sender<Control>,
+    client: std::sync::OnceLock<std::net::SocketAddr>,
 }
 
 /// How many earlier backend threads a session remembers.
@@ -84,7 +85,18 @@ impl SessionEntry {
             migrations: AtomicU32::new(0),
             reads: AtomicU64::new(0),
             last_read: AtomicU8::new(LAST_NONE),
+            client: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The client's address (from a PROXY header, if it came through a trusted balancer).
+    pub fn client(&self) -> Option<std::net::SocketAddr> {
+        self.client.get().copied()
+    }
+
+    /// Records the client's address (once).
+    pub fn set_client(&self, addr: std::net::SocketAddr) {
+        let _ = self.client.set(addr);
     }
 
     /// Who and where, once logged in.

@@ -83,8 +83,9 @@ pub async fn reread(shared: &Shared, wanted: Option<&ReadUsers>) -> UsersRead {
 
 /// Logs in to `backend` at `addr` as `user` (over TLS if its setting says
 /// so) and runs the users query (MariaDB's, then MySQL's).
-pub async fn read_users(
-    connector: &TcpConnector,
+/// A backend configured with `proxy_protocol: true` gets the LOCAL header first.
+pub async fn read_users<K: crate::pump::Connector>(
+    connector: &K,
     backend: &BackendId,
     addr: std::net::SocketAddr,
     user: &str,
@@ -135,7 +136,11 @@ pub async fn sync_once(shared: &Shared) -> Result<(), String> {
         })?;
     shared.metrics.user_source_reads.fetch_add(1, Relaxed);
     let rows = read_users(
-        &TcpConnector::new(shared.tls.clone()),
+        &crate::proxy_protocol::HeaderConnector::local_to(
+            TcpConnector::new(shared.tls.clone()),
+            shared,
+            addr,
+        ),
         &backend,
         addr,
         &source.user,

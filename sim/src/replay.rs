@@ -274,6 +274,7 @@ fn run(
         labels: Labels::default(),
         state: WorkState::Working,
         tls: None,
+        proxy_protocol: false,
     }];
     sim.host("ferry", move || {
         let config = config.clone();

@@ -365,6 +365,7 @@ fn backend_config(
         labels: Labels(b.labels.clone()),
         state: b.state,
         tls: None,
+        proxy_protocol: false,
     }
 }
 

@@ -142,6 +142,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub labels: Vec<(String, String)>,
     pub draining: bool,
+    /// `proxy_protocol: true`: ferry sends it a PROXY v2 header first.
+    pub proxy_protocol: bool,
 }
 
 impl Backend {
@@ -151,7 +153,14 @@ impl Backend {
             addr,
             labels: Vec::new(),
             draining: false,
+            proxy_protocol: false,
         }
+    }
+
+    /// Sends a PROXY v2 header first on every connection to it.
+    pub fn proxy_protocol(mut self) -> Self {
+        self.proxy_protocol = true;
+        self
     }
 
     pub fn label(mut self, key: &str, value: &str) -> Self {
@@ -226,6 +235,9 @@ impl ConfigBuilder {
             }
             if b.draining {
                 s.push_str(", state: Draining");
+            }
+            if b.proxy_protocol {
+                s.push_str(", proxy_protocol: true");
             }
             s.push_str("),\n");
         }

@@ -1208,6 +1208,7 @@ mod tests {
             labels: labels.iter().copied().collect(),
             state: WorkState::Working,
             tls: None,
+            proxy_protocol: false,
         }
     }
 
@@ -1518,6 +1519,7 @@ mod group_tests {
             ),
             state: WorkState::Working,
             tls: None,
+            proxy_protocol: false,
         }
     }
 
