@@ -603,7 +603,7 @@ fn check_session(input: &[u8]) {
                     Output::RunElsewhere(_) => {
                         pending.push(Input::RanElsewhere(Err("not here".into())))
                     }
-                    Output::Locate { .. } => pending.push(Input::Located(Vec::new())),
+                    Output::Locate => pending.push(Input::Located(Vec::new())),
                     Output::ReadUsers(_) => pending.push(Input::UsersRead(UsersRead::NoSource)),
                     Output::CloseBackend(handle) => connected.retain(|c| *c != handle),
                     Output::Close(_) => closed = true,
