@@ -2590,6 +2590,26 @@ fn any_interleaving_of_commands_moves_answers_and_failures_keeps_the_session_who
     }
 }
 
+/// Found by the property above (shrunk): a `COM_STMT_CLOSE` and a `SET`
+/// wait behind a read-back; once it is answered they go on together. The
+/// close passes at once and leaves the session at what looked like a safe
+/// point, so the pending move started, and the `SET` (held by the KILL gate
+/// for its comment) then went to the source during the move: the target
+/// never got `@v1`. With a `COMMIT` in its place, the source's answers to
+/// ferry reached the client.
+#[test]
+fn a_command_held_behind_a_statement_close_keeps_a_move_from_starting() {
+    moves_never_lose_reorder_or_half_move(vec![
+        Op::Prepare,
+        Op::Deliver(176),
+        Op::SetVar(180),
+        Op::Deliver(124),
+        Op::CloseStmt(243),
+        Op::Migrate,
+        Op::SetVar(238),
+    ]);
+}
+
 // ================================================================= text PREPAREs
 
 /// The text of a `PREPARE name FROM '...'` is kept as the bytes the client

@@ -77,13 +77,22 @@ impl Session {
         match ic.gate.scan(&data) {
             None => self.forward_client(data),
             Some(at) => {
+                // Held before what precedes it is passed on: passing it may
+                // reach a point where ferry starts an exchange of its own (a
+                // move, a read-back), and the held command must keep a move
+                // from starting and wait behind that exchange.
+                // (While ferry lets the client's bytes pass its own exchange,
+                // they go on at once, as before.)
+                let passing = f.passing;
+                ic.gate.held.extend_from_slice(&data[at..]);
                 if at > 0 {
                     self.forward_client(data.slice(..at));
                 }
-                if let State::Forwarding(f) = &mut self.state {
-                    f.intercept.gate.held.extend_from_slice(&data[at..]);
+                if passing {
+                    self.handle_held();
+                } else {
+                    self.resume_intercept();
                 }
-                self.handle_held();
             }
         }
     }
