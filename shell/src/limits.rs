@@ -74,11 +74,23 @@ impl Guards {
 
     /// Lets a new connection from `peer` in, or says why not (the ERR to send before the handshake).
     pub fn admit(&self, now: Timestamp, peer: IpAddr) -> Result<ConnectionPermit<'_>, ErrPacket> {
+        self.check_host(now, peer)?;
+        self.open_connection()
+    }
+
+    /// Refuses `peer` if failed logins blocked it (the ERR to send before the handshake).
+    pub fn check_host(&self, now: Timestamp, peer: IpAddr) -> Result<(), ErrPacket> {
         *self.last_now.lock().expect("now lock") = now;
         if let Err(blocked) = self.logins.lock().expect("logins lock").check(now, peer) {
             self.refused_blocked.fetch_add(1, Relaxed);
             return Err(blocked.err(now));
         }
+        Ok(())
+    }
+
+    /// Counts a new connection against `max_connections`, from accept on:
+    /// one still sending its PROXY header holds a slot too.
+    pub fn open_connection(&self) -> Result<ConnectionPermit<'_>, ErrPacket> {
         match self
             .admission
             .lock()

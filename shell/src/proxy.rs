@@ -581,6 +581,17 @@ pub async fn serve(
         // The certificate in force now: a reload changes it for later sessions only.
         let tls = shared.tls.acceptor();
         ex.spawn(async move {
+            shared
+                .metrics
+                .connections_total
+                .fetch_add(1, Ordering::Relaxed);
+            // Counted from accept on, so clients stuck before their PROXY
+            // header cannot get past max_connections.
+            let guards = shared.clone();
+            let _permit = match guards.guards.open_connection() {
+                Ok(permit) => permit,
+                Err(err) => return refuse_before_handshake(stream, &err).await,
+            };
             // A PROXY header comes first, before any TLS; bounded by the login timeout.
             let timeout = shared
                 .session_config
@@ -594,7 +605,11 @@ pub async fn serve(
                 return;
             };
             let stream = tls::Stream::Plain(stream);
-            run_session(shared, stream, addr, &connector, &clock, fresh_salt(), &tls).await;
+            // Blocked hosts are known only now: a PROXY header names the client.
+            if let Err(err) = shared.guards.check_host(clock.now(), addr.client.ip()) {
+                return refuse_before_handshake(stream, &err).await;
+            }
+            serve_admitted(shared, stream, addr, &connector, &clock, fresh_salt(), &tls).await;
         })
         .detach();
     }
@@ -624,11 +639,30 @@ pub async fn run_session<S, K, T, A>(
         .connections_total
         .fetch_add(1, Ordering::Relaxed);
     let addr: ClientAddr = addr.into();
-    let connector = HeaderConnector::for_client(connector.clone(), shared.clone(), &addr);
-    let _permit = match shared.guards.admit(clock.now(), addr.client.ip()) {
+    let guards = shared.clone();
+    let _permit = match guards.guards.admit(clock.now(), addr.client.ip()) {
         Ok(permit) => permit,
         Err(err) => return refuse_before_handshake(stream, &err).await,
     };
+    serve_admitted(shared, stream, addr, connector, clock, salt, tls).await;
+}
+
+/// [`run_session`] after admission: the caller holds the connection's permit.
+async fn serve_admitted<S, K, T, A>(
+    shared: Arc<Shared>,
+    stream: S,
+    addr: ClientAddr,
+    connector: &K,
+    clock: &T,
+    salt: [u8; 20],
+    tls: &A,
+) where
+    S: futures_io::AsyncRead + futures_io::AsyncWrite + Unpin,
+    K: Connector + Clone,
+    T: Clock,
+    A: ClientTls<S>,
+{
+    let connector = HeaderConnector::for_client(connector.clone(), shared.clone(), &addr);
     let conn_id = shared.connection_id();
     let mut registration = shared.registry.register(conn_id);
     registration.entry.set_client(addr.client);

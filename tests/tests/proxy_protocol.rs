@@ -260,3 +260,50 @@ fn a_trusted_peer_must_send_a_good_header() {
     }
     assert!(ferry.log().contains("bad PROXY header from a trusted peer"));
 }
+
+#[test]
+fn connections_waiting_for_their_header_count_towards_max_connections() {
+    let _servers = servers::shared();
+    let ferry = ConfigBuilder::new()
+        .backend(Backend::new("cn1", backends()[0]))
+        .field(r#"proxy_protocol: (trusted: ["127.0.0.0/8"])"#)
+        .field("limits: (max_connections: 2)")
+        .field("login_timeout_ms: 20000")
+        .start();
+    // Two trusted peers that never send their header hold both slots.
+    let silent: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(ferry.addr).unwrap())
+        .collect();
+    let admin = Admin::of(&ferry);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !admin
+        .http("GET", "/metrics", None)
+        .1
+        .contains("\nferry_client_connections 2\n")
+    {
+        assert!(Instant::now() < deadline, "two connections counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A third is refused with 1040 before it sends anything.
+    let mut third = TcpStream::connect(ferry.addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reply = Vec::new();
+    let _ = third.read_to_end(&mut reply);
+    assert!(
+        reply.len() > 6 && reply[4] == 0xff && u16::from_le_bytes([reply[5], reply[6]]) == 1040,
+        "{reply:?}"
+    );
+    // Closing them frees the slots.
+    drop(silent);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !admin
+        .http("GET", "/metrics", None)
+        .1
+        .contains("\nferry_client_connections 0\n")
+    {
+        assert!(Instant::now() < deadline, "the slots freed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
