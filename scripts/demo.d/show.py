@@ -336,6 +336,9 @@ def summary(a):
           f"{int(tot['ignored'][0])} ignored errors, {int(tot['reconnects'][0])} reconnects")
     if a.sysbench_status != 0:
         problems.append(f"sysbench exited with status {a.sysbench_status}")
+        if a.sysbench_status == 139:
+            w("  sysbench crashed (SIGSEGV): it does so after it has ignored a 2027 (see below), "
+              "with prepared statements and with --db-ps-mode=disable alike")
         for l in tot["fatal"]:
             w(f"  {l}")
     w("")
