@@ -44,6 +44,25 @@ fn a_tenant_user_logs_in_and_the_backend_sees_the_bare_user() {
 }
 
 #[test]
+fn commands_passed_on_are_counted_for_the_backend_counter() {
+    let mut h = Harness::new();
+    h.client_logs_in("root", "111");
+    assert_eq!(h.session.commands_forwarded(), 0, "the login is no command");
+    h.backend_greets("cn1");
+    h.backend_accepts(2);
+    assert_eq!(h.session.commands_forwarded(), 0);
+    h.feed(Input::ClientData(frame(0, |b| {
+        b.extend_from_slice(b"\x03SELECT 1")
+    })));
+    assert_eq!(h.session.commands_forwarded(), 1);
+    h.feed(Input::BackendData(B0, backend_ok(1)));
+    h.feed(Input::ClientData(frame(0, |b| {
+        b.extend_from_slice(b"\x0e")
+    })));
+    assert_eq!(h.session.commands_forwarded(), 2, "{}", h.trace);
+}
+
+#[test]
 fn a_wrong_password_is_refused_by_ferry_with_mysqls_wording() {
     let mut h = Harness::new();
     h.client_logs_in("root", "nope");

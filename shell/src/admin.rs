@@ -269,7 +269,7 @@ fn state_name(state: WorkState) -> &'static str {
     }
 }
 
-fn backend_json(cluster: &Cluster, b: &Backend) -> Value {
+fn backend_json(shared: &Shared, cluster: &Cluster, b: &Backend) -> Value {
     let drain = cluster
         .drain_status(&b.id)
         .map(|d| json!({ "since_ms": d.since.as_micros() / 1000, "stuck": d.stuck }));
@@ -283,6 +283,7 @@ fn backend_json(cluster: &Cluster, b: &Backend) -> Value {
         "groups": b.groups.iter().map(|(g, n)| (g.0.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
         "removing": b.removing,
         "drain": drain,
+        "commands_total": shared.metrics.commands.total(&b.id),
     })
 }
 
@@ -293,7 +294,7 @@ fn list_backends(shared: &Shared) -> Reply {
         Value::Array(
             cluster
                 .backends()
-                .map(|b| backend_json(&cluster, b))
+                .map(|b| backend_json(shared, &cluster, b))
                 .collect(),
         ),
     )
@@ -306,7 +307,7 @@ fn not_found_backend(id: &str) -> Reply {
 fn get_backend(shared: &Shared, id: &str) -> Reply {
     let cluster = shared.cluster.lock().expect("cluster lock");
     match cluster.backend(&BackendId(id.to_string())) {
-        Some(b) => Reply::json(200, backend_json(&cluster, b)),
+        Some(b) => Reply::json(200, backend_json(shared, &cluster, b)),
         None => not_found_backend(id),
     }
 }
@@ -402,7 +403,7 @@ fn put_backend(shared: &Shared, id: &str, body: &[u8]) -> Reply {
               "{} backend through the admin API", if created { "added" } else { "updated" });
         Ok(Reply::json(
             if created { 201 } else { 200 },
-            backend_json(&cluster, b),
+            backend_json(shared, &cluster, b),
         ))
     })();
     result.unwrap_or_else(|e| e)
@@ -416,7 +417,7 @@ fn set_state(shared: &Shared, id: &str, state: WorkState) -> Reply {
             let b = cluster.backend(&bid).expect("known");
             info!(backend = %id, state = state_name(b.state), connections = b.connections,
                   "work state set through the admin API");
-            Reply::json(200, backend_json(&cluster, b))
+            Reply::json(200, backend_json(shared, &cluster, b))
         }
         Err(_) => not_found_backend(id),
     }
@@ -607,6 +608,7 @@ mod tests {
         assert_eq!(list[0]["state"], "working");
         assert_eq!(list[0]["health"], "up");
         assert_eq!(list[0]["connections"], 0);
+        assert_eq!(list[0]["commands_total"], 0);
     }
 
     #[test]

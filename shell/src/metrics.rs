@@ -3,10 +3,12 @@
 //! Per-backend gauges (connections, health, state) are read from the cluster
 //! when the page is rendered, so they are exact and cost nothing meanwhile.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
 
-use ferry_core::cluster::{Backend, Health};
+use ferry_core::cluster::{Backend, BackendId, Health};
 use ferry_core::config::WorkState;
 use ferry_core::session::{CloseReason, MoveFailure, MoveReport, Trigger};
 
@@ -109,6 +111,33 @@ pub struct Metrics {
     pub user_source_reads: AtomicU64,
     /// Of those, the ones that failed.
     pub user_source_failures: AtomicU64,
+    /// Client commands passed on, per backend (`ferry top` turns them into QPS).
+    pub commands: CommandCounters,
+}
+
+/// One counter of commands per backend id, each handed out once per session and
+/// backend, so that counting a command is one relaxed add, without a lock.
+#[derive(Debug, Default)]
+pub struct CommandCounters(RwLock<BTreeMap<BackendId, Arc<AtomicU64>>>);
+
+impl CommandCounters {
+    /// The counter for `backend` (created at 0 the first time).
+    pub fn counter(&self, backend: &BackendId) -> Arc<AtomicU64> {
+        if let Some(c) = self.0.read().expect("commands lock").get(backend) {
+            return c.clone();
+        }
+        let mut map = self.0.write().expect("commands lock");
+        map.entry(backend.clone()).or_default().clone()
+    }
+
+    /// Commands passed on to `backend` since start.
+    pub fn total(&self, backend: &BackendId) -> u64 {
+        self.0
+            .read()
+            .expect("commands lock")
+            .get(backend)
+            .map_or(0, |c| c.load(Relaxed))
+    }
 }
 
 impl Metrics {
@@ -293,6 +322,22 @@ impl Metrics {
                     "ferry_backend_connections{{backend=\"{}\"}} {}",
                     escape(&b.id.0),
                     b.connections
+                ),
+            );
+        }
+        head(
+            &mut out,
+            "ferry_commands_total",
+            "counter",
+            "Client commands passed on to each backend.",
+        );
+        for b in backends {
+            put(
+                &mut out,
+                format!(
+                    "ferry_commands_total{{backend=\"{}\"}} {}",
+                    escape(&b.id.0),
+                    self.commands.total(&b.id)
                 ),
             );
         }
@@ -496,6 +541,40 @@ impl Metrics {
     }
 }
 
+/// One session's part in the command counters: how many of its commands are
+/// counted, and the counter of the backend it is on (asked for again only
+/// when it moved), so the pump adds at most once per wake-up, without a lock.
+#[derive(Debug, Default)]
+pub struct SessionCommands {
+    counted: u64,
+    on: Option<(BackendId, Arc<AtomicU64>)>,
+}
+
+impl SessionCommands {
+    /// Adds to `backend`'s counter the commands since the last call (`total`
+    /// is the session's count so far); `counter` gives a backend's counter.
+    pub fn count(
+        &mut self,
+        total: u64,
+        backend: Option<&BackendId>,
+        counter: impl FnOnce(&BackendId) -> Option<Arc<AtomicU64>>,
+    ) {
+        if total <= self.counted {
+            return;
+        }
+        let Some(backend) = backend else {
+            return;
+        };
+        if self.on.as_ref().is_none_or(|(b, _)| b != backend) {
+            self.on = counter(backend).map(|c| (backend.clone(), c));
+        }
+        if let Some((_, c)) = &self.on {
+            c.fetch_add(total - self.counted, Relaxed);
+        }
+        self.counted = total;
+    }
+}
+
 /// Escapes a label value.
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -532,11 +611,39 @@ mod tests {
     }
 
     #[test]
+    fn a_session_adds_its_new_commands_to_the_backend_it_is_on() {
+        let counters = CommandCounters::default();
+        let (cn1, cn2) = (BackendId("cn1".into()), BackendId("cn2".into()));
+        let mut s = SessionCommands::default();
+        let mut asked = 0;
+        let mut count = |s: &mut SessionCommands, total, b: Option<&BackendId>| {
+            s.count(total, b, |b| {
+                asked += 1;
+                Some(counters.counter(b))
+            })
+        };
+        count(&mut s, 0, Some(&cn1));
+        count(&mut s, 3, None);
+        count(&mut s, 3, Some(&cn1));
+        count(&mut s, 5, Some(&cn1));
+        count(&mut s, 6, Some(&cn2));
+        count(&mut s, 0, Some(&cn2));
+        assert_eq!(asked, 2, "asked once per backend");
+        assert_eq!(counters.total(&cn1), 5);
+        assert_eq!(counters.total(&cn2), 1);
+    }
+
+    #[test]
     fn renders_counters_and_histogram() {
         let m = Metrics::default();
         m.sessions_total.fetch_add(3, Relaxed);
         m.login_failed(LoginFailure::NoBackend);
         m.migration_duration(0.02);
+        m.commands
+            .counter(&BackendId("cn1".into()))
+            .fetch_add(7, Relaxed);
+        assert_eq!(m.commands.total(&BackendId("cn1".into())), 7);
+        assert_eq!(m.commands.total(&BackendId("cn2".into())), 0);
         let text = m.render(&[]);
         assert!(text.contains("ferry_sessions_total 3\n"), "{text}");
         assert!(text.contains("ferry_logins_total{result=\"failed\",reason=\"no_backend\"} 1\n"));

@@ -412,6 +412,10 @@ impl<T: Clock> Router for SessionHooks<T> {
         crate::usersync::reread(&self.shared, Some(wanted)).await
     }
 
+    fn command_counter(&self, backend: &BackendId) -> Option<Arc<std::sync::atomic::AtomicU64>> {
+        Some(self.shared.metrics.commands.counter(backend))
+    }
+
     fn close_session(&self, id: u32, why: &str) {
         if let Some(entry) = self.shared.registry.get(id) {
             entry.send(ferry_core::session::Control::Kill(why.to_string()));

@@ -7,7 +7,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -131,6 +131,10 @@ pub trait Router: Send + Sync + 'static {
     /// The live sessions, for a `KILL` to find the one it names. Default: none.
     fn peers(&self) -> Vec<Peer> {
         Vec::new()
+    }
+    /// The counter of commands passed on to `backend` (QPS). Default: none.
+    fn command_counter(&self, _backend: &BackendId) -> Option<Arc<AtomicU64>> {
+        None
     }
     /// Reads the user source again for a waiting login. Default: there is none.
     fn read_users(&self, _wanted: &ReadUsers) -> impl Future<Output = UsersRead> + Send {
@@ -306,6 +310,7 @@ where
     let mut client_gate = ReadGate::new();
     let mut shutdown = Some(Box::pin(shutdown));
     let mut control = Some(Box::pin(control));
+    let mut commands = crate::metrics::SessionCommands::default();
     loop {
         while let Some(output) = session.poll_output() {
             match output {
@@ -442,6 +447,11 @@ where
                 }
             }
         }
+        // The commands passed on meanwhile count for the backend the session is on (QPS).
+        let backend = lease.route.as_ref().map(|r| &r.backend);
+        commands.count(session.commands_forwarded(), backend, |b| {
+            router.command_counter(b)
+        });
         if let Some((h, stream)) = fresh.take() {
             backends.push(BackendConn {
                 handle: h,

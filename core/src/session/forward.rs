@@ -79,6 +79,8 @@ pub struct Forward {
     /// Set when a response completed, so the status is recomputed.
     status_dirty: bool,
     rearm: Rearm,
+    /// Client commands seen (and passed on), for the per-backend command counter.
+    commands: u64,
 }
 
 impl Forward {
@@ -109,6 +111,7 @@ impl Forward {
             response_start: 0,
             status_dirty: true,
             rearm: Rearm::Idle,
+            commands: 0,
         }
     }
 
@@ -278,6 +281,11 @@ impl Forward {
         self.tracker.set_pipeline_limit(limit);
     }
 
+    /// Client commands followed since the login (the shell turns them into QPS).
+    pub fn commands(&self) -> u64 {
+        self.commands
+    }
+
     /// True when no command is outstanding (a COM_QUIT may be sent to the backend).
     pub fn is_idle(&self) -> bool {
         self.tracker.is_idle() && matches!(self.rearm, Rearm::Idle)
@@ -340,6 +348,9 @@ impl Forward {
     /// the direction just fed (rewritten OKs, translated statement ids).
     fn drain_events(&mut self, edits: &mut Vec<Edit>) {
         while let Some(event) = self.tracker.poll_event() {
+            if let Event::Command { .. } = &event {
+                self.commands += 1;
+            }
             match &event {
                 Event::Ok { ok, trackers, at } => {
                     if let Some(rewritten) = self.client_ok(ok, trackers) {

@@ -539,6 +539,14 @@ impl Session {
         }
     }
 
+    /// Client commands passed on since the login (0 before it forwards and after it closed).
+    pub fn commands_forwarded(&self) -> u64 {
+        match &self.state {
+            State::Forwarding(f) => f.forward.commands(),
+            _ => 0,
+        }
+    }
+
     /// Where the session stands (in a transaction, safe, blockers); `None` before it forwards.
     pub fn status(&self) -> Option<SessionStatus> {
         match &self.state {
