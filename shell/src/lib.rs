@@ -15,6 +15,7 @@ pub mod probe;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod pump;
+pub mod readbuf;
 pub mod record;
 pub mod registry;
 pub mod side;

@@ -141,7 +141,11 @@ fn run(config: Config, path: PathBuf, record: Option<PathBuf>) -> anyhow::Result
             ferry_shell::clock::SystemClock::new(),
         ))
         .detach();
-        serve(ex.clone(), shared.clone(), listener).await?;
+        // A task of its own: polled inside block_on's own future, the accept
+        // loop would be polled (a failed accept4 and an epoll_ctl re-arm)
+        // every time any session task woke the executor.
+        ex.spawn(serve(ex.clone(), shared.clone(), listener))
+            .await?;
         drain(&shared).await;
         Ok(())
     }))

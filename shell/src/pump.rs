@@ -1,7 +1,8 @@
 //! The per-connection pump: moves bytes between sockets and a [`Session`].
 //!
-//! Cut-through: each read becomes one `Bytes` (a slice of the read buffer,
-//! no copy), goes through the session and leaves in one write.
+//! Cut-through: each read becomes one `Bytes` (a slice of the thread's shared
+//! read chunk, see [`crate::readbuf`], no copy), goes through the session and
+//! leaves in one write.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use ferry_core::cluster::{BackendId, NoBackend, Route, RouteRequest};
 use ferry_core::kill::{Peer, RemoteStatement};
 use ferry_core::login::client::TlsOffer;
@@ -26,6 +27,7 @@ use futures_lite::{AsyncWriteExt, FutureExt, Stream};
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
+use crate::readbuf::read_shared;
 use crate::side::SideConn;
 
 /// Opens connections to backends.
@@ -142,34 +144,6 @@ pub trait Router: Send + Sync + 'static {
     }
 }
 
-/// Read buffer size per direction.
-const READ_CHUNK: usize = 16 * 1024;
-/// Below this much room, the read buffer is refilled.
-const MIN_ROOM: usize = 2 * 1024;
-
-/// A read buffer kept initialised, from which each read is split off without copying.
-struct ReadBuf(BytesMut);
-
-impl ReadBuf {
-    fn new() -> Self {
-        ReadBuf(BytesMut::new())
-    }
-
-    fn room(&mut self) -> &mut [u8] {
-        if self.0.len() < MIN_ROOM {
-            self.0.clear();
-            self.0.reserve(READ_CHUNK);
-            let cap = self.0.capacity();
-            self.0.resize(cap, 0);
-        }
-        &mut self.0[..]
-    }
-
-    fn take(&mut self, n: usize) -> Bytes {
-        self.0.split_to(n).freeze()
-    }
-}
-
 /// Keeps a socket's read parked in the reactor once it said "nothing yet",
 /// so it is not polled again (a read syscall that fails with EAGAIN, and a
 /// re-arm) every time the other socket has traffic; it is polled again once
@@ -251,7 +225,6 @@ impl<R: Router> Drop for Lease<'_, R> {
 struct BackendConn<S> {
     handle: BackendHandle,
     stream: S,
-    buf: ReadBuf,
     gate: ReadGate,
 }
 
@@ -262,8 +235,8 @@ type Connecting<'a, S> = (
 );
 
 enum Wake {
-    Client(io::Result<usize>),
-    Backend(usize, io::Result<usize>),
+    Client(io::Result<Bytes>),
+    Backend(usize, io::Result<Bytes>),
     Connected(BackendHandle, io::Result<()>),
     Control(Option<Control>),
     Timer,
@@ -301,7 +274,6 @@ where
         router,
         route: None,
     };
-    let mut client_buf = ReadBuf::new();
     // The client stopped reading (write_timeout_ms): nothing more is written to it.
     let mut client_stuck = false;
     let mut timer: Option<(ferry_core::Timestamp, Pin<Box<T::Sleep>>)> = None;
@@ -456,7 +428,6 @@ where
             backends.push(BackendConn {
                 handle: h,
                 stream,
-                buf: ReadBuf::new(),
                 gate: ReadGate::new(),
             });
             session.handle(clock.now(), Input::BackendConnected(h));
@@ -472,13 +443,12 @@ where
         backend_first = !backend_first;
         let wake = poll_fn(|cx| {
             let mut poll_client = |cx: &mut Context<'_>| {
-                client_gate
-                    .poll_read(cx, &mut client, client_buf.room())
-                    .map(Wake::Client)
+                read_shared(|room| client_gate.poll_read(cx, &mut client, room)).map(Wake::Client)
             };
             let mut poll_backends = |cx: &mut Context<'_>| {
                 for (i, b) in backends.iter_mut().enumerate() {
-                    if let Poll::Ready(r) = b.gate.poll_read(cx, &mut b.stream, b.buf.room()) {
+                    let read = read_shared(|room| b.gate.poll_read(cx, &mut b.stream, room));
+                    if let Poll::Ready(r) = read {
                         return Poll::Ready(Wake::Backend(i, r));
                     }
                 }
@@ -529,19 +499,22 @@ where
         .await;
         let now = clock.now();
         match wake {
-            Wake::Client(Ok(0)) | Wake::Client(Err(_)) => session.handle(now, Input::ClientClosed),
-            Wake::Client(Ok(n)) => {
-                let data = client_buf.take(n);
+            Wake::Client(Err(_)) => session.handle(now, Input::ClientClosed),
+            Wake::Client(Ok(data)) if data.is_empty() => session.handle(now, Input::ClientClosed),
+            Wake::Client(Ok(data)) => {
                 router.on_read(true, &data);
                 session.handle(now, Input::ClientData(data))
             }
-            Wake::Backend(i, Ok(0)) | Wake::Backend(i, Err(_)) => {
+            Wake::Backend(i, Err(_)) => {
                 let b = backends.swap_remove(i);
                 session.handle(now, Input::BackendClosed(b.handle))
             }
-            Wake::Backend(i, Ok(n)) => {
-                let b = &mut backends[i];
-                let data = b.buf.take(n);
+            Wake::Backend(i, Ok(data)) if data.is_empty() => {
+                let b = backends.swap_remove(i);
+                session.handle(now, Input::BackendClosed(b.handle))
+            }
+            Wake::Backend(i, Ok(data)) => {
+                let b = &backends[i];
                 router.on_read(false, &data);
                 session.handle(now, Input::BackendData(b.handle, data))
             }
