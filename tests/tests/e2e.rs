@@ -791,3 +791,25 @@ fn kill_never_reaches_another_tenants_session() {
     let one: Option<u32> = victim.query_first("SELECT 1").unwrap();
     assert_eq!(one, Some(1), "the other tenant's session is untouched");
 }
+
+#[test]
+fn commands_are_counted_per_backend_in_metrics_and_the_backends_json() {
+    let ferry = one_backend();
+    let admin = admin::Admin::of(&ferry);
+    let mut conn = login(&ferry, "root", "111");
+    // Counted once the login's own set-up queries are done: only these ten from here on.
+    let before = admin.backends()["cn1"]["commands_total"].as_u64().unwrap();
+    for _ in 0..10 {
+        let _: Option<u32> = conn.query_first("SELECT 1").unwrap();
+    }
+    let after = admin.backends()["cn1"]["commands_total"].as_u64().unwrap();
+    assert_eq!(after - before, 10, "{}", ferry.log());
+    let (status, metrics) = admin.http("GET", "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains(&format!(
+            "ferry_commands_total{{backend=\"cn1\"}} {after}\n"
+        )),
+        "{metrics}"
+    );
+}
