@@ -5,6 +5,7 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
+use ferry_core::packets::flags::caps::MARIADB_CLIENT_CACHE_METADATA;
 use ferry_core::state::SessionState;
 use ferry_core::tracker::{command_name, Command, Event, TrackItem, Tracker};
 
@@ -14,12 +15,13 @@ enum Chunk {
     Server(Vec<u8>),
 }
 
-fn load(name: &str) -> (u32, Vec<Chunk>) {
+fn load(name: &str) -> (u32, u32, Vec<Chunk>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/data")
         .join(format!("{name}.trace"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut caps = None;
+    let mut mariadb = 0;
     let mut chunks = Vec::new();
     for line in text
         .lines()
@@ -34,12 +36,13 @@ fn load(name: &str) -> (u32, Vec<Chunk>) {
         };
         match tag {
             "caps" => caps = Some(u32::from_str_radix(rest.trim_start_matches("0x"), 16).unwrap()),
+            "mariadb" => mariadb = u32::from_str_radix(rest.trim_start_matches("0x"), 16).unwrap(),
             "C" => chunks.push(Chunk::Client(hex())),
             "S" => chunks.push(Chunk::Server(hex())),
             other => panic!("unknown tag {other}"),
         }
     }
-    (caps.expect("caps line"), chunks)
+    (caps.expect("caps line"), mariadb, chunks)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -109,8 +112,10 @@ fn tracker(t: &TrackItem) -> String {
 }
 
 fn replay(name: &str) -> String {
-    let (caps, chunks) = load(name);
+    let (caps, mariadb, chunks) = load(name);
     let mut tracker = Tracker::new(caps);
+    let cache = mariadb & MARIADB_CLIENT_CACHE_METADATA != 0;
+    tracker.set_metadata_cache(cache, cache);
     let mut state = SessionState::new();
     let mut out = String::new();
     for chunk in &chunks {
@@ -241,6 +246,15 @@ trace_test!(
     "pipelined_direct_execute-eof"
 );
 
+trace_test!(
+    metadata_cache_text_prepared_cursor_and_procedure_results,
+    "cache_metadata"
+);
+trace_test!(
+    metadata_cache_text_prepared_cursor_and_procedure_results_eof,
+    "cache_metadata-eof"
+);
+
 #[test]
 fn every_recorded_chunking_also_replays_one_byte_at_a_time() {
     for name in [
@@ -251,10 +265,15 @@ fn every_recorded_chunking_also_replays_one_byte_at_a_time() {
         "send_long_data-eof",
         "stored_procedure_cursor-eof",
         "pipelined_direct_execute",
+        "cache_metadata",
+        "cache_metadata-eof",
     ] {
-        let (caps, chunks) = load(name);
+        let (caps, mariadb, chunks) = load(name);
+        let cache = mariadb & MARIADB_CLIENT_CACHE_METADATA != 0;
         let mut whole = Tracker::new(caps);
         let mut bytewise = Tracker::new(caps);
+        whole.set_metadata_cache(cache, cache);
+        bytewise.set_metadata_cache(cache, cache);
         for chunk in &chunks {
             let (b, client) = match chunk {
                 Chunk::Client(b) => (b, true),

@@ -9,7 +9,9 @@ use bytes::{Bytes, BytesMut};
 use crate::client_trackers::TrackingSettings;
 use crate::login::backend::{tracker_setup_frame, BackendSession, Trackers};
 use crate::login::frame;
-use crate::packets::flags::caps::{CLIENT_MYSQL, CLIENT_SESSION_TRACK};
+use crate::packets::flags::caps::{
+    CLIENT_MYSQL, CLIENT_SESSION_TRACK, MARIADB_CLIENT_CACHE_METADATA,
+};
 use crate::packets::flags::status::SERVER_SESSION_STATE_CHANGED;
 use crate::packets::session_state::write_all;
 use crate::packets::{ErrPacket, InfoStyle, OkPacket, TrackItem};
@@ -64,6 +66,8 @@ pub struct Forward {
     backend_caps: u32,
     /// MariaDB extended capabilities the backend offered.
     backend_mariadb_caps: u32,
+    /// The client negotiated MariaDB's metadata cache.
+    client_cache: bool,
     /// How this backend writes OK info for clients without session tracking.
     info_style: InfoStyle,
     /// The client's own tracker settings, when ferry switched everything on.
@@ -103,6 +107,7 @@ impl Forward {
             client_caps,
             backend_caps: backend.capabilities,
             backend_mariadb_caps: backend.handshake.mariadb_capabilities,
+            client_cache: false,
             info_style: info_style(backend),
             settings,
             notes,
@@ -306,6 +311,13 @@ impl Forward {
         self.backend_caps
     }
 
+    /// The client negotiated these MariaDB extended capabilities (the metadata cache shapes results).
+    pub fn set_client_mariadb_caps(&mut self, caps: u32, backend: &BackendSession) {
+        self.client_cache = caps & MARIADB_CLIENT_CACHE_METADATA != 0;
+        self.tracker
+            .set_metadata_cache(self.client_cache, backend.caches_metadata());
+    }
+
     /// Refuses client packets longer than `limit` (`max_packet_size`).
     pub fn set_client_packet_limit(&mut self, limit: u64) {
         self.tracker.set_client_packet_limit(limit);
@@ -330,8 +342,18 @@ impl Forward {
     /// what belongs to the old connection is dropped, what belongs to the
     /// client (its capabilities, statements, session state) carries on.
     /// `ids` maps each live statement's client id to its id on the new connection.
-    pub fn replace_backend(&mut self, backend: &BackendSession, ids: BTreeMap<u32, u32>) {
+    /// `metadata` holds the column definitions each re-prepared statement got
+    /// there (under MariaDB's metadata cache; see [`Tracker::set_prepared_metadata`]).
+    pub fn replace_backend(
+        &mut self,
+        backend: &BackendSession,
+        ids: BTreeMap<u32, u32>,
+        metadata: BTreeMap<u32, Vec<Vec<u8>>>,
+    ) {
         self.tracker.server_replaced(backend.capabilities, ids);
+        self.tracker
+            .set_metadata_cache(self.client_cache, backend.caches_metadata());
+        self.tracker.set_prepared_metadata(metadata);
         self.backend_caps = backend.capabilities;
         self.backend_mariadb_caps = backend.handshake.mariadb_capabilities;
         self.info_style = info_style(backend);

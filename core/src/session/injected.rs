@@ -50,6 +50,8 @@ pub enum Reply {
         params: u16,
         /// Its column count.
         columns: u16,
+        /// Its column definitions (payloads), when asked for ([`Injected::keeping_definitions`]).
+        definitions: Vec<Vec<u8>>,
     },
 }
 
@@ -92,6 +94,9 @@ pub struct Injected {
     replies: VecDeque<Reply>,
     /// Most bytes of rows one answer may have.
     rows_limit: usize,
+    /// Keep prepared statements' column definitions (at most `rows_limit` bytes in all).
+    keep_definitions: bool,
+    kept: usize,
 }
 
 impl Injected {
@@ -104,7 +109,16 @@ impl Injected {
             reading: None,
             replies: VecDeque::new(),
             rows_limit: ROWS_LIMIT,
+            keep_definitions: false,
+            kept: 0,
         }
+    }
+
+    /// Keeps the column definitions of every prepare reply (MariaDB's metadata
+    /// cache: the client may have to be given them), at most the rows limit in all.
+    pub fn keeping_definitions(mut self, keep: bool) -> Self {
+        self.keep_definitions = keep;
+        self
     }
 
     /// Accepts answers of at most `limit` bytes of rows instead of [`ROWS_LIMIT`].
@@ -216,6 +230,7 @@ impl Injected {
                         id,
                         params,
                         columns,
+                        definitions: Vec::new(),
                     };
                     self.prepare_defs(reply, u64::from(params), u64::from(columns));
                 }
@@ -270,11 +285,27 @@ impl Injected {
                 }
             },
             Reading::PrepareDefs {
-                reply,
+                mut reply,
                 left,
                 eof,
                 then_columns,
             } => {
+                // Parameters come first: the columns' run is the one with nothing after it.
+                if let Reply::Prepared {
+                    definitions,
+                    columns,
+                    ..
+                } = &mut reply
+                {
+                    if self.keep_definitions && !eof && then_columns == 0 && *columns > 0 {
+                        self.kept += p.len();
+                        if self.kept > self.rows_limit {
+                            let limit = self.rows_limit;
+                            return Err(format!("more than {limit} bytes of column definitions"));
+                        }
+                        definitions.push(p.to_vec());
+                    }
+                }
                 if eof {
                     if !EofPacket::matches(p) {
                         return Err("definitions not followed by EOF".into());
@@ -394,7 +425,8 @@ mod tests {
                 Reply::Prepared {
                     id: 7,
                     params: 1,
-                    columns: 1
+                    columns: 1,
+                    definitions: Vec::new(),
                 }
             );
             assert_eq!(q2.outstanding(), 0);

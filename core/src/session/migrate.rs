@@ -165,6 +165,9 @@ pub(crate) struct Restoring {
     pub steps: VecDeque<Step>,
     /// Client statement id → the target's.
     pub ids: BTreeMap<u32, u32>,
+    /// Client statement id → the column definitions the target sent when it prepared it
+    /// (kept under MariaDB's metadata cache only).
+    pub metadata: BTreeMap<u32, Vec<Vec<u8>>>,
     pub skipped: Vec<String>,
 }
 

@@ -981,6 +981,7 @@ impl Session {
             &backend,
             client.response.database.clone(),
         );
+        forward.set_client_mariadb_caps(client.response.mariadb_capabilities, &backend);
         forward.set_client_packet_limit(self.config.max_packet_size as u64);
         forward.set_pipeline_limit(self.config.limits.memory.pipelined);
         let mut ok = BytesMut::new();
@@ -1703,7 +1704,8 @@ impl Session {
         };
         let steps = restore::plan(f.forward.state(), &values, f.forward.last_prepared());
         let mut injected = Injected::new(session.capabilities, self.config.max_packet_size)
-            .with_rows_limit(self.config.limits.memory.injected_rows);
+            .with_rows_limit(self.config.limits.memory.injected_rows)
+            .keeping_definitions(session.caches_metadata());
         let mut out = BytesMut::new();
         for step in &steps {
             let request = match step {
@@ -1718,6 +1720,7 @@ impl Session {
             injected,
             steps: steps.into(),
             ids: BTreeMap::new(),
+            metadata: BTreeMap::new(),
             skipped: Vec::new(),
         }));
         if !out.is_empty() {
@@ -1758,9 +1761,11 @@ impl Session {
                         id,
                         params: p,
                         columns: c,
+                        definitions,
                     },
                 ) => {
                     r.ids.insert(client_id, id);
+                    r.metadata.insert(client_id, definitions);
                     (p != params || c != columns).then(|| {
                         format!(
                             "prepared statement {client_id} has {p} parameters and {c} columns on backend {backend}, {params} and {columns} before"
@@ -1836,11 +1841,12 @@ impl Session {
         let Restoring {
             session,
             ids,
+            metadata,
             skipped,
             ..
         } = *r;
         let old = f.backend;
-        f.forward.replace_backend(&session, ids);
+        f.forward.replace_backend(&session, ids, metadata);
         f.backend = handle;
         f.backend_thread = session.handshake.connection_id;
         f.identity.route = route.clone();

@@ -31,6 +31,8 @@ PS_MULTI_RESULTS = 1 << 18
 PLUGIN_AUTH = 1 << 19
 SESSION_TRACK = 1 << 23
 DEPRECATE_EOF = 1 << 24
+# MariaDB extended capabilities (the last 4 filler bytes of the response; CLIENT_MYSQL = LONG_PASSWORD clear).
+CACHE_METADATA = 1 << 4
 
 QUIET = 0.25
 
@@ -47,7 +49,7 @@ def scramble(password, salt):
 
 
 class Conn:
-    def __init__(self, host, port, user, password, deprecate_eof):
+    def __init__(self, host, port, user, password, deprecate_eof, mariadb=0):
         self.s = socket.create_connection((host, port))
         self.buf = b""
         self.log = None
@@ -66,9 +68,13 @@ class Conn:
                 | PS_MULTI_RESULTS | PLUGIN_AUTH | SESSION_TRACK
                 | (DEPRECATE_EOF if deprecate_eof else 0))
         self.caps = want & caps
+        if mariadb:
+            self.caps &= ~LONG_PASSWORD
+        pos_ext = 1 + hs[1:].index(b"\0") + 1 + 4 + 8 + 1 + 2 + 1 + 2 + 2 + 1 + 6
+        self.mariadb = mariadb & struct.unpack("<I", hs[pos_ext:pos_ext + 4])[0]
         self.user, self.password = user, password
         auth = scramble(password, salt)
-        resp = struct.pack("<IIB", self.caps, 1 << 24, 45) + b"\0" * 23
+        resp = struct.pack("<IIB", self.caps, 1 << 24, 45) + b"\0" * 19 + struct.pack("<I", self.mariadb)
         resp += user.encode() + b"\0" + bytes([len(auth)]) + auth
         resp += b"test\0" + b"mysql_native_password\0"
         self.s.sendall(packet(1, resp))
@@ -292,9 +298,48 @@ def pipelined_direct_execute(c):
     c.drain()
 
 
+def cache_metadata(c):
+    # MariaDB's metadata cache: every column count carries a "metadata follows" byte.
+    c.query("SELECT 1 AS a; SELECT 'b' AS b")
+    sid = prepare(c, "SELECT seq, 'x' AS s FROM seq_1_to_3")
+    for _ in range(2):  # the second execute skips the definitions (flag 0)
+        c.command(stmt(0x17, sid, b"\x00\x01\x00\x00\x00"))
+        c.drain()
+    # A cursor, its metadata skipped, then its rows fetched.
+    c.command(stmt(0x17, sid, b"\x01\x01\x00\x00\x00"))
+    c.drain()
+    c.command(stmt(0x1C, sid, struct.pack("<I", 5)))
+    c.drain()
+    # SELECT ?: the metadata changes with the parameter types, and is re-sent when it does.
+    x = prepare(c, "SELECT ? AS x")
+    c.command(stmt(0x17, x, b"\x00\x01\x00\x00\x00" + b"\x00\x01\x08\x00" + struct.pack("<q", 5)))
+    c.drain()
+    c.command(stmt(0x17, x, b"\x00\x01\x00\x00\x00" + b"\x00\x00" + struct.pack("<q", 6)))
+    c.drain()
+    c.command(stmt(0x17, x, b"\x00\x01\x00\x00\x00" + b"\x00\x01\xfd\x00" + b"\x03abc"))
+    c.drain()
+    # A procedure's results always come with their metadata.
+    c.query("DROP PROCEDURE IF EXISTS rec_p")
+    c.query("CREATE PROCEDURE rec_p() BEGIN SELECT 1 AS a; SELECT 'x' AS b, 2 AS c; END")
+    p = prepare(c, "CALL rec_p()")
+    for _ in range(2):
+        c.command(stmt(0x17, p, b"\x00\x01\x00\x00\x00"))
+        c.drain()
+    for s in (sid, x, p):
+        c.command(stmt(0x19, s))
+    c.query("PREPARE t FROM 'SELECT 3 AS t'")
+    c.query("EXECUTE t")
+    c.query("EXECUTE t")
+    c.query("SELECT 'after'")
+
+
+# Scenarios whose client asks for MariaDB extended capabilities.
+MARIADB_CAPS = {"cache_metadata": CACHE_METADATA}
+
 SCENARIOS = [other_commands, multi_statement_error, procedure_two_results, cursor_fetch, local_infile,
              send_long_data, long_result, state_items, stored_block_cursor, stored_procedure_cursor,
-             cursor_for_loop, signal_in_procedure, prepared_call_out, pipelined_direct_execute]
+             cursor_for_loop, signal_in_procedure, prepared_call_out, pipelined_direct_execute,
+             cache_metadata]
 
 
 def main():
@@ -310,7 +355,8 @@ def main():
         if only and scenario.__name__ not in only:
             continue
         for deprecate in (True, False):
-            c = Conn(host, int(port), user, password, deprecate)
+            c = Conn(host, int(port), user, password, deprecate,
+                     MARIADB_CAPS.get(scenario.__name__, 0))
             c.log = []
             for sql in SETUP:
                 c.query(sql)
@@ -321,6 +367,8 @@ def main():
             with open(os.path.join(out, name + ".trace"), "w") as f:
                 f.write("# %s, recorded from a real server by record.py\n" % name)
                 f.write("caps 0x%08x\n" % c.caps)
+                if c.mariadb:
+                    f.write("mariadb 0x%08x\n" % c.mariadb)
                 f.write("\n".join(c.log) + "\n")
 
 

@@ -26,10 +26,19 @@ pub struct BackendSession {
     /// Capabilities in force between ferry and the backend (without
     /// `CLIENT_SSL`: TLS is the transport's, not the packets' business).
     pub capabilities: u32,
+    /// MariaDB extended capabilities in force between ferry and the backend.
+    pub mariadb_capabilities: u32,
     /// The backend's login OK.
     pub ok: OkPacket,
     /// Whether the session trackers were switched on (see [`TRACKER_SETUP`]).
     pub trackers: Trackers,
+}
+
+impl BackendSession {
+    /// MariaDB's metadata cache is in force: column counts carry a "metadata follows" byte.
+    pub fn caches_metadata(&self) -> bool {
+        self.mariadb_capabilities & MARIADB_CLIENT_CACHE_METADATA != 0
+    }
 }
 
 /// Whether ferry could switch on the backend's session trackers.
@@ -103,6 +112,8 @@ pub struct BackendLogin {
     state: State,
     /// The login OK came and `CLIENT_COMPRESS` is in force: frames from here on are compressed.
     compressed: bool,
+    /// MariaDB extended capabilities ferry asked the backend for.
+    mariadb_caps: u32,
 }
 
 impl BackendLogin {
@@ -118,6 +129,7 @@ impl BackendLogin {
             tls: false,
             state: State::AwaitHandshake,
             compressed: false,
+            mariadb_caps: 0,
         }
     }
 
@@ -242,6 +254,7 @@ impl BackendLogin {
         response.mariadb_capabilities = self.template.mariadb_capabilities
             & handshake.mariadb_capabilities
             & FERRY_SUPPORTED_MARIADB;
+        self.mariadb_caps = response.mariadb_capabilities;
         response.auth_plugin = Some(NATIVE_PASSWORD.to_string());
         let Some(secret) = &self.secret else {
             let salt = crate::auth::salt_bytes(&handshake.auth_data).to_vec();
@@ -265,6 +278,7 @@ impl BackendLogin {
                     let session = Box::new(BackendSession {
                         handshake: *handshake,
                         capabilities: caps,
+                        mariadb_capabilities: self.mariadb_caps,
                         ok,
                         trackers: Trackers::Off,
                     });

@@ -48,6 +48,10 @@ pub(crate) trait Reader {
 
     /// A logical packet is complete.
     fn packet(&mut self, packet: Packet<'_>) -> Result<(), TrackError>;
+
+    /// A frame header was read: the frame starts at `offset` with sequence id `seq`
+    /// (called before any of its payload is looked at).
+    fn frame_header(&mut self, _offset: u64, _seq: u8) {}
 }
 
 /// Frame walker state for one direction.
@@ -152,6 +156,7 @@ impl Frames {
         let h = self.header;
         let len = h[0] as usize | (h[1] as usize) << 8 | (h[2] as usize) << 16;
         let start = self.offset - HEADER_LEN as u64;
+        reader.frame_header(start, h[3]);
         if self.current.is_none() {
             self.head.clear();
         }

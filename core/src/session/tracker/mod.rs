@@ -22,7 +22,9 @@ use crate::packets::flags::caps::CLIENT_DEPRECATE_EOF;
 use crate::packets::flags::command::*;
 use crate::packets::flags::status::*;
 use crate::packets::{EofPacket, ErrPacket, OkPacket};
-use crate::wire::{HEADER_LEN, MAX_FRAME_PAYLOAD};
+use crate::wire::{write_packet, HEADER_LEN, MAX_FRAME_PAYLOAD};
+
+use bytes::{BufMut, BytesMut};
 
 pub use crate::packets::session_state::TrackItem;
 pub use command::{
@@ -201,6 +203,7 @@ impl Tracker {
                 types: BTreeMap::new(),
                 resend_types: BTreeSet::new(),
                 edited: None,
+                metadata: MetadataCache::default(),
                 queue: VecDeque::new(),
                 queued_bytes: 0,
                 pipeline_limit: PIPELINE_LIMIT,
@@ -209,6 +212,16 @@ impl Tracker {
                 dir: Direction::Client,
             },
         }
+    }
+
+    /// Follows MariaDB's metadata cache (`MARIADB_CLIENT_CACHE_METADATA`):
+    /// `server` when the backend connection negotiated it (every column count
+    /// then carries a "metadata follows" byte), `client` when the client did.
+    /// A client that has it on a backend connection without it gets the byte
+    /// added (always "metadata follows").
+    pub fn set_metadata_cache(&mut self, client: bool, server: bool) {
+        self.conv.metadata.client = client;
+        self.conv.metadata.server = server;
     }
 
     /// Holds at most `limit` bytes of pipelined command heads (more is a protocol error).
@@ -272,6 +285,29 @@ impl Tracker {
         self.conv.caps = capabilities;
         self.conv.ids = StmtIds::from_map(ids);
         self.conv.resend_types = self.conv.types.keys().copied().collect();
+        self.conv.metadata.stale.clear();
+    }
+
+    /// After [`Tracker::server_replaced`], with the metadata cache on: the
+    /// column definitions (payloads) each statement (client id) got when it
+    /// was prepared again on the new connection.
+    ///
+    /// The new server believes the client holds exactly those, so when the
+    /// first result of such a statement comes without metadata (flag 0), the
+    /// client, whose cache holds what the old server sent, gets them put in
+    /// (flag 1, which a client accepts at any execute) and every later packet
+    /// of the response renumbered. A result that brings its own metadata
+    /// makes them unneeded.
+    pub fn set_prepared_metadata(&mut self, definitions: BTreeMap<u32, Vec<Vec<u8>>>) {
+        self.conv.metadata.stale = definitions
+            .into_iter()
+            .filter(|(_, defs)| !defs.is_empty())
+            .collect();
+    }
+
+    /// Statements whose client-side metadata may differ from what the server believes it sent.
+    pub fn metadata_pending(&self) -> impl Iterator<Item = u32> + '_ {
+        self.conv.metadata.stale.keys().copied()
     }
 
     /// Whether client bytes may need editing before they reach the backend
@@ -431,6 +467,8 @@ struct Conversation {
     resend_types: BTreeSet<u32>,
     /// Offset of the client packet whose edits were already worked out.
     edited: Option<u64>,
+    /// MariaDB's metadata cache.
+    metadata: MetadataCache,
     /// Commands the client sent before the responses to earlier ones
     /// (pipelining): each starts when the one before it is answered.
     queue: VecDeque<Queued>,
@@ -519,6 +557,21 @@ impl StmtIds {
             }
         }
     }
+}
+
+/// MariaDB's metadata cache (`MARIADB_CLIENT_CACHE_METADATA`) on this conversation.
+#[derive(Debug, Default)]
+struct MetadataCache {
+    /// The client negotiated it: its column counts carry a "metadata follows" byte.
+    client: bool,
+    /// The backend connection negotiated it: the server's column counts carry the byte.
+    server: bool,
+    /// Statements (client ids) prepared again on a new connection, with the
+    /// column definitions the server then sent ferry (see [`Tracker::set_prepared_metadata`]).
+    stale: BTreeMap<u32, Vec<Vec<u8>>>,
+    /// Column definitions were put into the response in flight: its later
+    /// packets' sequence ids move up by this much.
+    seq_shift: u8,
 }
 
 /// A pipelined command waiting for the responses before it.
@@ -628,7 +681,8 @@ impl Kind {
     fn want(self) -> usize {
         match self {
             Kind::Ok | Kind::Err | Kind::Terminator => REPLY_LIMIT,
-            Kind::ColumnCount => 9,
+            // A length-encoded count and MariaDB's "metadata follows" byte.
+            Kind::ColumnCount => 10,
             Kind::PrepareOk => 12,
             Kind::Infile => 1 + FILENAME_LIMIT,
             Kind::Opaque | Kind::AuthSwitch | Kind::AuthMore | Kind::Unexpected(_) => 1,
@@ -752,6 +806,7 @@ impl Conversation {
 
     fn finish(&mut self, outcome: Outcome) {
         self.phase = Phase::Idle;
+        self.metadata.seq_shift = 0;
         self.events.push_back(Event::ResponseDone { outcome });
         self.next_queued();
     }
@@ -812,6 +867,7 @@ impl Conversation {
     /// Clears what a new session on the same connection does not inherit.
     fn forget_statements(&mut self) {
         self.ids = StmtIds::Identity;
+        self.metadata.stale.clear();
         self.types.clear();
         self.resend_types.clear();
         self.params.clear();
@@ -1038,7 +1094,9 @@ impl Conversation {
         self.result_done(status);
     }
 
-    fn server_packet(&mut self, p: Packet<'_>) -> Result<(), TrackError> {
+    fn server_packet(&mut self, mut p: Packet<'_>) -> Result<(), TrackError> {
+        // The sequence id the client sees (definitions ferry put in shift the rest).
+        p.seq = p.seq.wrapping_add(self.metadata.seq_shift);
         let kind = self.classify(p.head.first().copied(), p.multi_frame);
         let expect = match &self.phase {
             Phase::Busy(r) => Some(r.expect),
@@ -1101,16 +1159,32 @@ impl Conversation {
             (Kind::ColumnCount, Some(_)) => {
                 let mut r = Reader::new(p.head, "column count");
                 let n = r.lenenc_int();
-                match n {
-                    Ok(n) if n > 0 && r.is_empty() && !p.truncated => {
+                // MariaDB's metadata cache: 1 when the definitions follow, 0 when skipped.
+                let follows = if self.metadata.server {
+                    match r.u8() {
+                        Ok(0) => Some(false),
+                        Ok(1) => Some(true),
+                        _ => None,
+                    }
+                } else {
+                    Some(true)
+                };
+                match (n, follows) {
+                    (Ok(n), Some(follows)) if n > 0 && r.is_empty() && !p.truncated => {
                         let binary = matches!(expect, Some(Expect::ResultStart { binary: true }));
                         self.expect_mut().rows_seen = false;
-                        self.set_expect(Expect::Defs {
-                            left: n,
-                            then: Then::Rows { binary },
-                        });
+                        self.metadata_edits(&p, n, follows);
+                        let then = Then::Rows { binary };
+                        if follows {
+                            self.set_expect(Expect::Defs { left: n, then });
+                        } else {
+                            // The client uses the definitions it has; an EOF still ends them.
+                            self.defs_over(then);
+                        }
                         Ok(())
                     }
+                    (Ok(_), None) => Err(self
+                        .violation(p.offset, "a column count without a metadata flag of 0 or 1")),
                     _ => Err(self.violation(p.offset, "a malformed column count")),
                 }
             }
@@ -1156,6 +1230,58 @@ impl Conversation {
                 format!("unexpected {kind:?} packet while no command is outstanding"),
             )),
         }
+    }
+
+    /// What a column count needs on its way to the client under the metadata cache.
+    ///
+    /// A client with the cache on a connection without it gets the flag byte
+    /// added ("metadata follows": the definitions do). A statement prepared
+    /// again after a move (see [`Tracker::set_prepared_metadata`]) whose
+    /// first result skips its definitions gets them put in.
+    fn metadata_edits(&mut self, p: &Packet<'_>, columns: u64, follows: bool) {
+        let at_end = p.offset + HEADER_LEN as u64 + p.payload_len;
+        if self.metadata.client && !self.metadata.server {
+            let len = (p.payload_len + 1).to_le_bytes()[..3].to_vec();
+            self.edit_server(p.offset, 3, len);
+            self.edit_server(at_end, 0, vec![1]);
+            return;
+        }
+        if !self.metadata.server || self.metadata.stale.is_empty() {
+            return;
+        }
+        let r = self.expect_mut();
+        let stmt = match r.command {
+            COM_STMT_EXECUTE | COM_STMT_BULK_EXECUTE => r.stmt,
+            _ => None,
+        };
+        let Some(defs) = stmt.and_then(|id| self.metadata.stale.remove(&id)) else {
+            return;
+        };
+        // Fewer or more than the server now counts: it cannot mean these (nothing to do better).
+        if follows || defs.len() as u64 != columns {
+            return;
+        }
+        let mut bytes = BytesMut::new();
+        bytes.put_u8(1);
+        let first = p.seq.wrapping_add(1);
+        let mut next = first;
+        for d in &defs {
+            next = write_packet(&mut bytes, next, d);
+        }
+        self.edit_server(at_end - 1, 1, bytes.to_vec());
+        self.metadata.seq_shift = self
+            .metadata
+            .seq_shift
+            .wrapping_add(next.wrapping_sub(first));
+    }
+
+    fn edit_server(&mut self, offset: u64, len: u64, bytes: Vec<u8>) {
+        self.events.push_back(Event::Edit {
+            direction: Direction::Server,
+            offset,
+            len,
+            bytes,
+        });
     }
 
     fn prepare_ok(&mut self, p: &Packet<'_>) -> Result<(), TrackError> {
@@ -1298,6 +1424,7 @@ impl Conversation {
                 self.params.remove(id);
                 self.types.remove(id);
                 self.resend_types.remove(id);
+                self.metadata.stale.remove(id);
                 self.ids.forget(*id);
                 if self.last_prepared == Some(*id) {
                     // "The last prepared" names nothing any more (as in MariaDB).
@@ -1386,6 +1513,13 @@ impl frames::Reader for Conversation {
         match self.dir {
             Direction::Client => self.client_packet(packet),
             Direction::Server => self.server_packet(packet),
+        }
+    }
+
+    fn frame_header(&mut self, offset: u64, seq: u8) {
+        let shift = self.metadata.seq_shift;
+        if self.dir == Direction::Server && shift != 0 {
+            self.edit_server(offset + 3, 1, vec![seq.wrapping_add(shift)]);
         }
     }
 }
