@@ -10,7 +10,7 @@ use ferry_core::cluster::BackendId;
 use ferry_core::kill::{resolve, Asker, Peer, Resolution};
 use ferry_core::packets::flags::command::*;
 use ferry_core::packets::ErrPacket;
-use ferry_core::session::{CloseReason, Input, Output};
+use ferry_core::session::{CloseReason, Control, Input, Output};
 use support::*;
 
 fn cn(n: u8) -> BackendId {
@@ -373,4 +373,61 @@ fn load_data_content_that_looks_like_a_kill_passes() {
     h.feed(Input::ClientData(data.clone()));
     assert!(contains(&sent_to_backend(&h), &data), "{}", h.trace);
     assert_eq!(locates(&h), 0);
+}
+
+// ---------------------------------------------------------- the killed side
+
+fn killed_err() -> Bytes {
+    frame(1, |b| {
+        ErrPacket::new(1927, "70100", "Connection was killed").write(b);
+    })
+}
+
+fn closed(h: &Harness) -> bool {
+    matches!(&h.closed, Some(CloseReason::Closed(why)) if why.contains("killed by"))
+}
+
+#[test]
+fn a_session_killed_mid_command_passes_its_backends_error_on_then_closes() {
+    let mut h = logged_in();
+    h.feed(Input::ClientData(query("SELECT SLEEP(5)")));
+    h.outputs.clear();
+    h.feed(Input::Control(Control::Kill(
+        "killed by connection 9".into(),
+    )));
+    assert!(
+        !closed(&h),
+        "the backend's answer is still to come: {}",
+        h.trace
+    );
+    h.feed(Input::BackendData(B0, killed_err()));
+    h.feed(Input::BackendClosed(B0));
+    assert_eq!(last_err(&h).code, 1927, "{}", h.trace);
+    assert!(closed(&h), "{}", h.trace);
+    assert!(
+        !h.outputs.iter().any(|o| matches!(o, Output::Route(_))),
+        "a killed session does not fail over: {}",
+        h.trace
+    );
+}
+
+#[test]
+fn a_session_killed_mid_command_closes_when_its_backend_never_answers() {
+    let mut h = logged_in();
+    h.feed(Input::ClientData(query("SELECT SLEEP(5)")));
+    h.feed(Input::Control(Control::Kill(
+        "killed by connection 9".into(),
+    )));
+    assert!(!closed(&h), "{}", h.trace);
+    h.advance(std::time::Duration::from_secs(3));
+    assert!(closed(&h), "{}", h.trace);
+}
+
+#[test]
+fn an_idle_session_killed_closes_at_once() {
+    let mut h = logged_in();
+    h.feed(Input::Control(Control::Kill(
+        "killed by connection 9".into(),
+    )));
+    assert!(closed(&h), "{}", h.trace);
 }

@@ -499,6 +499,7 @@ impl Session {
         let mut deadlines = vec![self.login_deadline, self.backend_deadline];
         if let State::Forwarding(f) = &self.state {
             deadlines.push(f.moving.as_ref().map(|m| m.deadline));
+            deadlines.push(f.intercept.killed_deadline());
             if f.request.is_some() && f.moving.is_none() {
                 // Only a wait still ahead: a passed one is cleared by the timeout.
                 deadlines.push(f.retry_after.filter(|t| *t > self.now));
@@ -1253,6 +1254,9 @@ impl Session {
         if self.login_deadline.is_some_and(|d| now >= d) {
             return self.close(CloseReason::LoginTimeout);
         }
+        if self.close_if_killed(false) {
+            return;
+        }
         if let State::Forwarding(f) = &self.state {
             if Self::is_quiet(f) && self.idle.expired(now) {
                 return self.close_idle();
@@ -1340,6 +1344,12 @@ impl Session {
                 if h != f.backend {
                     return;
                 }
+                if self.close_if_killed(true) {
+                    return;
+                }
+                let State::Forwarding(f) = &mut self.state else {
+                    return;
+                };
                 // Whatever ferry still expected from it will never come; the client's bytes go on.
                 let held = f.draining.take().map(|d| d.held);
                 self.backend_died(now);

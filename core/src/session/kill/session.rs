@@ -13,6 +13,13 @@ use crate::login::{err_frame, frame};
 use crate::packets::flags::command::COM_CHANGE_USER;
 use crate::packets::{ErrPacket, OkPacket};
 use crate::session::{CloseReason, Output, Session, State};
+use crate::time::Timestamp;
+use std::time::Duration;
+
+/// How long a session named by a KILL CONNECTION waits, with a command in
+/// flight, for its backend's own answer ("Connection was killed", 1927) and
+/// close before ferry closes the client anyway.
+const KILLED_GRACE: Duration = Duration::from_secs(2);
 
 /// A statement longer than this is sorted by its beginning: a KILL ferry
 /// translates is a few bytes, and the rest of a long one passes as read.
@@ -24,6 +31,17 @@ pub(crate) struct Intercept {
     /// Finds the commands that wait; holds them and what follows.
     pub(crate) gate: super::Gate,
     pending: Option<Pending>,
+    /// This session was killed while a command was in flight: the backend's
+    /// answer still goes to the client, then the session closes.
+    killed: Option<Killed>,
+}
+
+/// A KILL CONNECTION that named this session while its backend was answering.
+#[derive(Debug)]
+struct Killed {
+    why: String,
+    /// The session closes by then even if the backend never closes.
+    deadline: Timestamp,
 }
 
 impl Intercept {
@@ -34,7 +52,13 @@ impl Intercept {
                 capabilities & crate::packets::flags::caps::CLIENT_MULTI_STATEMENTS != 0,
             ),
             pending: None,
+            killed: None,
         }
+    }
+
+    /// When a killed session closes at the latest, if one waits for its backend.
+    pub(crate) fn killed_deadline(&self) -> Option<Timestamp> {
+        self.killed.as_ref().map(|k| k.deadline)
     }
 
     /// Nothing held, nothing under way: a move may start.
@@ -359,9 +383,47 @@ impl Session {
     }
 
     /// This session was named by a KILL: as with MariaDB, the connection
-    /// just drops (the client reports 2013); its backend thread is gone already.
+    /// drops; its backend thread is gone already. With a command in flight
+    /// the backend's own error (1927) is on its way and the client should
+    /// read it, as it would directly: the session closes when the backend
+    /// does (or after [`KILLED_GRACE`]). Idle, it closes now (the client
+    /// reports 2013 at its next command).
     pub(crate) fn on_killed(&mut self, why: String) {
+        let now = self.now;
+        if let State::Forwarding(f) = &mut self.state {
+            if !f.forward.is_idle() && f.moving.is_none() {
+                f.intercept.killed = Some(Killed {
+                    why,
+                    deadline: now + KILLED_GRACE,
+                });
+                return;
+            }
+        }
         self.close(CloseReason::Closed(why));
+    }
+
+    /// The backend of a killed session closed, or the grace ran out: the
+    /// session closes (a killed session never fails over). False if it was
+    /// not killed, or its grace has not run out and the backend lives.
+    pub(crate) fn close_if_killed(&mut self, backend_gone: bool) -> bool {
+        let State::Forwarding(f) = &mut self.state else {
+            return false;
+        };
+        let due = backend_gone
+            || f.intercept
+                .killed
+                .as_ref()
+                .is_some_and(|k| self.now >= k.deadline);
+        match f.intercept.killed.take() {
+            Some(k) if due => {
+                self.close(CloseReason::Closed(k.why));
+                true
+            }
+            other => {
+                f.intercept.killed = other;
+                false
+            }
+        }
     }
 
     fn reply_ok(&mut self) {
